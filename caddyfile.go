@@ -1,0 +1,401 @@
+package resilient
+
+import (
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/dustin/go-humanize"
+)
+
+// UnmarshalCaddyfile sets up the transport from Caddyfile tokens. Syntax:
+//
+//	transport resilient {
+//		# any `transport http` subdirective
+//
+//		timeouts {
+//			connect <duration|off>
+//			tls     <duration|off>
+//			write   <duration|off>
+//			read    <duration|off>
+//			pool    <duration|off>
+//			attempt <duration|off>
+//			total   <duration|off>
+//		}
+//		pool {
+//			max_conns    <n>
+//			max_idle     <n>
+//			idle_timeout <duration>
+//		}
+//		retry off
+//		retry {
+//			attempts <n>
+//			backoff  <first> <longest>
+//			on       <connect_error|tls_error|reset|timeout|status|class>...
+//			methods  <method>...
+//			idempotency_header <name|off>
+//			generate_idempotency_key
+//			retry_after <duration|off>
+//			budget   <ratio> <min_per_second> | off
+//			max_body <size>
+//		}
+//		breaker off
+//		breaker {
+//			failure_ratio        <0..1>
+//			min_requests         <n>
+//			consecutive_failures <n>
+//			window               <duration>
+//			open_for             <duration>
+//			half_open_requests   <n>
+//			failure_status       <status|class>...
+//			slow_call            <duration>
+//		}
+//	}
+//
+// Defaults are applied at provision time, so an empty block adapts to
+// just the protocol name.
+func (t *Transport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume the transport name
+	name := d.Token()
+	var http []caddyfile.Token // `transport http` subdirectives, handed over as is
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		switch opt {
+		case "timeouts", "pool", "retry", "breaker":
+			if seen[opt] {
+				return d.Errf("%s already specified", opt)
+			}
+			seen[opt] = true
+		}
+		var err error
+		switch opt {
+		case "timeouts":
+			t.Timeouts, err = parseTimeouts(d)
+		case "pool":
+			t.Pool, err = parsePool(d)
+		case "retry":
+			t.Retry, err = parseRetry(d)
+		case "breaker":
+			t.Breaker, err = parseBreaker(d)
+		default:
+			http = append(http, d.NextSegment()...)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if len(http) == 0 {
+		return nil
+	}
+	open, closing := name, http[len(http)-1]
+	open.Text = "{"
+	closing.Text, closing.Line = "}", closing.Line+1
+	toks := append([]caddyfile.Token{name, open}, http...)
+	toks = append(toks, closing)
+	return t.HTTPTransport.UnmarshalCaddyfile(caddyfile.NewDispenser(toks))
+}
+
+// block walks the options of a sub-block such as `timeouts { … }`,
+// refusing arguments on its opening line and repeated options.
+func block(d *caddyfile.Dispenser, each func(opt string) error) error {
+	parent := d.Val()
+	if d.NextArg() {
+		return d.Errf("%s: unexpected argument %q; options go in a block", parent, d.Val())
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return d.Errf("%s: %s already specified", parent, opt)
+		}
+		seen[opt] = true
+		if err := each(opt); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// oneArg returns the single argument of the current option.
+func oneArg(d *caddyfile.Dispenser) (string, error) {
+	if !d.NextArg() {
+		return "", d.ArgErr()
+	}
+	v := d.Val()
+	if d.NextArg() {
+		return "", d.ArgErr()
+	}
+	return v, nil
+}
+
+// duration parses a positive duration; with allowOff, `off` gives -1.
+func duration(d *caddyfile.Dispenser, parent, opt string, allowOff bool) (caddy.Duration, error) {
+	v, err := oneArg(d)
+	if err != nil {
+		return 0, err
+	}
+	if allowOff && v == "off" {
+		return -1, nil
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil || dur <= 0 {
+		want := "a positive duration"
+		if allowOff {
+			want += " or off"
+		}
+		return 0, d.Errf("%s: %s must be %s, got %q", parent, opt, want, v)
+	}
+	return caddy.Duration(dur), nil
+}
+
+// integer parses a whole number of at least lo.
+func integer(d *caddyfile.Dispenser, parent, opt string, lo int) (int, error) {
+	v, err := oneArg(d)
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < lo {
+		return 0, d.Errf("%s: %s must be >= %d, got %s", parent, opt, lo, v)
+	}
+	return n, nil
+}
+
+func parseTimeouts(d *caddyfile.Dispenser) (*Timeouts, error) {
+	to := new(Timeouts)
+	fields := map[string]*caddy.Duration{
+		"connect": &to.Connect, "tls": &to.TLS, "write": &to.Write, "read": &to.Read,
+		"pool": &to.Pool, "attempt": &to.Attempt, "total": &to.Total,
+	}
+	err := block(d, func(opt string) error {
+		f, ok := fields[opt]
+		if !ok {
+			return d.Errf("timeouts: unrecognized subdirective %s", opt)
+		}
+		v, err := duration(d, "timeouts", opt, true)
+		*f = v
+		return err
+	})
+	return to, err
+}
+
+func parsePool(d *caddyfile.Dispenser) (*Pool, error) {
+	p := new(Pool)
+	err := block(d, func(opt string) error {
+		var err error
+		switch opt {
+		case "max_conns":
+			p.MaxConns, err = integer(d, "pool", opt, 0)
+		case "max_idle":
+			p.MaxIdle, err = integer(d, "pool", opt, 0)
+			if p.MaxIdle == 0 {
+				p.MaxIdle = -1 // keep none
+			}
+		case "idle_timeout":
+			p.IdleTimeout, err = duration(d, "pool", opt, false)
+		default:
+			return d.Errf("pool: unrecognized subdirective %s", opt)
+		}
+		return err
+	})
+	return p, err
+}
+
+func parseRetry(d *caddyfile.Dispenser) (*Retry, error) {
+	r := new(Retry)
+	if d.NextArg() {
+		if d.Val() != "off" {
+			return nil, d.Errf("retry: expected `off` or a block, got %q", d.Val())
+		}
+		if d.NextArg() {
+			return nil, d.ArgErr()
+		}
+		r.Disabled = true
+		return r, nil
+	}
+	d.Prev()
+	err := block(d, func(opt string) error {
+		var err error
+		switch opt {
+		case "attempts":
+			r.Attempts, err = integer(d, "retry", opt, 1)
+		case "backoff":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.Errf("retry: backoff takes two durations, the first wait and the longest, got %d arguments", len(args))
+			}
+			var waits [2]time.Duration
+			for i, a := range args {
+				waits[i], err = caddy.ParseDuration(a)
+				if err != nil || waits[i] <= 0 {
+					return d.Errf("retry: backoff waits must be positive durations, got %q", a)
+				}
+			}
+			if waits[1] < waits[0] {
+				return d.Errf("retry: backoff longest wait %s is shorter than the first %s", args[1], args[0])
+			}
+			r.Backoff = &Backoff{First: caddy.Duration(waits[0]), Max: caddy.Duration(waits[1])}
+		case "on":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			for _, a := range args {
+				if _, ok := retryConditions[a]; ok {
+					continue
+				}
+				if _, err := parseStatusMatch(a); err != nil {
+					return d.Errf("retry: on: %v", err)
+				}
+			}
+			r.On = args
+		case "methods":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			for i, m := range args {
+				if !isToken(m) {
+					return d.Errf("retry: methods: %q is not an HTTP method", m)
+				}
+				args[i] = strings.ToUpper(m)
+			}
+			r.Methods = args
+		case "idempotency_header":
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			if v != "off" && !isToken(v) {
+				return d.Errf("retry: idempotency_header: %q is not a header name", v)
+			}
+			r.IdempotencyHeader = v
+		case "generate_idempotency_key":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			r.GenerateIdempotencyKey = true
+		case "retry_after":
+			r.RetryAfter, err = duration(d, "retry", opt, true)
+		case "budget":
+			args := d.RemainingArgs()
+			if len(args) == 1 && args[0] == "off" {
+				r.Budget = &Budget{Disabled: true}
+				return nil
+			}
+			if len(args) != 2 {
+				return d.Errf("retry: budget takes a ratio and a minimum per second, or off; got %d arguments", len(args))
+			}
+			ratio, err1 := strconv.ParseFloat(args[0], 64)
+			if err1 != nil || ratio < 0 || ratio > 1000 {
+				return d.Errf("retry: budget ratio must be a number >= 0, got %q", args[0])
+			}
+			floor, err2 := strconv.Atoi(args[1])
+			if err2 != nil || floor < 0 {
+				return d.Errf("retry: budget min_per_second must be an integer >= 0, got %q", args[1])
+			}
+			r.Budget = &Budget{Ratio: &ratio, MinPerSecond: &floor}
+		case "max_body":
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			size, perr := humanize.ParseBytes(v)
+			if perr != nil || size == 0 || size > 1<<40 {
+				return d.Errf("retry: max_body must be a positive size such as 1MiB, got %q", v)
+			}
+			r.MaxBody = int64(size)
+		default:
+			return d.Errf("retry: unrecognized subdirective %s", opt)
+		}
+		return err
+	})
+	return r, err
+}
+
+func parseBreaker(d *caddyfile.Dispenser) (*Breaker, error) {
+	b := new(Breaker)
+	if d.NextArg() {
+		if d.Val() != "off" {
+			return nil, d.Errf("breaker: expected `off` or a block, got %q", d.Val())
+		}
+		if d.NextArg() {
+			return nil, d.ArgErr()
+		}
+		b.Disabled = true
+		return b, nil
+	}
+	d.Prev()
+	err := block(d, func(opt string) error {
+		var err error
+		switch opt {
+		case "failure_ratio":
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			f, perr := strconv.ParseFloat(v, 64)
+			if perr != nil || f <= 0 || f > 1 {
+				return d.Errf("breaker: failure_ratio must be > 0 and <= 1, got %q", v)
+			}
+			b.FailureRatio = f
+		case "min_requests":
+			b.MinRequests, err = integer(d, "breaker", opt, 1)
+		case "consecutive_failures":
+			var n int
+			n, err = integer(d, "breaker", opt, 0)
+			b.ConsecutiveFailures = &n
+		case "window":
+			b.Window, err = duration(d, "breaker", opt, false)
+		case "open_for":
+			b.OpenFor, err = duration(d, "breaker", opt, false)
+		case "half_open_requests":
+			b.HalfOpenRequests, err = integer(d, "breaker", opt, 1)
+		case "failure_status":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			for _, a := range args {
+				if _, err := parseStatusMatch(a); err != nil {
+					return d.Errf("breaker: failure_status: %q is not a status code (100-599) or a class such as 5xx", a)
+				}
+			}
+			b.FailureStatus = args
+		case "slow_call":
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			dur, perr := caddy.ParseDuration(v)
+			if perr != nil || dur < 0 {
+				return d.Errf("breaker: slow_call must be a duration >= 0, got %q", v)
+			}
+			b.SlowCall = caddy.Duration(dur)
+		default:
+			return d.Errf("breaker: unrecognized subdirective %s", opt)
+		}
+		return err
+	})
+	return b, err
+}
+
+// isToken reports whether s is an RFC 9110 token, as methods and header
+// names must be.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+var _ caddyfile.Unmarshaler = (*Transport)(nil)

@@ -1,0 +1,220 @@
+package chaos
+
+import (
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+func prob(p float64) *float64 { return &p }
+
+func TestUnmarshalCaddyfile(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		input string
+		want  Handler
+	}{
+		{
+			name:  "empty",
+			input: `chaos`,
+			want:  Handler{},
+		},
+		{
+			name:  "empty block",
+			input: `chaos {}`,
+			want:  Handler{},
+		},
+		{
+			name: "every action",
+			input: `chaos {
+				key_header X-Tenant
+				status 503 retry_after 2s body "try later" probability 0.1
+				delay 2s first 3
+				hang
+				reset probability 0.05
+				truncate first 1
+			}`,
+			want: Handler{
+				KeyHeader: "X-Tenant",
+				Faults: []Fault{
+					{Action: "status", Status: 503, RetryAfter: caddy.Duration(2 * time.Second), Body: "try later", Probability: prob(0.1)},
+					{Action: "delay", Delay: caddy.Duration(2 * time.Second), First: 3},
+					{Action: "hang"},
+					{Action: "reset", Probability: prob(0.05)},
+					{Action: "truncate", First: 1},
+				},
+			},
+		},
+		{
+			name:  "retry_after in bare seconds",
+			input: `chaos { status 429 retry_after 7 }`,
+			want:  Handler{Faults: []Fault{{Action: "status", Status: 429, RetryAfter: caddy.Duration(7 * time.Second)}}},
+		},
+		{
+			name:  "options in any order",
+			input: `chaos { status 500 first 2 body oops retry_after 1m }`,
+			want:  Handler{Faults: []Fault{{Action: "status", Status: 500, Body: "oops", RetryAfter: caddy.Duration(time.Minute), First: 2}}},
+		},
+		{
+			name:  "probability bounds are allowed",
+			input: "chaos {\n hang probability 0\n reset probability 1\n}",
+			want: Handler{Faults: []Fault{
+				{Action: "hang", Probability: prob(0)},
+				{Action: "reset", Probability: prob(1)},
+			}},
+		},
+		{
+			name:  "order is kept",
+			input: "chaos {\n truncate\n status 200\n delay 10ms\n}",
+			want: Handler{Faults: []Fault{
+				{Action: "truncate"},
+				{Action: "status", Status: 200},
+				{Action: "delay", Delay: caddy.Duration(10 * time.Millisecond)},
+			}},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got Handler
+			if err := got.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input)); err != nil {
+				t.Fatalf("unexpected error: %v", err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got  %+v\nwant %+v", got, tc.want)
+			}
+			if err := got.Validate(); err != nil {
+				t.Errorf("parsed handler does not validate: %v", err)
+			}
+		})
+	}
+}
+
+func TestUnmarshalCaddyfileErrors(t *testing.T) {
+	for _, tc := range []struct {
+		input string
+		want  string // a part of the error
+	}{
+		{`chaos extra`, "wrong argument count"},
+		{`chaos { bogus }`, "unrecognized subdirective bogus"},
+		{"chaos {\n key_header A\n key_header B\n}", "key_header specified more than once"},
+		{`chaos { key_header }`, "wrong argument count"},
+		{`chaos { key_header A B }`, "wrong argument count"},
+		{`chaos { status }`, "wrong argument count"},
+		{`chaos { status abc }`, "status code must be a number, got abc"},
+		{`chaos { status 99 }`, "status code must be between 200 and 599, got 99"},
+		{`chaos { status 150 }`, "status code must be between 200 and 599, got 150"},
+		{`chaos { status 600 }`, "status code must be between 200 and 599, got 600"},
+		{`chaos { status 503 retry_after soon }`, "retry_after must be a positive number of seconds or duration, got soon"},
+		{`chaos { status 503 retry_after 0 }`, "retry_after must be a positive number of seconds or duration, got 0"},
+		{`chaos { status 503 retry_after }`, "wrong argument count"},
+		{`chaos { status 503 probability 1.5 }`, "probability must be between 0 and 1, got 1.5"},
+		{`chaos { status 503 probability -0.1 }`, "probability must be between 0 and 1, got -0.1"},
+		{`chaos { status 503 probability NaN }`, "probability must be between 0 and 1, got NaN"},
+		{`chaos { status 503 probability often }`, "probability must be a number, got often"},
+		{`chaos { status 503 first 0 }`, "first must be an integer >= 1, got 0"},
+		{`chaos { status 503 first two }`, "first must be an integer >= 1, got two"},
+		{`chaos { status 503 probability 0.5 first 2 }`, "probability and first cannot be used together"},
+		{`chaos { status 503 first 1 first 2 }`, "status option first specified more than once"},
+		{`chaos { status 503 colour red }`, "unrecognized status option colour"},
+		{`chaos { delay }`, "wrong argument count"},
+		{`chaos { delay later }`, "delay must be a duration, got later"},
+		{`chaos { delay 0s }`, "delay must be > 0, got 0s"},
+		{`chaos { delay 1s retry_after 2s }`, "retry_after only applies to the status action"},
+		{`chaos { hang body text }`, "body only applies to the status action"},
+		{`chaos { hang 5s }`, "unrecognized hang option 5s"},
+		{`chaos { reset first }`, "wrong argument count"},
+	} {
+		t.Run(tc.input, func(t *testing.T) {
+			var h Handler
+			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
+			if err == nil {
+				t.Fatalf("expected an error containing %q, got none; parsed %+v", tc.want, h)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not contain %q", err, tc.want)
+			}
+			if !strings.Contains(err.Error(), "Testfile:") {
+				t.Errorf("error %q does not name the file and line", err)
+			}
+		})
+	}
+}
+
+// TestAdaptSiteBlock checks that chaos is usable straight in a site block:
+// the directive is registered and ordered before respond and reverse_proxy,
+// wherever it is written, and the JSON it produces loads back.
+func TestAdaptSiteBlock(t *testing.T) {
+	input := `:8080 {
+	respond "fine"
+	reverse_proxy /api/* 127.0.0.1:9
+	chaos /flaky/* {
+		status 503 retry_after 2s first 3
+	}
+}`
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	if adapter == nil {
+		t.Fatal("caddyfile adapter not registered")
+	}
+	out, warnings, err := adapter.Adapt([]byte(input), nil)
+	if err != nil {
+		t.Fatalf("adapt: %v", err)
+	}
+	if len(warnings) > 0 {
+		t.Errorf("unexpected warnings: %v", warnings)
+	}
+
+	var cfg any
+	if err := json.Unmarshal(out, &cfg); err != nil {
+		t.Fatalf("adapted JSON: %v", err)
+	}
+	var handlers []map[string]any
+	collectHandlers(cfg, &handlers)
+	var names []string
+	for _, h := range handlers {
+		names = append(names, h["handler"].(string))
+	}
+	want := []string{"chaos", "static_response", "reverse_proxy"}
+	if !reflect.DeepEqual(names, want) {
+		t.Fatalf("handler order = %v, want %v\n%s", names, want, out)
+	}
+
+	raw, err := json.Marshal(handlers[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	const wantJSON = `{"faults":[{"action":"status","first":3,"retry_after":2000000000,"status":503}],"handler":"chaos"}`
+	if string(raw) != wantJSON {
+		t.Errorf("chaos JSON = %s, want %s", raw, wantJSON)
+	}
+	var h Handler
+	if err := json.Unmarshal(raw, &h); err != nil {
+		t.Fatalf("chaos JSON does not load: %v", err)
+	}
+	if err := h.Validate(); err != nil {
+		t.Errorf("chaos JSON does not validate: %v", err)
+	}
+}
+
+// collectHandlers appends, depth first, every object with a "handler" key.
+func collectHandlers(v any, out *[]map[string]any) {
+	switch v := v.(type) {
+	case map[string]any:
+		if _, ok := v["handler"]; ok {
+			*out = append(*out, v)
+		}
+		for _, k := range []string{"apps", "http", "servers", "srv0", "routes", "handle"} {
+			if child, ok := v[k]; ok {
+				collectHandlers(child, out)
+			}
+		}
+	case []any:
+		for _, e := range v {
+			collectHandlers(e, out)
+		}
+	}
+}

@@ -1,0 +1,13 @@
+package main
+
+import (
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/caddy-resilient/resilient"
+)
+
+func main() {
+	caddycmd.Main()
+}

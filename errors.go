@@ -1,0 +1,309 @@
+package resilient
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+)
+
+// Outcome is how one proxied request (or one attempt of it) ended.
+// Every request that goes through the transport ends in exactly one.
+type Outcome uint8
+
+// The outcomes, in the order of the README's table.
+const (
+	// OutcomeOK: the upstream answered with a status that is not a failure status.
+	OutcomeOK Outcome = iota
+	// OutcomeUpstreamStatus: the final answer carries a failure status; it is passed through.
+	OutcomeUpstreamStatus
+	// OutcomeConnectError: DNS failure, connection refused or unreachable.
+	OutcomeConnectError
+	// OutcomeConnectTimeout: the connect phase (DNS included) timed out.
+	OutcomeConnectTimeout
+	// OutcomeTLSError: the TLS handshake failed, or the certificate was refused.
+	OutcomeTLSError
+	// OutcomeTLSTimeout: the TLS handshake timed out.
+	OutcomeTLSTimeout
+	// OutcomeReset: the connection was closed or reset before response headers.
+	OutcomeReset
+	// OutcomeWriteTimeout: writing the request to the upstream timed out.
+	OutcomeWriteTimeout
+	// OutcomeReadTimeout: the upstream was silent for longer than the read timeout.
+	OutcomeReadTimeout
+	// OutcomeAttemptTimeout: one attempt ran past the attempt timeout.
+	OutcomeAttemptTimeout
+	// OutcomeTotalTimeout: the request, retries included, ran past the total timeout.
+	OutcomeTotalTimeout
+	// OutcomeBreakerOpen: the upstream's breaker rejected the request; nothing was sent.
+	OutcomeBreakerOpen
+	// OutcomePoolTimeout: no connection slot freed up in time; nothing was sent.
+	OutcomePoolTimeout
+	// OutcomeCanceled: the client went away.
+	OutcomeCanceled
+
+	numOutcomes
+)
+
+var outcomeNames = [numOutcomes]string{
+	OutcomeOK:             "ok",
+	OutcomeUpstreamStatus: "upstream_status",
+	OutcomeConnectError:   "connect_error",
+	OutcomeConnectTimeout: "connect_timeout",
+	OutcomeTLSError:       "tls_error",
+	OutcomeTLSTimeout:     "tls_timeout",
+	OutcomeReset:          "reset",
+	OutcomeWriteTimeout:   "write_timeout",
+	OutcomeReadTimeout:    "read_timeout",
+	OutcomeAttemptTimeout: "attempt_timeout",
+	OutcomeTotalTimeout:   "total_timeout",
+	OutcomeBreakerOpen:    "breaker_open",
+	OutcomePoolTimeout:    "pool_timeout",
+	OutcomeCanceled:       "canceled",
+}
+
+// String returns the outcome's name as it appears in logs, metrics and placeholders.
+func (o Outcome) String() string {
+	if o < numOutcomes {
+		return outcomeNames[o]
+	}
+	return "outcome(" + strconv.Itoa(int(o)) + ")"
+}
+
+// ParseOutcome returns the outcome with the given name.
+func ParseOutcome(name string) (Outcome, bool) {
+	for i, n := range outcomeNames {
+		if n == name {
+			return Outcome(i), true
+		}
+	}
+	return 0, false
+}
+
+// StatusCode is the status the client gets for a request that ended in o.
+// For OutcomeOK and OutcomeUpstreamStatus the upstream's own status is
+// passed through, so StatusCode returns 0.
+func (o Outcome) StatusCode() int {
+	switch o {
+	case OutcomeConnectError, OutcomeTLSError, OutcomeReset:
+		return http.StatusBadGateway
+	case OutcomeConnectTimeout, OutcomeTLSTimeout, OutcomeWriteTimeout,
+		OutcomeReadTimeout, OutcomeAttemptTimeout, OutcomeTotalTimeout:
+		return http.StatusGatewayTimeout
+	case OutcomeBreakerOpen, OutcomePoolTimeout:
+		return http.StatusServiceUnavailable
+	case OutcomeCanceled:
+		return 499
+	}
+	return 0
+}
+
+// IsTimeout reports whether o is one of the timeout outcomes.
+func (o Outcome) IsTimeout() bool {
+	switch o {
+	case OutcomeConnectTimeout, OutcomeTLSTimeout, OutcomeWriteTimeout,
+		OutcomeReadTimeout, OutcomeAttemptTimeout, OutcomeTotalTimeout:
+		return true
+	}
+	return false
+}
+
+// Sentinel errors, one per failing outcome, for errors.Is:
+//
+//	if errors.Is(err, resilient.ErrBreakerOpen) { … }
+var (
+	ErrConnect        = errors.New("upstream connect failed")
+	ErrConnectTimeout = errors.New("upstream connect timed out")
+	ErrTLS            = errors.New("upstream TLS handshake failed")
+	ErrTLSTimeout     = errors.New("upstream TLS handshake timed out")
+	ErrReset          = errors.New("upstream connection closed before response headers")
+	ErrWriteTimeout   = errors.New("writing the request to the upstream timed out")
+	ErrReadTimeout    = errors.New("reading from the upstream timed out")
+	ErrAttemptTimeout = errors.New("upstream attempt timed out")
+	ErrTotalTimeout   = errors.New("request timed out")
+	ErrBreakerOpen    = errors.New("upstream circuit breaker is open")
+	ErrPoolTimeout    = errors.New("no free connection slot for the upstream")
+	ErrCanceled       = errors.New("client canceled the request")
+)
+
+var outcomeErrors = [numOutcomes]error{
+	OutcomeConnectError:   ErrConnect,
+	OutcomeConnectTimeout: ErrConnectTimeout,
+	OutcomeTLSError:       ErrTLS,
+	OutcomeTLSTimeout:     ErrTLSTimeout,
+	OutcomeReset:          ErrReset,
+	OutcomeWriteTimeout:   ErrWriteTimeout,
+	OutcomeReadTimeout:    ErrReadTimeout,
+	OutcomeAttemptTimeout: ErrAttemptTimeout,
+	OutcomeTotalTimeout:   ErrTotalTimeout,
+	OutcomeBreakerOpen:    ErrBreakerOpen,
+	OutcomePoolTimeout:    ErrPoolTimeout,
+	OutcomeCanceled:       ErrCanceled,
+}
+
+// Error is the error the transport returns for a request that got no
+// usable upstream response. It is always wrapped in a
+// caddyhttp.HandlerError carrying the outcome's status, so handle_errors
+// can render it; errors.As finds it through that wrapper.
+type Error struct {
+	// Outcome says how the request ended.
+	Outcome Outcome
+	// Upstream is the upstream's dial address (host:port).
+	Upstream string
+	// Attempts is the number of attempts made (0 when nothing was sent).
+	Attempts int
+	// RetryAfter, when positive, is how long until a new request could
+	// succeed (set for breaker_open and pool_timeout).
+	RetryAfter time.Duration
+	// NeverSent reports that no byte of the request reached the upstream.
+	NeverSent bool
+	// Err is the underlying cause, if any.
+	Err error
+}
+
+// Error implements error. It names the outcome and the upstream, never
+// any part of the request.
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString(e.Outcome.String())
+	if e.Upstream != "" {
+		b.WriteString(" (")
+		b.WriteString(e.Upstream)
+		b.WriteString(")")
+	}
+	if e.Err != nil {
+		b.WriteString(": ")
+		b.WriteString(e.Err.Error())
+	} else if s := outcomeErrors[e.Outcome]; s != nil {
+		b.WriteString(": ")
+		b.WriteString(s.Error())
+	}
+	return b.String()
+}
+
+// Unwrap returns the underlying cause.
+func (e *Error) Unwrap() error { return e.Err }
+
+// Is makes errors.Is(err, ErrBreakerOpen) and friends work; a canceled
+// request also matches context.Canceled, which Caddy's reverse proxy
+// turns into a 499 without blaming the upstream.
+func (e *Error) Is(target error) bool {
+	if target == outcomeErrors[e.Outcome] && target != nil {
+		return true
+	}
+	return e.Outcome == OutcomeCanceled && target == context.Canceled
+}
+
+// As lets errors.As find a reverseproxy.DialError when nothing was sent,
+// so that Caddy's own lb_retries may move any request, whatever its
+// method, to another upstream: a request that never left cannot be
+// duplicated.
+func (e *Error) As(target any) bool {
+	if de, ok := target.(*reverseproxy.DialError); ok && e.NeverSent {
+		*de = reverseproxy.NewDialError(e)
+		return true
+	}
+	return false
+}
+
+// handlerError wraps e for Caddy with the outcome's status code.
+func (e *Error) handlerError() error {
+	return caddyhttp.Error(e.Outcome.StatusCode(), e)
+}
+
+// timeoutCause is the cancellation cause of an attempt's context when
+// one of our own timers fired.
+type timeoutCause struct{ outcome Outcome }
+
+func (c *timeoutCause) Error() string { return outcomeErrors[c.outcome].Error() }
+func (c *timeoutCause) Timeout() bool { return true }
+
+// Our timer causes, allocated once.
+var (
+	causeWrite   = &timeoutCause{OutcomeWriteTimeout}
+	causeRead    = &timeoutCause{OutcomeReadTimeout}
+	causeAttempt = &timeoutCause{OutcomeAttemptTimeout}
+	causeTotal   = &timeoutCause{OutcomeTotalTimeout}
+)
+
+// classify names the outcome of a failed attempt from its error, what the
+// attempt's trace saw, and the cause its context was canceled with.
+func classify(err error, tr *attemptTrace, cause error) Outcome {
+	var tc *timeoutCause
+	if errors.As(cause, &tc) {
+		return tc.outcome
+	}
+	if cause != nil {
+		// the client went away (or Caddy is shutting the request down)
+		return OutcomeCanceled
+	}
+	if errors.Is(err, context.Canceled) {
+		return OutcomeCanceled
+	}
+	if isTLSError(err) || tr.inTLS() {
+		if isTimeout(err) {
+			return OutcomeTLSTimeout
+		}
+		return OutcomeTLSError
+	}
+	var de reverseproxy.DialError
+	if errors.As(err, &de) || !tr.gotConn() {
+		if isTimeout(err) {
+			return OutcomeConnectTimeout
+		}
+		return OutcomeConnectError
+	}
+	if isTimeout(err) {
+		// a timeout inside net/http itself, e.g. response_header_timeout
+		return OutcomeReadTimeout
+	}
+	return OutcomeReset
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded)
+}
+
+// isTLSError recognises handshake and certificate failures, including
+// the ones net/http reports only as text.
+func isTLSError(err error) bool {
+	var (
+		rhe *tls.RecordHeaderError
+		ae  tls.AlertError
+		cve *tls.CertificateVerificationError
+		uae x509.UnknownAuthorityError
+		he  x509.HostnameError
+		cie x509.CertificateInvalidError
+	)
+	if errors.As(err, &rhe) || errors.As(err, &ae) || errors.As(err, &cve) ||
+		errors.As(err, &uae) || errors.As(err, &he) || errors.As(err, &cie) {
+		return true
+	}
+	s := err.Error()
+	return strings.Contains(s, "TLS handshake") || strings.Contains(s, "tls: ")
+}
+
+// isConnReset reports errors that mean the peer closed or reset the
+// connection; used to tell resets from other transport failures.
+func isConnReset(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, syscall.ECONNREFUSED)
+}
+
+// errorf is fmt.Errorf, kept for messages that carry an outcome name.
+func errorf(o Outcome, format string, args ...any) error {
+	return fmt.Errorf("%s: "+format, append([]any{o}, args...)...)
+}

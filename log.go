@@ -1,0 +1,104 @@
+package resilient
+
+import (
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// report sets the request's placeholders from where it stands; e is the
+// error it ended with, if any.
+func (ex *exchange) report(e *Error) {
+	repl, _ := ex.req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl == nil {
+		return
+	}
+	repl.Set("http.resilient.outcome", ex.outcome.String())
+	repl.Set("http.resilient.attempts", ex.attempts())
+	repl.Set("http.resilient.upstream", ex.up.addr)
+	repl.Set("http.resilient.breaker", ex.up.breaker.state())
+	if e != nil {
+		repl.Set("http.resilient.error", e.Error())
+		if e.RetryAfter > 0 {
+			repl.Set("http.resilient.retry_after", retryAfterSeconds(e.RetryAfter))
+		}
+	}
+}
+
+// log writes the request's one log entry: info when it was retried or
+// did not end ok, debug otherwise. It names no header value, credential
+// or query string.
+func (ex *exchange) log(e *Error) {
+	lvl := zapcore.DebugLevel
+	if len(ex.tries) > 1 || ex.outcome != OutcomeOK {
+		lvl = zapcore.InfoLevel
+	}
+	c := ex.t.logger.Check(lvl, "request")
+	if c == nil {
+		return
+	}
+	status := 0
+	if ex.final != nil {
+		status = ex.final.status
+	}
+	if e != nil {
+		status = ex.outcome.StatusCode()
+	}
+	fields := []zap.Field{
+		zap.String("upstream", ex.up.addr),
+		zap.String("method", ex.req.Method),
+		zap.String("host", ex.req.Host),
+		zap.String("path", ex.req.URL.Path),
+		zap.String("outcome", ex.outcome.String()),
+		zap.Int("status", status),
+		zap.Int("attempts", ex.attempts()),
+		zap.Duration("duration", time.Since(ex.start)),
+		zap.String("idempotent", ex.idem.String()),
+		zap.String("breaker", ex.up.breaker.state()),
+		zap.Array("tries", tries(ex.tries)),
+	}
+	if ex.final != nil {
+		fields = append(fields, zap.Object("phases", ex.final.phases))
+	}
+	if ex.denied != denyNone {
+		fields = append(fields, zap.String("retry_denied", ex.denied.String()))
+	}
+	if e != nil && e.Err != nil {
+		fields = append(fields, zap.String("error", e.Err.Error()))
+	}
+	c.Write(fields...)
+}
+
+type tries []try
+
+// MarshalLogArray implements zapcore.ArrayMarshaler.
+func (ts tries) MarshalLogArray(enc zapcore.ArrayEncoder) error {
+	for _, t := range ts {
+		if err := enc.AppendObject(t); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// MarshalLogObject implements zapcore.ObjectMarshaler.
+func (t try) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	enc.AddString("outcome", t.outcome.String())
+	if t.status != 0 {
+		enc.AddInt("status", t.status)
+	}
+	enc.AddDuration("duration", t.took)
+	enc.AddDuration("wait", t.wait)
+	return nil
+}
+
+// MarshalLogObject implements zapcore.ObjectMarshaler.
+func (p phaseTimes) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	enc.AddDuration("connect", p.connect)
+	enc.AddDuration("tls", p.tls)
+	enc.AddDuration("write", p.write)
+	enc.AddDuration("wait", p.wait)
+	return nil
+}

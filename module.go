@@ -1,0 +1,216 @@
+// Package resilient provides the `resilient` transport for Caddy's
+// reverse_proxy: Caddy's own HTTP transport with phase timeouts, bounded
+// connection pools, idempotency-aware retries, a per-upstream circuit
+// breaker and one typed outcome per request.
+package resilient
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+)
+
+// defaultTLSTimeout applies when neither timeouts.tls nor the `transport
+// http` option tls_timeout is set.
+const defaultTLSTimeout = 5 * time.Second
+
+// maxDuration stands for "no bound" where a zero would mean a default.
+const maxDuration = 100 * 365 * 24 * time.Hour
+
+func init() {
+	caddy.RegisterModule(Transport{})
+}
+
+// Transport is Caddy's HTTP transport made resilient for calls to
+// external APIs. It embeds reverseproxy.HTTPTransport, so every field
+// of `transport http` works here unchanged, and adds per-upstream phase
+// timeouts, a bounded connection pool, retries and a circuit breaker.
+// Every proxied request ends in one typed outcome, reported through
+// placeholders, one log entry and metrics.
+type Transport struct {
+	reverseproxy.HTTPTransport
+
+	// Phase timeouts. Each phase that runs out ends the attempt with its
+	// own outcome (connect_timeout, write_timeout, …). Default: see Timeouts.
+	Timeouts *Timeouts `json:"timeouts,omitempty"`
+
+	// Connection pool limits per upstream. Default: see Pool.
+	Pool *Pool `json:"pool,omitempty"`
+
+	// Retry policy. Default: see Retry (retries are on, for idempotent
+	// requests and for requests that never left).
+	Retry *Retry `json:"retry,omitempty"`
+
+	// Circuit breaker, one per upstream. Default: see Breaker (on).
+	Breaker *Breaker `json:"breaker,omitempty"`
+
+	logger    *zap.Logger
+	upstreams *sync.Map // dial address -> *upstream
+}
+
+// CaddyModule returns the Caddy module information.
+func (Transport) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.reverse_proxy.transport.resilient",
+		New: func() caddy.Module { return new(Transport) },
+	}
+}
+
+// Provision applies the defaults, builds the underlying HTTP transport
+// and wires the phase timeouts and pool settings into it.
+func (t *Transport) Provision(ctx caddy.Context) error {
+	t.logger = ctx.Logger()
+	t.upstreams = new(sync.Map)
+	if t.Timeouts == nil {
+		t.Timeouts = new(Timeouts)
+	}
+	if t.Pool == nil {
+		t.Pool = new(Pool)
+	}
+	if t.Retry == nil {
+		t.Retry = new(Retry)
+	}
+	if t.Breaker == nil {
+		t.Breaker = new(Breaker)
+	}
+	t.Timeouts.setDefaults()
+	t.Pool.setDefaults()
+	if err := t.Retry.provision(); err != nil {
+		return fmt.Errorf("retry: %v", err)
+	}
+	if err := t.Breaker.provision(); err != nil {
+		return fmt.Errorf("breaker: %v", err)
+	}
+
+	// Our connect and tls timeouts, and the pool's idle settings, feed the
+	// embedded transport unless the same thing was set there explicitly
+	// with a `transport http` option and not here.
+	switch {
+	case t.Timeouts.Connect > 0:
+		t.DialTimeout = t.Timeouts.Connect
+	case t.Timeouts.Connect < 0:
+		// off: only the attempt and total bounds apply
+		t.DialTimeout = caddy.Duration(maxDuration)
+	}
+	if t.KeepAlive == nil {
+		t.KeepAlive = new(reverseproxy.KeepAlive)
+	}
+	if t.KeepAlive.MaxIdleConnsPerHost == 0 {
+		t.KeepAlive.MaxIdleConnsPerHost = t.Pool.MaxIdle
+	}
+	if t.KeepAlive.IdleConnTimeout == 0 {
+		t.KeepAlive.IdleConnTimeout = t.Pool.IdleTimeout
+	}
+	if err := t.HTTPTransport.Provision(ctx); err != nil {
+		return err
+	}
+	rt := t.HTTPTransport.Transport
+	switch {
+	case t.Timeouts.TLS > 0:
+		rt.TLSHandshakeTimeout = time.Duration(t.Timeouts.TLS)
+	case t.Timeouts.TLS < 0:
+		rt.TLSHandshakeTimeout = 0
+	case rt.TLSHandshakeTimeout == 0:
+		rt.TLSHandshakeTimeout = defaultTLSTimeout
+	}
+	dial := rt.DialContext
+	rt.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return newCountingConn(conn), nil
+	}
+	return nil
+}
+
+// Validate checks the configuration; it is called from Provision after
+// the defaults are in place.
+func (t *Transport) Validate() error {
+	if err := t.Timeouts.validate(); err != nil {
+		return fmt.Errorf("timeouts: %v", err)
+	}
+	if err := t.Pool.validate(); err != nil {
+		return fmt.Errorf("pool: %v", err)
+	}
+	if err := t.Retry.validate(); err != nil {
+		return fmt.Errorf("retry: %v", err)
+	}
+	if err := t.Breaker.validate(); err != nil {
+		return fmt.Errorf("breaker: %v", err)
+	}
+	return nil
+}
+
+// Cleanup releases the breakers this configuration held and closes
+// idle connections. It copes with a transport that failed half way
+// through Provision.
+func (t *Transport) Cleanup() error {
+	if t.upstreams != nil {
+		t.upstreams.Range(func(_, v any) bool {
+			v.(*upstream).release()
+			return true
+		})
+	}
+	return t.HTTPTransport.Cleanup()
+}
+
+// RoundTrip sends req to its upstream under the configured policies.
+// A usable upstream response, whatever its status, is returned as is;
+// otherwise the error is a caddyhttp.HandlerError wrapping an *Error.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if passThrough(req) {
+		return t.HTTPTransport.RoundTrip(req)
+	}
+	ex := newExchange(t, req)
+	return ex.run()
+}
+
+// passThrough reports requests that bypass retries, the breaker and
+// buffering: upgrades (websockets), which cannot be replayed and are
+// long-lived, and requests Caddy makes on its own, such as active
+// health checks, which must see the upstream as it is.
+func passThrough(req *http.Request) bool {
+	if req.Header.Get("Upgrade") != "" {
+		return true
+	}
+	return req.Context().Value(caddyhttp.ServerCtxKey) == nil
+}
+
+// upstreamFor returns the state kept for the upstream req is going to.
+func (t *Transport) upstreamFor(req *http.Request) *upstream {
+	addr := req.URL.Host
+	if di, ok := reverseproxy.GetDialInfo(req.Context()); ok {
+		addr = di.Address
+	}
+	if v, ok := t.upstreams.Load(addr); ok {
+		return v.(*upstream)
+	}
+	u := newUpstream(t, addr)
+	if v, loaded := t.upstreams.LoadOrStore(addr, u); loaded {
+		u.release()
+		return v.(*upstream)
+	}
+	return u
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner                                = (*Transport)(nil)
+	_ caddy.Validator                                  = (*Transport)(nil)
+	_ caddy.CleanerUpper                               = (*Transport)(nil)
+	_ http.RoundTripper                                = (*Transport)(nil)
+	_ reverseproxy.TLSTransport                        = (*Transport)(nil)
+	_ reverseproxy.H2CTransport                        = (*Transport)(nil)
+	_ reverseproxy.HealthCheckSchemeOverriderTransport = (*Transport)(nil)
+	_ reverseproxy.ProxyProtocolTransport              = (*Transport)(nil)
+	_ reverseproxy.RequestHeaderOpsTransport           = (*Transport)(nil)
+)

@@ -1,0 +1,489 @@
+package resilient
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/cenkalti/backoff/v4"
+)
+
+// Retry decides which failed attempts are tried again, and when.
+// Retries stay on the upstream the request was sent to; Caddy's own
+// lb_retries moves requests between upstreams.
+type Retry struct {
+	// Disabled switches retries off (`retry off`). Default: `false`.
+	Disabled bool `json:"disabled,omitempty"`
+
+	// Tries in all, the first one included; 1 means no retries.
+	// Default: `3`.
+	Attempts int `json:"attempts,omitempty"`
+
+	// The waits between tries: exponential (x2) from First to Max, with
+	// +-50% jitter. Default: `{"first":"25ms","max":"1s"}`.
+	Backoff *Backoff `json:"backoff,omitempty"`
+
+	// Which failures are retried: `connect_error` (connect_timeout too),
+	// `tls_error` (tls_timeout too), `reset`, `timeout` (write, read and
+	// attempt timeouts), status codes such as `503` and classes such as
+	// `5xx`. Default: `["connect_error","tls_error","reset","408","429","502","503","504"]`.
+	On []string `json:"on,omitempty"`
+
+	// Methods treated as idempotent. Default:
+	// `["GET","HEAD","OPTIONS","TRACE","PUT","DELETE"]`.
+	Methods []string `json:"methods,omitempty"`
+
+	// A request carrying this header is retried like an idempotent one;
+	// `off` disables it. Default: `Idempotency-Key`.
+	IdempotencyHeader string `json:"idempotency_header,omitempty"`
+
+	// Give requests whose method is not idempotent, and which lack the
+	// idempotency header, a random key in that header, so they can be
+	// retried and the upstream can deduplicate. Default: `false`.
+	GenerateIdempotencyKey bool `json:"generate_idempotency_key,omitempty"`
+
+	// Honour a Retry-After header on 429 and 503 up to this long; an
+	// upstream that asks for longer is not retried and its answer is
+	// passed on at once. A negative value ignores Retry-After.
+	// Default: `10s`.
+	RetryAfter caddy.Duration `json:"retry_after,omitempty"`
+
+	// Bounds retries to each upstream, across all requests.
+	// Default: `{"ratio":0.2,"min_per_second":10}`.
+	Budget *Budget `json:"budget,omitempty"`
+
+	// Request bodies up to this many bytes are buffered so they can be
+	// sent again; larger ones stream through and are not retried.
+	// Default: `1048576` (1MiB).
+	MaxBody int64 `json:"max_body,omitempty"`
+
+	on        [numOutcomes]bool
+	onStatus  []statusMatch
+	keyHeader string // canonical; "" when off
+}
+
+// Backoff holds the waits between tries.
+type Backoff struct {
+	// The wait before the first retry. Default: `25ms`.
+	First caddy.Duration `json:"first,omitempty"`
+	// The longest wait. Default: `1s`.
+	Max caddy.Duration `json:"max,omitempty"`
+}
+
+// Budget caps retries per upstream: over a rolling 10s window they stay
+// within Ratio times the requests, or else within MinPerSecond in the
+// current second, so an upstream that is down is not hit with
+// attempts x traffic.
+type Budget struct {
+	// Disabled lifts the cap (`budget off`). Default: `false`.
+	Disabled bool `json:"disabled,omitempty"`
+	// Retries allowed per request over the window. Default: `0.2`.
+	Ratio *float64 `json:"ratio,omitempty"`
+	// Retries allowed each second whatever the ratio. Default: `10`.
+	MinPerSecond *int `json:"min_per_second,omitempty"`
+}
+
+// denial is why a retry that `on` asked for was refused.
+type denial uint8
+
+const (
+	denyNone denial = iota
+	denyUnsafe
+	denyBudget
+	denyDeadline
+	denyBody
+	denyRetryAfter
+	numDenials
+)
+
+var denialNames = [numDenials]string{"", "unsafe", "budget", "deadline", "body", "retry_after"}
+
+func (d denial) String() string { return denialNames[d] }
+
+var defaultOn = []string{"connect_error", "tls_error", "reset", "408", "429", "502", "503", "504"}
+
+var defaultMethods = []string{"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"}
+
+// retryConditions are the words `on` takes besides status codes.
+var retryConditions = map[string][]Outcome{
+	"connect_error": {OutcomeConnectError, OutcomeConnectTimeout},
+	"tls_error":     {OutcomeTLSError, OutcomeTLSTimeout},
+	"reset":         {OutcomeReset},
+	"timeout":       {OutcomeWriteTimeout, OutcomeReadTimeout, OutcomeAttemptTimeout},
+}
+
+func (r *Retry) provision() error {
+	if r.Attempts == 0 {
+		r.Attempts = 3
+	}
+	if r.Disabled {
+		r.Attempts = 1
+	}
+	if r.Backoff == nil {
+		r.Backoff = new(Backoff)
+	}
+	if r.Backoff.First == 0 {
+		r.Backoff.First = caddy.Duration(25 * time.Millisecond)
+	}
+	if r.Backoff.Max == 0 {
+		r.Backoff.Max = caddy.Duration(time.Second)
+	}
+	if r.On == nil {
+		r.On = defaultOn
+	}
+	if r.Methods == nil {
+		r.Methods = defaultMethods
+	}
+	for i, m := range r.Methods {
+		r.Methods[i] = strings.ToUpper(m)
+	}
+	switch r.IdempotencyHeader {
+	case "":
+		r.keyHeader = "Idempotency-Key"
+	case "off":
+	default:
+		r.keyHeader = http.CanonicalHeaderKey(r.IdempotencyHeader)
+	}
+	if r.RetryAfter == 0 {
+		r.RetryAfter = caddy.Duration(10 * time.Second)
+	}
+	if r.Budget == nil {
+		r.Budget = new(Budget)
+	}
+	if r.Budget.Ratio == nil {
+		v := 0.2
+		r.Budget.Ratio = &v
+	}
+	if r.Budget.MinPerSecond == nil {
+		v := 10
+		r.Budget.MinPerSecond = &v
+	}
+	if r.MaxBody == 0 {
+		r.MaxBody = 1 << 20
+	}
+	r.onStatus = r.onStatus[:0]
+	for _, c := range r.On {
+		if outs, ok := retryConditions[c]; ok {
+			for _, o := range outs {
+				r.on[o] = true
+			}
+			continue
+		}
+		sm, err := parseStatusMatch(c)
+		if err != nil {
+			return fmt.Errorf("on: %v", err)
+		}
+		r.onStatus = append(r.onStatus, sm)
+	}
+	return nil
+}
+
+func (r *Retry) validate() error {
+	if r.Attempts < 1 {
+		return fmt.Errorf("attempts must be >= 1, got %d", r.Attempts)
+	}
+	if r.Backoff.First < 0 || r.Backoff.Max < 0 {
+		return fmt.Errorf("backoff waits must be > 0")
+	}
+	if r.Backoff.Max < r.Backoff.First {
+		return fmt.Errorf("backoff: longest wait %v is shorter than the first %v",
+			time.Duration(r.Backoff.Max), time.Duration(r.Backoff.First))
+	}
+	for _, m := range r.Methods {
+		if m == "" || strings.ContainsAny(m, " \t") {
+			return fmt.Errorf("methods: invalid method %q", m)
+		}
+	}
+	if ratio := *r.Budget.Ratio; ratio < 0 || ratio > 1000 {
+		return fmt.Errorf("budget: ratio must be >= 0, got %v", ratio)
+	}
+	if *r.Budget.MinPerSecond < 0 {
+		return fmt.Errorf("budget: min_per_second must be >= 0, got %d", *r.Budget.MinPerSecond)
+	}
+	if r.MaxBody < 0 {
+		return fmt.Errorf("max_body must be > 0, got %d", r.MaxBody)
+	}
+	return nil
+}
+
+// matches reports whether a failed attempt is one `on` retries.
+func (r *Retry) matches(o Outcome, status int) bool {
+	if o == OutcomeUpstreamStatus || o == OutcomeOK {
+		for _, sm := range r.onStatus {
+			if sm.match(status) {
+				return true
+			}
+		}
+		return false
+	}
+	return r.on[o]
+}
+
+// statusMatch is a status code (503) or a class (5xx, stored as 5).
+type statusMatch int
+
+func parseStatusMatch(s string) (statusMatch, error) {
+	if len(s) == 3 && s[1:] == "xx" && s[0] >= '1' && s[0] <= '5' {
+		return statusMatch(s[0] - '0'), nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 100 || n > 599 {
+		return 0, fmt.Errorf("%q is not a status code (100-599), a class such as 5xx, or one of connect_error, tls_error, reset, timeout", s)
+	}
+	return statusMatch(n), nil
+}
+
+func (m statusMatch) match(status int) bool {
+	if m < 10 {
+		return status/100 == int(m)
+	}
+	return status == int(m)
+}
+
+// idempotency is why a request may be sent more than once.
+type idempotency uint8
+
+const (
+	idemNo idempotency = iota
+	idemMethod
+	idemKey
+	idemGenerated
+)
+
+func (i idempotency) String() string {
+	return [...]string{"no", "method", "key", "generated"}[i]
+}
+
+// classify says whether req may be sent more than once. With
+// generate_idempotency_key it adds a fresh key to an unsafe request,
+// and returns the headers to send.
+func (r *Retry) classify(req *http.Request) (idempotency, http.Header) {
+	if slices.Contains(r.Methods, req.Method) {
+		return idemMethod, req.Header
+	}
+	if r.keyHeader == "" {
+		return idemNo, req.Header
+	}
+	if req.Header.Get(r.keyHeader) != "" {
+		return idemKey, req.Header
+	}
+	if !r.GenerateIdempotencyKey || r.Attempts < 2 {
+		return idemNo, req.Header
+	}
+	h := req.Header.Clone()
+	h.Set(r.keyHeader, newIdempotencyKey())
+	return idemGenerated, h
+}
+
+// newIdempotencyKey returns 128 random bits, hex-encoded.
+func newIdempotencyKey() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on Linux
+	return hex.EncodeToString(b[:])
+}
+
+// replayBody is a request body kept in memory so that it can be sent
+// again. Bodies larger than max_body are not kept.
+type replayBody struct {
+	buf *bytes.Buffer
+}
+
+var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// bufferBody reads req's body for replay when it fits in limit bytes.
+// When it does not, it returns a body that streams what was read
+// followed by the rest, and nil for the replay.
+func bufferBody(body io.ReadCloser, contentLength, limit int64) (*replayBody, io.ReadCloser, error) {
+	if contentLength > limit {
+		return nil, body, nil
+	}
+	buf := bufPool.Get().(*bytes.Buffer)
+	buf.Reset()
+	if contentLength > 0 {
+		buf.Grow(int(contentLength))
+	}
+	n, err := io.CopyN(buf, body, limit+1)
+	if err != nil && err != io.EOF {
+		// what was read is still the client's: give it back in order
+		return nil, streamAfter(buf, body), err
+	}
+	if n > limit {
+		return nil, streamAfter(buf, body), nil
+	}
+	return &replayBody{buf: buf}, nil, nil
+}
+
+// streamAfter sends the bytes already read from body, then the rest.
+func streamAfter(read *bytes.Buffer, body io.ReadCloser) io.ReadCloser {
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(read.Bytes()), body), body}
+}
+
+// reader returns a fresh reader over the whole body.
+func (rb *replayBody) reader() io.ReadCloser {
+	return io.NopCloser(bytes.NewReader(rb.buf.Bytes()))
+}
+
+func (rb *replayBody) release() {
+	if rb.buf.Cap() <= 4<<20 {
+		bufPool.Put(rb.buf)
+	}
+	rb.buf = nil
+}
+
+// newBackoff returns the backoff for one request; ExponentialBackOff
+// is not safe for concurrent use, so each request has its own.
+func (r *Retry) newBackoff() *backoff.ExponentialBackOff {
+	b := &backoff.ExponentialBackOff{
+		InitialInterval:     time.Duration(r.Backoff.First),
+		RandomizationFactor: 0.5,
+		Multiplier:          2,
+		MaxInterval:         time.Duration(r.Backoff.Max),
+		MaxElapsedTime:      0, // the total timeout bounds the request
+		Stop:                backoff.Stop,
+		Clock:               backoff.SystemClock,
+	}
+	b.Reset()
+	return b
+}
+
+// parseRetryAfter reads a Retry-After value, delta-seconds or HTTP-date,
+// relative to now. ok is false when it is missing or malformed.
+func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs < 0 {
+			return 0, false
+		}
+		if secs > 1<<31 {
+			secs = 1 << 31
+		}
+		return time.Duration(secs) * time.Second, true
+	}
+	t, err := http.ParseTime(v)
+	if err != nil {
+		return 0, false
+	}
+	d := t.Sub(now)
+	if d < 0 {
+		d = 0
+	}
+	return d, true
+}
+
+// budget counts requests and retries to one upstream over a rolling
+// window of 10 one-second buckets.
+type budget struct {
+	ratio     float64
+	perSecond int64
+
+	mu      sync.Mutex
+	buckets [budgetWindow]budgetBucket
+}
+
+const budgetWindow = 10
+
+type budgetBucket struct {
+	sec               int64
+	requests, retries int64
+}
+
+func newBudget(b *Budget) *budget {
+	if b == nil || b.Disabled {
+		return nil
+	}
+	return &budget{ratio: *b.Ratio, perSecond: int64(*b.MinPerSecond)}
+}
+
+func (b *budget) bucket(now time.Time) *budgetBucket {
+	sec := now.Unix()
+	bk := &b.buckets[sec%budgetWindow]
+	if bk.sec != sec {
+		*bk = budgetBucket{sec: sec}
+	}
+	return bk
+}
+
+// request counts a new request.
+func (b *budget) request(now time.Time) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	b.bucket(now).requests++
+	b.mu.Unlock()
+}
+
+// allow reports whether one more retry fits, and counts it if so.
+func (b *budget) allow(now time.Time) bool {
+	if b == nil {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	cur := b.bucket(now)
+	var requests, retries int64
+	oldest := now.Unix() - budgetWindow
+	for i := range b.buckets {
+		if bk := &b.buckets[i]; bk.sec > oldest {
+			requests += bk.requests
+			retries += bk.retries
+		}
+	}
+	if float64(retries+1) <= b.ratio*float64(requests) || cur.retries < b.perSecond {
+		cur.retries++
+		return true
+	}
+	return false
+}
+
+// retryWait decides whether the attempt at, which returned res (nil on
+// error), is tried again, and after how long. A refused retry that `on`
+// asked for comes with the reason.
+func (ex *exchange) retryWait(res *http.Response, at *attemptResult, now time.Time) (time.Duration, denial, bool) {
+	r := ex.t.Retry
+	if len(ex.tries) >= r.Attempts || !r.matches(at.outcome, at.status) {
+		return 0, denyNone, false
+	}
+	if ex.idem == idemNo && !at.neverSent {
+		// it may have reached the upstream: never send it twice
+		return 0, denyUnsafe, false
+	}
+	if !ex.replayable {
+		return 0, denyBody, false
+	}
+	if ex.bo == nil {
+		ex.bo = r.newBackoff()
+	}
+	wait := ex.bo.NextBackOff()
+	if res != nil && r.RetryAfter > 0 &&
+		(at.status == http.StatusTooManyRequests || at.status == http.StatusServiceUnavailable) {
+		if ra, ok := parseRetryAfter(res.Header.Get("Retry-After"), now); ok {
+			if ra > time.Duration(r.RetryAfter) {
+				return 0, denyRetryAfter, false
+			}
+			wait = max(wait, ra)
+		}
+	}
+	if !ex.totalAt.IsZero() && !now.Add(wait).Before(ex.totalAt) {
+		return 0, denyDeadline, false
+	}
+	if !ex.up.budget.allow(now) {
+		return 0, denyBudget, false
+	}
+	return wait, denyNone, true
+}

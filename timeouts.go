@@ -1,0 +1,180 @@
+package resilient
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// Timeouts bounds each phase of a request to the upstream. A negative
+// value (`off` in the Caddyfile) switches that bound off.
+type Timeouts struct {
+	// How long to wait for a TCP connection, DNS lookup included. The
+	// `transport http` option dial_timeout is used when this is not set.
+	// Default: `3s`.
+	Connect caddy.Duration `json:"connect,omitempty"`
+
+	// How long the TLS handshake may take. The `transport http` option
+	// tls_timeout is used when this is not set. Default: `5s`.
+	TLS caddy.Duration `json:"tls,omitempty"`
+
+	// How long writing the request, headers and body, may take once a
+	// connection is held. Default: `10s`.
+	Write caddy.Duration `json:"write,omitempty"`
+
+	// How long to wait for response headers once the request is written;
+	// also the longest silence allowed while the response body streams.
+	// Default: `30s`.
+	Read caddy.Duration `json:"read,omitempty"`
+
+	// How long to wait for a free connection slot when the upstream is
+	// at pool.max_conns. Default: `1s`.
+	Pool caddy.Duration `json:"pool,omitempty"`
+
+	// How long one attempt may take, from its start to response headers.
+	// Default: `10s`.
+	Attempt caddy.Duration `json:"attempt,omitempty"`
+
+	// How long the whole request may take, all attempts and backoff waits
+	// included, up to response headers. Default: `30s`.
+	Total caddy.Duration `json:"total,omitempty"`
+}
+
+func (t *Timeouts) setDefaults() {
+	def := func(d *caddy.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = caddy.Duration(v)
+		}
+	}
+	// connect and tls are left to the embedded transport's own options
+	// when unset here; see Transport.Provision.
+	def(&t.Write, 10*time.Second)
+	def(&t.Read, 30*time.Second)
+	def(&t.Pool, time.Second)
+	def(&t.Attempt, 10*time.Second)
+	def(&t.Total, 30*time.Second)
+}
+
+func (t *Timeouts) validate() error {
+	// every value is either a duration or "off"; nothing else to check
+	return nil
+}
+
+// on returns d as a time.Duration, with 0 meaning "no bound".
+func on(d caddy.Duration) time.Duration {
+	if d < 0 {
+		return 0
+	}
+	return time.Duration(d)
+}
+
+// watchdog enforces the phase timeouts of one attempt with a single
+// timer. Whichever bound runs out first (the current phase, the attempt
+// or the whole request) cancels the attempt's context with its own
+// cause, which names the outcome.
+type watchdog struct {
+	mu      sync.Mutex
+	timer   *time.Timer
+	cancel  context.CancelCauseFunc
+	phase   *timeoutCause
+	phaseAt time.Time
+	attempt time.Time // zero once response headers arrived
+	total   time.Time // zero once response headers arrived
+	fired   *timeoutCause
+}
+
+func newWatchdog(cancel context.CancelCauseFunc, attemptAt, totalAt time.Time) *watchdog {
+	w := &watchdog{cancel: cancel, attempt: attemptAt, total: totalAt}
+	w.timer = time.AfterFunc(time.Hour, w.fire)
+	w.reset()
+	return w
+}
+
+// enter starts a phase with its own bound d (0: none); nil ends the
+// current phase.
+func (w *watchdog) enter(phase *timeoutCause, d time.Duration) {
+	w.mu.Lock()
+	if phase == nil || d <= 0 {
+		w.phase, w.phaseAt = nil, time.Time{}
+	} else {
+		w.phase, w.phaseAt = phase, time.Now().Add(d)
+	}
+	w.reset()
+	w.mu.Unlock()
+}
+
+// headersDone lifts the attempt and total bounds: they end at response
+// headers.
+func (w *watchdog) headersDone() {
+	w.mu.Lock()
+	w.attempt, w.total = time.Time{}, time.Time{}
+	w.phase, w.phaseAt = nil, time.Time{}
+	w.reset()
+	w.mu.Unlock()
+}
+
+// stop releases the timer. It reports the cause if the watchdog had
+// already fired.
+func (w *watchdog) stop() *timeoutCause {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.timer.Stop()
+	w.attempt, w.total, w.phase = time.Time{}, time.Time{}, nil
+	return w.fired
+}
+
+// firedCause returns the cause the watchdog fired with, if it did.
+func (w *watchdog) firedCause() *timeoutCause {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.fired
+}
+
+// next returns the earliest deadline and its cause. Called with mu held.
+func (w *watchdog) next() (time.Time, *timeoutCause) {
+	at, cause := w.phaseAt, w.phase
+	if !w.attempt.IsZero() && (at.IsZero() || w.attempt.Before(at)) {
+		at, cause = w.attempt, causeAttempt
+	}
+	// the total bound wins ties: when both run out together, the request
+	// as a whole is over
+	if !w.total.IsZero() && (at.IsZero() || !at.Before(w.total)) {
+		at, cause = w.total, causeTotal
+	}
+	return at, cause
+}
+
+func (w *watchdog) reset() {
+	at, _ := w.next()
+	if at.IsZero() || w.fired != nil {
+		w.timer.Stop()
+		return
+	}
+	w.timer.Reset(time.Until(at))
+}
+
+func (w *watchdog) fire() {
+	w.mu.Lock()
+	at, cause := w.next()
+	if cause == nil || w.fired != nil {
+		w.mu.Unlock()
+		return
+	}
+	if d := time.Until(at); d > 0 {
+		// the deadline moved since the timer was set
+		w.timer.Reset(d)
+		w.mu.Unlock()
+		return
+	}
+	w.fired = cause
+	w.mu.Unlock()
+	w.cancel(cause)
+}
+
+func (t *Timeouts) String() string {
+	return fmt.Sprintf("connect=%v tls=%v write=%v read=%v pool=%v attempt=%v total=%v",
+		on(t.Connect), on(t.TLS), on(t.Write), on(t.Read), on(t.Pool), on(t.Attempt), on(t.Total))
+}
