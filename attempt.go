@@ -38,13 +38,14 @@ const (
 	flagWroteRequest
 	flagFirstByte
 	flagReused
+	flagDialTimeout
 )
 
-func (a *attemptTrace) set(f uint32)         { a.flags.Or(f) }
-func (a *attemptTrace) has(f uint32) bool    { return a.flags.Load()&f != 0 }
-func (a *attemptTrace) gotConn() bool        { return a.has(flagGotConn) }
-func (a *attemptTrace) inTLS() bool          { return a.has(flagInTLS) }
-func (a *attemptTrace) since() int64         { return int64(time.Since(a.start)) }
+func (a *attemptTrace) set(f uint32)                        { a.flags.Or(f) }
+func (a *attemptTrace) has(f uint32) bool                   { return a.flags.Load()&f != 0 }
+func (a *attemptTrace) gotConn() bool                       { return a.has(flagGotConn) }
+func (a *attemptTrace) inTLS() bool                         { return a.has(flagInTLS) }
+func (a *attemptTrace) since() int64                        { return int64(time.Since(a.start)) }
 func (a *attemptTrace) phase(n *atomic.Int64) time.Duration { return time.Duration(n.Load()) }
 
 func (a *attemptTrace) clientTrace() *httptrace.ClientTrace {
@@ -52,12 +53,20 @@ func (a *attemptTrace) clientTrace() *httptrace.ClientTrace {
 		DNSStart: func(httptrace.DNSStartInfo) {
 			a.connStartAt.CompareAndSwap(0, a.since())
 		},
+		DNSDone: func(info httptrace.DNSDoneInfo) {
+			if info.Err != nil && isTimeout(info.Err) {
+				a.set(flagDialTimeout)
+			}
+		},
 		ConnectStart: func(string, string) {
 			a.connStartAt.CompareAndSwap(0, a.since())
 		},
 		ConnectDone: func(_, _ string, err error) {
 			if err == nil {
 				a.connectNanos.Store(a.since() - a.connStartAt.Load())
+			} else if isTimeout(err) {
+				// Caddy's DialError hides the cause from errors.As
+				a.set(flagDialTimeout)
 			}
 		},
 		TLSHandshakeStart: func() {
@@ -202,4 +211,3 @@ func (b *attemptBody) Close() error {
 	})
 	return err
 }
-

@@ -216,7 +216,6 @@ func parseRetry(d *caddyfile.Dispenser) (*Retry, error) {
 		r.Disabled = true
 		return r, nil
 	}
-	d.Prev()
 	err := block(d, func(opt string) error {
 		var err error
 		switch opt {
@@ -328,7 +327,6 @@ func parseBreaker(d *caddyfile.Dispenser) (*Breaker, error) {
 		b.Disabled = true
 		return b, nil
 	}
-	d.Prev()
 	err := block(d, func(opt string) error {
 		var err error
 		switch opt {

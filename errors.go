@@ -259,7 +259,7 @@ func classify(err error, tr *attemptTrace, cause error) Outcome {
 	}
 	var de reverseproxy.DialError
 	if errors.As(err, &de) || !tr.gotConn() {
-		if isTimeout(err) {
+		if tr.has(flagDialTimeout) || isTimeout(err) {
 			return OutcomeConnectTimeout
 		}
 		return OutcomeConnectError

@@ -38,8 +38,8 @@ type exchange struct {
 
 // try is one attempt as the log shows it.
 type try struct {
-	outcome Outcome
-	status  int
+	outcome  Outcome
+	status   int
 	took     time.Duration
 	wait     time.Duration // the wait before this attempt
 	admitted bool          // past the breaker and the pool

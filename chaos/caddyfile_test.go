@@ -10,9 +10,15 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	_ "github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
 func prob(p float64) *float64 { return &p }
+
+// block wraps lines in a chaos block: a Caddyfile block closes on its own line.
+func block(lines ...string) string {
+	return "chaos {\n\t" + strings.Join(lines, "\n\t") + "\n}"
+}
 
 func TestUnmarshalCaddyfile(t *testing.T) {
 	for _, tc := range []struct {
@@ -27,7 +33,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		},
 		{
 			name:  "empty block",
-			input: `chaos {}`,
+			input: "chaos {\n}",
 			want:  Handler{},
 		},
 		{
@@ -53,12 +59,12 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		},
 		{
 			name:  "retry_after in bare seconds",
-			input: `chaos { status 429 retry_after 7 }`,
+			input: block(`status 429 retry_after 7`),
 			want:  Handler{Faults: []Fault{{Action: "status", Status: 429, RetryAfter: caddy.Duration(7 * time.Second)}}},
 		},
 		{
 			name:  "options in any order",
-			input: `chaos { status 500 first 2 body oops retry_after 1m }`,
+			input: block(`status 500 first 2 body oops retry_after 1m`),
 			want:  Handler{Faults: []Fault{{Action: "status", Status: 500, Body: "oops", RetryAfter: caddy.Duration(time.Minute), First: 2}}},
 		},
 		{
@@ -100,34 +106,34 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		want  string // a part of the error
 	}{
 		{`chaos extra`, "wrong argument count"},
-		{`chaos { bogus }`, "unrecognized subdirective bogus"},
-		{"chaos {\n key_header A\n key_header B\n}", "key_header specified more than once"},
-		{`chaos { key_header }`, "wrong argument count"},
-		{`chaos { key_header A B }`, "wrong argument count"},
-		{`chaos { status }`, "wrong argument count"},
-		{`chaos { status abc }`, "status code must be a number, got abc"},
-		{`chaos { status 99 }`, "status code must be between 200 and 599, got 99"},
-		{`chaos { status 150 }`, "status code must be between 200 and 599, got 150"},
-		{`chaos { status 600 }`, "status code must be between 200 and 599, got 600"},
-		{`chaos { status 503 retry_after soon }`, "retry_after must be a positive number of seconds or duration, got soon"},
-		{`chaos { status 503 retry_after 0 }`, "retry_after must be a positive number of seconds or duration, got 0"},
-		{`chaos { status 503 retry_after }`, "wrong argument count"},
-		{`chaos { status 503 probability 1.5 }`, "probability must be between 0 and 1, got 1.5"},
-		{`chaos { status 503 probability -0.1 }`, "probability must be between 0 and 1, got -0.1"},
-		{`chaos { status 503 probability NaN }`, "probability must be between 0 and 1, got NaN"},
-		{`chaos { status 503 probability often }`, "probability must be a number, got often"},
-		{`chaos { status 503 first 0 }`, "first must be an integer >= 1, got 0"},
-		{`chaos { status 503 first two }`, "first must be an integer >= 1, got two"},
-		{`chaos { status 503 probability 0.5 first 2 }`, "probability and first cannot be used together"},
-		{`chaos { status 503 first 1 first 2 }`, "status option first specified more than once"},
-		{`chaos { status 503 colour red }`, "unrecognized status option colour"},
-		{`chaos { delay }`, "wrong argument count"},
-		{`chaos { delay later }`, "delay must be a duration, got later"},
-		{`chaos { delay 0s }`, "delay must be > 0, got 0s"},
-		{`chaos { delay 1s retry_after 2s }`, "retry_after only applies to the status action"},
-		{`chaos { hang body text }`, "body only applies to the status action"},
-		{`chaos { hang 5s }`, "unrecognized hang option 5s"},
-		{`chaos { reset first }`, "wrong argument count"},
+		{block(`bogus`), "unrecognized subdirective bogus"},
+		{block("key_header A", "key_header B"), "key_header specified more than once"},
+		{block(`key_header`), "wrong argument count"},
+		{block(`key_header A B`), "wrong argument count"},
+		{block(`status`), "wrong argument count"},
+		{block(`status abc`), "status code must be a number, got abc"},
+		{block(`status 99`), "status code must be between 200 and 599, got 99"},
+		{block(`status 150`), "status code must be between 200 and 599, got 150"},
+		{block(`status 600`), "status code must be between 200 and 599, got 600"},
+		{block(`status 503 retry_after soon`), "retry_after must be a positive number of seconds or duration, got soon"},
+		{block(`status 503 retry_after 0`), "retry_after must be a positive number of seconds or duration, got 0"},
+		{block(`status 503 retry_after`), "wrong argument count"},
+		{block(`status 503 probability 1.5`), "probability must be between 0 and 1, got 1.5"},
+		{block(`status 503 probability -0.1`), "probability must be between 0 and 1, got -0.1"},
+		{block(`status 503 probability NaN`), "probability must be between 0 and 1, got NaN"},
+		{block(`status 503 probability often`), "probability must be a number, got often"},
+		{block(`status 503 first 0`), "first must be an integer >= 1, got 0"},
+		{block(`status 503 first two`), "first must be an integer >= 1, got two"},
+		{block(`status 503 probability 0.5 first 2`), "probability and first cannot be used together"},
+		{block(`status 503 first 1 first 2`), "status option first specified more than once"},
+		{block(`status 503 colour red`), "unrecognized status option colour"},
+		{block(`delay`), "wrong argument count"},
+		{block(`delay later`), "delay must be a duration, got later"},
+		{block(`delay 0s`), "delay must be > 0, got 0s"},
+		{block(`delay 1s retry_after 2s`), "retry_after only applies to the status action"},
+		{block(`hang body text`), "body only applies to the status action"},
+		{block(`hang 5s`), "unrecognized hang option 5s"},
+		{block(`reset first`), "wrong argument count"},
 	} {
 		t.Run(tc.input, func(t *testing.T) {
 			var h Handler
@@ -155,7 +161,8 @@ func TestAdaptSiteBlock(t *testing.T) {
 	chaos /flaky/* {
 		status 503 retry_after 2s first 3
 	}
-}`
+}
+`
 	adapter := caddyconfig.GetAdapter("caddyfile")
 	if adapter == nil {
 		t.Fatal("caddyfile adapter not registered")

@@ -18,14 +18,15 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 )
 
 // testServer runs a chaos handler in front of a "next" handler that answers
 // 200 "upstream", and records what the server side saw.
 type testServer struct {
 	*httptest.Server
-	nextCalls atomic.Int32 // requests that reached next
-	bodyRead  atomic.Int64 // request body bytes read on the server
+	nextCalls atomic.Int32  // requests that reached next
+	bodyRead  atomic.Int64  // request body bytes read on the server
 	done      chan struct{} // one value each time the chaos handler returns
 }
 
@@ -37,6 +38,7 @@ func newTestServer(t *testing.T, h *Handler) *testServer {
 	if err := h.Provision(ctx); err != nil {
 		t.Fatalf("provision: %v", err)
 	}
+	h.logger = zap.NewNop() // the test context's development logger is noisy
 	if err := h.Validate(); err != nil {
 		t.Fatalf("validate: %v", err)
 	}
@@ -162,7 +164,7 @@ func TestFirstPerKey(t *testing.T) {
 		want int
 	}{
 		{"a", 503}, {"a", 503}, {"a", 200}, {"a", 200},
-		{"b", 503}, // a different key starts fresh
+		{"b", 503},                        // a different key starts fresh
 		{"-", 503}, {"", 503}, {"-", 200}, // no header and an empty one share the empty key
 		{"b", 503}, {"b", 200},
 	} {
