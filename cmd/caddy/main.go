@@ -6,6 +6,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	_ "github.com/caddy-resilient/resilient"
+	_ "github.com/caddy-resilient/resilient/chaos"
 )
 
 func main() {
