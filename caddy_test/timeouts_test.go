@@ -412,4 +412,3 @@ func TestWebsocketPassThrough(t *testing.T) {
 		}
 	}
 }
-
