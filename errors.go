@@ -5,13 +5,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -182,14 +179,23 @@ func (e *Error) Error() string {
 		b.WriteString(e.Upstream)
 		b.WriteString(")")
 	}
-	if e.Err != nil {
+	if c := e.cause(); c != "" {
 		b.WriteString(": ")
-		b.WriteString(e.Err.Error())
-	} else if s := outcomeErrors[e.Outcome]; s != nil {
-		b.WriteString(": ")
-		b.WriteString(s.Error())
+		b.WriteString(c)
 	}
 	return b.String()
+}
+
+// cause is the message of what went wrong, without the outcome and
+// upstream that Error adds.
+func (e *Error) cause() string {
+	if e.Err != nil {
+		return e.Err.Error()
+	}
+	if s := outcomeErrors[e.Outcome]; s != nil {
+		return s.Error()
+	}
+	return ""
 }
 
 // Unwrap returns the underlying cause.
@@ -293,17 +299,4 @@ func isTLSError(err error) bool {
 	}
 	s := err.Error()
 	return strings.Contains(s, "TLS handshake") || strings.Contains(s, "tls: ")
-}
-
-// isConnReset reports errors that mean the peer closed or reset the
-// connection; used to tell resets from other transport failures.
-func isConnReset(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
-		errors.Is(err, syscall.ECONNREFUSED)
-}
-
-// errorf is fmt.Errorf, kept for messages that carry an outcome name.
-func errorf(o Outcome, format string, args ...any) error {
-	return fmt.Errorf("%s: "+format, append([]any{o}, args...)...)
 }

@@ -134,14 +134,14 @@ func (ex *exchange) attempt() (*http.Response, *attemptResult) {
 	}
 	if _, err := ex.up.slots.acquire(ex.req.Context(), poolWait); err != nil {
 		ticket(false, true)
-		at.neverSent, at.err = true, err
+		at.neverSent = true
 		switch {
 		case err == errNoSlot && byTotal:
 			at.outcome = OutcomeTotalTimeout
 		case err == errNoSlot:
 			at.outcome, at.retryAfter = OutcomePoolTimeout, time.Second
 		default:
-			at.outcome = OutcomeCanceled
+			at.outcome, at.err = OutcomeCanceled, err
 		}
 		at.took = time.Since(start)
 		return nil, at

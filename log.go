@@ -20,7 +20,7 @@ func (ex *exchange) report(e *Error) {
 	repl.Set("http.resilient.upstream", ex.up.addr)
 	repl.Set("http.resilient.breaker", ex.up.breaker.state())
 	if e != nil {
-		repl.Set("http.resilient.error", e.Error())
+		repl.Set("http.resilient.error", e.cause())
 		if e.RetryAfter > 0 {
 			repl.Set("http.resilient.retry_after", retryAfterSeconds(e.RetryAfter))
 		}
