@@ -386,7 +386,8 @@ func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 }
 
 // budget counts requests and retries to one upstream over a rolling
-// window of 10 one-second buckets.
+// window of 10 one-second buckets: retries may take ratio x the
+// requests of the window, plus perSecond each second.
 type budget struct {
 	ratio     float64
 	perSecond int64
@@ -398,8 +399,10 @@ type budget struct {
 const budgetWindow = 10
 
 type budgetBucket struct {
-	sec               int64
-	requests, retries int64
+	sec      int64
+	requests int64
+	floor    int64 // retries let through by the per-second floor
+	ratio    int64 // retries let through by the ratio
 }
 
 func newBudget(b *Budget) *budget {
@@ -428,7 +431,8 @@ func (b *budget) request(now time.Time) {
 	b.mu.Unlock()
 }
 
-// allow reports whether one more retry fits, and counts it if so.
+// allow reports whether one more retry fits, and counts it if so. The
+// per-second floor is used first; the ratio adds to it.
 func (b *budget) allow(now time.Time) bool {
 	if b == nil {
 		return true
@@ -436,16 +440,20 @@ func (b *budget) allow(now time.Time) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	cur := b.bucket(now)
+	if cur.floor < b.perSecond {
+		cur.floor++
+		return true
+	}
 	var requests, retries int64
 	oldest := now.Unix() - budgetWindow
 	for i := range b.buckets {
 		if bk := &b.buckets[i]; bk.sec > oldest {
 			requests += bk.requests
-			retries += bk.retries
+			retries += bk.ratio
 		}
 	}
-	if float64(retries+1) <= b.ratio*float64(requests) || cur.retries < b.perSecond {
-		cur.retries++
+	if float64(retries+1) <= b.ratio*float64(requests) {
+		cur.ratio++
 		return true
 	}
 	return false

@@ -1,0 +1,272 @@
+package resilient
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+func provisionedRetry(t *testing.T, r *Retry) *Retry {
+	t.Helper()
+	if err := r.provision(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.validate(); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestBackoffGrowsWithJitterUpToTheLongestWait(t *testing.T) {
+	r := provisionedRetry(t, &Retry{Backoff: &Backoff{First: caddy.Duration(100 * time.Millisecond), Max: caddy.Duration(time.Second)}})
+	for run := 0; run < 50; run++ {
+		bo := r.newBackoff()
+		base := 100 * time.Millisecond
+		for i := 0; i < 8; i++ {
+			w := bo.NextBackOff()
+			lo, hi := base/2, base+base/2
+			if w < lo || w > hi {
+				t.Fatalf("wait %d = %v, want within [%v, %v]", i, w, lo, hi)
+			}
+			base = min(base*2, time.Second)
+		}
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"0", 0, true},
+		{"3", 3 * time.Second, true},
+		{" 7 ", 7 * time.Second, true},
+		{"Fri, 27 Nov 2026 12:00:05 GMT", 5 * time.Second, true},
+		{"Friday, 27-Nov-26 12:00:10 GMT", 10 * time.Second, true}, // RFC 850, still valid
+		{"Fri, 27 Nov 2026 11:59:00 GMT", 0, true},                 // in the past: now
+		{"", 0, false},
+		{"-1", 0, false},
+		{"1.5", 0, false},
+		{"soon", 0, false},
+		{"99999999999999999999", 0, false},
+	} {
+		got, ok := parseRetryAfter(tc.in, now)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("parseRetryAfter(%q) = %v, %v; want %v, %v", tc.in, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestBudgetRatioPlusFloor(t *testing.T) {
+	ratio, floor := 0.2, 2
+	b := newBudget(&Budget{Ratio: &ratio, MinPerSecond: &floor})
+	allowed := func(now time.Time, tries int) int {
+		n := 0
+		for i := 0; i < tries; i++ {
+			if b.allow(now) {
+				n++
+			}
+		}
+		return n
+	}
+	t0 := time.Unix(1_000_000, 0)
+	for i := 0; i < 10; i++ {
+		b.request(t0)
+	}
+	// the floor lets 2 through, the ratio 2 more (20% of 10)
+	if got := allowed(t0, 10); got != 4 {
+		t.Fatalf("allowed %d retries for 10 requests, want 2 + 2", got)
+	}
+	// a new second: a fresh floor, but the window's ratio is spent
+	if got := allowed(t0.Add(time.Second), 10); got != 2 {
+		t.Fatalf("allowed %d retries in the next second, want the floor of 2", got)
+	}
+	// past the window everything is forgotten
+	t2 := t0.Add(11 * time.Second)
+	for i := 0; i < 100; i++ {
+		b.request(t2)
+	}
+	if got := allowed(t2, 100); got != 22 {
+		t.Fatalf("allowed %d retries for 100 requests, want 2 + 20", got)
+	}
+}
+
+func TestBudgetOff(t *testing.T) {
+	if b := newBudget(&Budget{Disabled: true}); b != nil || !b.allow(time.Now()) {
+		t.Fatal("a disabled budget must allow every retry")
+	}
+}
+
+func TestClassify(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		retry  Retry
+		method string
+		header string
+		want   idempotency
+	}{
+		{"GET by method", Retry{}, "GET", "", idemMethod},
+		{"DELETE by method", Retry{}, "DELETE", "", idemMethod},
+		{"POST unsafe", Retry{}, "POST", "", idemNo},
+		{"POST with key", Retry{}, "POST", "k1", idemKey},
+		{"POST key header off", Retry{IdempotencyHeader: "off"}, "POST", "k1", idemNo},
+		{"PATCH generated", Retry{GenerateIdempotencyKey: true}, "PATCH", "", idemGenerated},
+		{"POST with key not replaced", Retry{GenerateIdempotencyKey: true}, "POST", "k1", idemKey},
+		{"generated needs retries", Retry{GenerateIdempotencyKey: true, Disabled: true}, "POST", "", idemNo},
+		{"custom methods", Retry{Methods: []string{"get"}}, "PUT", "", idemNo},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := provisionedRetry(t, &tc.retry)
+			req := httptest.NewRequest(tc.method, "http://x/", nil)
+			if tc.header != "" {
+				req.Header.Set("Idempotency-Key", tc.header)
+			}
+			got, h := r.classify(req)
+			if got != tc.want {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+			key := h.Get("Idempotency-Key")
+			switch {
+			case got == idemGenerated && (len(key) != 32 || req.Header.Get("Idempotency-Key") != ""):
+				t.Errorf("generated key %q must be 32 hex chars, on a copy of the headers", key)
+			case tc.header != "" && key != tc.header:
+				t.Errorf("the client's key became %q", key)
+			}
+		})
+	}
+	a, b := newIdempotencyKey(), newIdempotencyKey()
+	if a == b {
+		t.Error("two generated keys are equal")
+	}
+}
+
+func TestStatusMatch(t *testing.T) {
+	for _, tc := range []struct {
+		pattern string
+		status  int
+		want    bool
+	}{{"503", 503, true}, {"503", 502, false}, {"5xx", 599, true}, {"5xx", 499, false}, {"4xx", 429, true}} {
+		m, err := parseStatusMatch(tc.pattern)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.match(tc.status) != tc.want {
+			t.Errorf("%s matches %d: %v, want %v", tc.pattern, tc.status, !tc.want, tc.want)
+		}
+	}
+	for _, bad := range []string{"600", "99", "6xx", "5XX", "abc", ""} {
+		if _, err := parseStatusMatch(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+func TestBufferBody(t *testing.T) {
+	body := strings.Repeat("a", 100)
+	// fits: replayable, read whole
+	rb, rest, err := bufferBody(io.NopCloser(strings.NewReader(body)), -1, 100)
+	if err != nil || rb == nil || rest != nil {
+		t.Fatalf("a 100-byte body with limit 100: %v %v %v", rb, rest, err)
+	}
+	for i := 0; i < 2; i++ {
+		got, _ := io.ReadAll(rb.reader())
+		if string(got) != body {
+			t.Fatalf("replay %d differs", i)
+		}
+	}
+	rb.release()
+	// unknown length, too long: streams whole, in order
+	rb, rest, err = bufferBody(io.NopCloser(strings.NewReader(body)), -1, 99)
+	if err != nil || rb != nil || rest == nil {
+		t.Fatalf("a 100-byte body with limit 99 must stream: %v %v %v", rb, rest, err)
+	}
+	if got, _ := io.ReadAll(rest); string(got) != body {
+		t.Fatalf("streamed body differs: %d bytes", len(got))
+	}
+	// known length over the limit: not read at all
+	r := strings.NewReader(body)
+	rb, rest, _ = bufferBody(io.NopCloser(r), 100, 10)
+	if rb != nil || r.Len() != 100 {
+		t.Fatalf("a body known to be too long was read (%d left)", r.Len())
+	}
+	_ = rest
+}
+
+// retryExchange is an exchange as far as retryWait needs one.
+func retryExchange(t *testing.T, r *Retry, idem idempotency, tries int, total time.Time) *exchange {
+	tr := &Transport{Retry: provisionedRetry(t, r)}
+	ex := &exchange{t: tr, up: &upstream{}, idem: idem, replayable: true, totalAt: total}
+	ex.tries = make([]try, tries)
+	return ex
+}
+
+func TestRetryWaitDecisions(t *testing.T) {
+	now := time.Unix(2_000_000, 0)
+	res503 := func(retryAfter string) *http.Response {
+		res := &http.Response{StatusCode: 503, Header: http.Header{}}
+		if retryAfter != "" {
+			res.Header.Set("Retry-After", retryAfter)
+		}
+		return res
+	}
+	status := &attemptResult{outcome: OutcomeUpstreamStatus, status: 503}
+	for _, tc := range []struct {
+		name    string
+		retry   Retry
+		idem    idempotency
+		tries   int
+		total   time.Duration // 0: none
+		res     *http.Response
+		at      *attemptResult
+		wantOK  bool
+		deny    denial
+		minWait time.Duration
+	}{
+		{name: "GET 503 retried", idem: idemMethod, tries: 1, res: res503(""), at: status, wantOK: true},
+		{name: "out of attempts", idem: idemMethod, tries: 3, res: res503(""), at: status},
+		{name: "404 not in on", idem: idemMethod, tries: 1, res: &http.Response{StatusCode: 404}, at: &attemptResult{outcome: OutcomeOK, status: 404}},
+		{name: "POST 503 unsafe", idem: idemNo, tries: 1, res: res503(""), at: status, deny: denyUnsafe},
+		{name: "POST refused never sent", idem: idemNo, tries: 1, at: &attemptResult{outcome: OutcomeConnectError, neverSent: true}, wantOK: true},
+		{name: "POST reset after write", idem: idemNo, tries: 1, at: &attemptResult{outcome: OutcomeReset}, deny: denyUnsafe},
+		{name: "timeout needs on timeout", idem: idemMethod, tries: 1, at: &attemptResult{outcome: OutcomeReadTimeout}},
+		{name: "timeout with on timeout", retry: Retry{On: []string{"timeout"}}, idem: idemMethod, tries: 1, at: &attemptResult{outcome: OutcomeReadTimeout}, wantOK: true},
+		{name: "total timeout never", retry: Retry{On: []string{"timeout"}}, idem: idemMethod, tries: 1, at: &attemptResult{outcome: OutcomeTotalTimeout}},
+		{name: "canceled never", idem: idemMethod, tries: 1, at: &attemptResult{outcome: OutcomeCanceled, neverSent: true}},
+		{name: "Retry-After honoured", idem: idemMethod, tries: 1, res: res503("2"), at: status, wantOK: true, minWait: 2 * time.Second},
+		{name: "Retry-After over cap", idem: idemMethod, tries: 1, res: res503("11"), at: status, deny: denyRetryAfter},
+		{name: "Retry-After ignored when off", retry: Retry{RetryAfter: -1}, idem: idemMethod, tries: 1, res: res503("60"), at: status, wantOK: true},
+		{name: "wait overruns total", idem: idemMethod, tries: 1, total: time.Second, res: res503("2"), at: status, deny: denyDeadline},
+		{name: "fits in total", idem: idemMethod, tries: 1, total: 3 * time.Second, res: res503("2"), at: status, wantOK: true, minWait: 2 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var totalAt time.Time
+			if tc.total > 0 {
+				totalAt = now.Add(tc.total)
+			}
+			ex := retryExchange(t, &tc.retry, tc.idem, tc.tries, totalAt)
+			wait, deny, ok := ex.retryWait(tc.res, tc.at, now)
+			if ok != tc.wantOK || deny != tc.deny {
+				t.Fatalf("retry %v (denied %q), want %v (denied %q)", ok, deny, tc.wantOK, tc.deny)
+			}
+			if ok && wait < tc.minWait {
+				t.Errorf("wait %v, want at least %v", wait, tc.minWait)
+			}
+		})
+	}
+}
+
+func TestRetryWaitRefusesUnreplayableBody(t *testing.T) {
+	ex := retryExchange(t, &Retry{}, idemKey, 1, time.Time{})
+	ex.replayable = false
+	_, deny, ok := ex.retryWait(nil, &attemptResult{outcome: OutcomeReset}, time.Now())
+	if ok || deny != denyBody {
+		t.Fatalf("retried %v denied %q; a body that was not kept cannot be sent again", ok, deny)
+	}
+}
