@@ -119,21 +119,29 @@ func block(d *caddyfile.Dispenser, each func(opt string) error) error {
 	return nil
 }
 
-// oneArg returns the single argument of the current option.
-func oneArg(d *caddyfile.Dispenser) (string, error) {
+// oneArg returns the single argument of option opt of block parent.
+func oneArg(d *caddyfile.Dispenser, parent, opt string) (string, error) {
 	if !d.NextArg() {
-		return "", d.ArgErr()
+		return "", d.Errf("%s: %s needs a value", parent, opt)
 	}
 	v := d.Val()
 	if d.NextArg() {
-		return "", d.ArgErr()
+		return "", d.Errf("%s: %s takes one value, got another: %q", parent, opt, d.Val())
 	}
 	return v, nil
 }
 
+// noArgs refuses arguments after option opt of block parent.
+func noArgs(d *caddyfile.Dispenser, parent, opt string) error {
+	if d.NextArg() {
+		return d.Errf("%s: %s takes no value, got %q", parent, opt, d.Val())
+	}
+	return nil
+}
+
 // duration parses a positive duration; with allowOff, `off` gives -1.
 func duration(d *caddyfile.Dispenser, parent, opt string, allowOff bool) (caddy.Duration, error) {
-	v, err := oneArg(d)
+	v, err := oneArg(d, parent, opt)
 	if err != nil {
 		return 0, err
 	}
@@ -153,7 +161,7 @@ func duration(d *caddyfile.Dispenser, parent, opt string, allowOff bool) (caddy.
 
 // integer parses a whole number of at least lo.
 func integer(d *caddyfile.Dispenser, parent, opt string, lo int) (int, error) {
-	v, err := oneArg(d)
+	v, err := oneArg(d, parent, opt)
 	if err != nil {
 		return 0, err
 	}
@@ -210,8 +218,8 @@ func parseRetry(d *caddyfile.Dispenser) (*Retry, error) {
 		if d.Val() != "off" {
 			return nil, d.Errf("retry: expected `off` or a block, got %q", d.Val())
 		}
-		if d.NextArg() {
-			return nil, d.ArgErr()
+		if err := noArgs(d, "retry", "off"); err != nil {
+			return nil, err
 		}
 		r.Disabled = true
 		return r, nil
@@ -264,7 +272,7 @@ func parseRetry(d *caddyfile.Dispenser) (*Retry, error) {
 			}
 			r.Methods = args
 		case "idempotency_header":
-			v, err := oneArg(d)
+			v, err := oneArg(d, "retry", opt)
 			if err != nil {
 				return err
 			}
@@ -273,8 +281,8 @@ func parseRetry(d *caddyfile.Dispenser) (*Retry, error) {
 			}
 			r.IdempotencyHeader = v
 		case "generate_idempotency_key":
-			if d.NextArg() {
-				return d.ArgErr()
+			if err := noArgs(d, "retry", opt); err != nil {
+				return err
 			}
 			r.GenerateIdempotencyKey = true
 		case "retry_after":
@@ -289,8 +297,8 @@ func parseRetry(d *caddyfile.Dispenser) (*Retry, error) {
 				return d.Errf("retry: budget takes a ratio and a minimum per second, or off; got %d arguments", len(args))
 			}
 			ratio, err1 := strconv.ParseFloat(args[0], 64)
-			if err1 != nil || ratio < 0 || ratio > 1000 {
-				return d.Errf("retry: budget ratio must be a number >= 0, got %q", args[0])
+			if err1 != nil || !validRatio(ratio) {
+				return d.Errf("retry: budget ratio must be a number from 0 to 1000, got %q", args[0])
 			}
 			floor, err2 := strconv.Atoi(args[1])
 			if err2 != nil || floor < 0 {
@@ -298,7 +306,7 @@ func parseRetry(d *caddyfile.Dispenser) (*Retry, error) {
 			}
 			r.Budget = &Budget{Ratio: &ratio, MinPerSecond: &floor}
 		case "max_body":
-			v, err := oneArg(d)
+			v, err := oneArg(d, "retry", opt)
 			if err != nil {
 				return err
 			}
@@ -321,8 +329,8 @@ func parseBreaker(d *caddyfile.Dispenser) (*Breaker, error) {
 		if d.Val() != "off" {
 			return nil, d.Errf("breaker: expected `off` or a block, got %q", d.Val())
 		}
-		if d.NextArg() {
-			return nil, d.ArgErr()
+		if err := noArgs(d, "breaker", "off"); err != nil {
+			return nil, err
 		}
 		b.Disabled = true
 		return b, nil
@@ -331,12 +339,12 @@ func parseBreaker(d *caddyfile.Dispenser) (*Breaker, error) {
 		var err error
 		switch opt {
 		case "failure_ratio":
-			v, err := oneArg(d)
+			v, err := oneArg(d, "breaker", opt)
 			if err != nil {
 				return err
 			}
 			f, perr := strconv.ParseFloat(v, 64)
-			if perr != nil || f <= 0 || f > 1 {
+			if perr != nil || !(f > 0 && f <= 1) { // NaN fails too
 				return d.Errf("breaker: failure_ratio must be > 0 and <= 1, got %q", v)
 			}
 			b.FailureRatio = f
@@ -364,7 +372,7 @@ func parseBreaker(d *caddyfile.Dispenser) (*Breaker, error) {
 			}
 			b.FailureStatus = args
 		case "slow_call":
-			v, err := oneArg(d)
+			v, err := oneArg(d, "breaker", opt)
 			if err != nil {
 				return err
 			}

@@ -82,7 +82,6 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 		t.Breaker = new(Breaker)
 	}
 	t.Timeouts.setDefaults()
-	t.Pool.setDefaults()
 	if err := t.Retry.provision(); err != nil {
 		return fmt.Errorf("retry: %v", err)
 	}
@@ -103,11 +102,25 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 	if t.KeepAlive == nil {
 		t.KeepAlive = new(reverseproxy.KeepAlive)
 	}
-	if t.KeepAlive.MaxIdleConnsPerHost == 0 {
-		t.KeepAlive.MaxIdleConnsPerHost = t.Pool.MaxIdle
+	ka := t.KeepAlive
+	switch {
+	case t.Pool.MaxIdle != 0:
+		ka.MaxIdleConnsPerHost = t.Pool.MaxIdle
+	case ka.MaxIdleConnsPerHost != 0:
+		t.Pool.MaxIdle = ka.MaxIdleConnsPerHost
 	}
-	if t.KeepAlive.IdleConnTimeout == 0 {
-		t.KeepAlive.IdleConnTimeout = t.Pool.IdleTimeout
+	switch {
+	case t.Pool.IdleTimeout != 0:
+		ka.IdleConnTimeout = t.Pool.IdleTimeout
+	case ka.IdleConnTimeout != 0:
+		t.Pool.IdleTimeout = ka.IdleConnTimeout
+	}
+	t.Pool.setDefaults()
+	if ka.MaxIdleConnsPerHost == 0 {
+		ka.MaxIdleConnsPerHost = t.Pool.MaxIdle
+	}
+	if ka.IdleConnTimeout == 0 {
+		ka.IdleConnTimeout = t.Pool.IdleTimeout
 	}
 	if err := t.HTTPTransport.Provision(ctx); err != nil {
 		return err

@@ -141,7 +141,7 @@ func (r *Retry) provision() error {
 		r.On = defaultOn
 	}
 	if r.Methods == nil {
-		r.Methods = defaultMethods
+		r.Methods = slices.Clone(defaultMethods)
 	}
 	for i, m := range r.Methods {
 		r.Methods[i] = strings.ToUpper(m)
@@ -199,12 +199,15 @@ func (r *Retry) validate() error {
 			time.Duration(r.Backoff.Max), time.Duration(r.Backoff.First))
 	}
 	for _, m := range r.Methods {
-		if m == "" || strings.ContainsAny(m, " \t") {
-			return fmt.Errorf("methods: invalid method %q", m)
+		if !isToken(m) {
+			return fmt.Errorf("methods: %q is not an HTTP method", m)
 		}
 	}
-	if ratio := *r.Budget.Ratio; ratio < 0 || ratio > 1000 {
-		return fmt.Errorf("budget: ratio must be >= 0, got %v", ratio)
+	if r.keyHeader != "" && !isToken(r.keyHeader) {
+		return fmt.Errorf("idempotency_header: %q is not a header name", r.IdempotencyHeader)
+	}
+	if ratio := *r.Budget.Ratio; !validRatio(ratio) {
+		return fmt.Errorf("budget: ratio must be from 0 to 1000, got %v", ratio)
 	}
 	if *r.Budget.MinPerSecond < 0 {
 		return fmt.Errorf("budget: min_per_second must be >= 0, got %d", *r.Budget.MinPerSecond)
@@ -214,6 +217,9 @@ func (r *Retry) validate() error {
 	}
 	return nil
 }
+
+// validRatio bounds the budget ratio; NaN is refused too.
+func validRatio(f float64) bool { return f >= 0 && f <= 1000 }
 
 // matches reports whether a failed attempt is one `on` retries.
 func (r *Retry) matches(o Outcome, status int) bool {
