@@ -3,6 +3,8 @@ package resilient
 import (
 	"errors"
 	"fmt"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -12,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/sony/gobreaker/v2"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // Breaker configures the circuit breaker kept for each upstream. It
@@ -80,7 +83,7 @@ func (b *Breaker) provision() error {
 		b.HalfOpenRequests = 3
 	}
 	if b.FailureStatus == nil {
-		b.FailureStatus = defaultFailureStatus
+		b.FailureStatus = slices.Clone(defaultFailureStatus)
 	}
 	b.failureStatus = b.failureStatus[:0]
 	for _, s := range b.FailureStatus {
@@ -128,6 +131,22 @@ func (b *Breaker) isFailureStatus(status int) bool {
 	return false
 }
 
+// isFailure says how an attempt's result counts for the breaker. Client
+// cancellations, and attempts that never got past the breaker or the
+// pool, count neither way.
+func (b *Breaker) isFailure(o Outcome, status int, took time.Duration) (failure, excluded bool) {
+	switch o {
+	case OutcomeCanceled, OutcomeBreakerOpen, OutcomePoolTimeout:
+		return false, true
+	case OutcomeOK, OutcomeUpstreamStatus:
+		if b.isFailureStatus(status) {
+			return true, false
+		}
+		return b.SlowCall > 0 && took > time.Duration(b.SlowCall), false
+	}
+	return true, false
+}
+
 // key identifies the breaker settings, so a reload that keeps them keeps
 // the breaker's state.
 func (b *Breaker) key() string {
@@ -137,24 +156,127 @@ func (b *Breaker) key() string {
 }
 
 // breakers holds every breaker in use, across config reloads, keyed by
-// upstream and settings.
+// upstream and settings. Transports take a reference on the breakers of
+// the upstreams they send to, and drop it in Cleanup.
 var breakers = caddy.NewUsagePool()
 
-// breaker is the circuit breaker of one upstream.
+// breakersByAddr indexes the breakers in the registry by upstream
+// address, for the admin API and the selection policy, which look
+// breakers up without holding a reference. Its slices are replaced, never
+// changed in place, so a reader may keep one after unlocking.
+var breakersByAddr = struct {
+	sync.RWMutex
+	m map[string][]*breaker
+}{m: make(map[string][]*breaker)}
+
+// acquireBreaker returns the shared breaker for upstream under cfg,
+// creating it on first use. Each call must be paired with release.
+func acquireBreaker(cfg *Breaker, upstream string, logger *zap.Logger) *breaker {
+	key := upstream + "|" + cfg.key()
+	v, _, _ := breakers.LoadOrNew(key, func() (caddy.Destructor, error) {
+		b := newBreaker(cfg, upstream, key)
+		breakersByAddr.Lock()
+		breakersByAddr.m[upstream] = append(slices.Clip(breakersByAddr.m[upstream]), b)
+		breakersByAddr.Unlock()
+		return b, nil
+	})
+	b := v.(*breaker)
+	if logger != nil {
+		b.logger.Store(logger)
+	}
+	return b
+}
+
+// lookupBreakers returns the breakers of the upstream at addr (one per
+// distinct settings), without taking a reference.
+func lookupBreakers(addr string) []*breaker {
+	breakersByAddr.RLock()
+	defer breakersByAddr.RUnlock()
+	return breakersByAddr.m[addr]
+}
+
+// allBreakers returns every breaker in the registry, ordered by upstream.
+func allBreakers() []*breaker {
+	breakersByAddr.RLock()
+	var all []*breaker
+	for _, bs := range breakersByAddr.m {
+		all = append(all, bs...)
+	}
+	breakersByAddr.RUnlock()
+	slices.SortFunc(all, func(a, b *breaker) int { return strings.Compare(a.key, b.key) })
+	return all
+}
+
+// Destruct implements caddy.Destructor: the registry let go of b.
+func (b *breaker) Destruct() error {
+	breakersByAddr.Lock()
+	defer breakersByAddr.Unlock()
+	rest := slices.DeleteFunc(slices.Clone(breakersByAddr.m[b.upstream]), func(o *breaker) bool { return o == b })
+	if len(rest) == 0 {
+		delete(breakersByAddr.m, b.upstream)
+	} else {
+		breakersByAddr.m[b.upstream] = rest
+	}
+	return nil
+}
+
+// release drops a reference taken by acquireBreaker. The registry keeps
+// the breaker a while longer, for as long as its state means something
+// (the rest of its open period, or one window of counts): a config
+// reload provisions the new transports, which take their references only
+// when they first send to the upstream, and cleans up the old ones
+// before that; without the delay every reload would close every breaker.
+func (b *breaker) release() {
+	if d := b.linger(time.Now()); d > 0 {
+		time.AfterFunc(d, b.drop)
+		return
+	}
+	b.drop()
+}
+
+func (b *breaker) drop() { _, _ = breakers.Delete(b.key) }
+
+func (b *breaker) linger(now time.Time) time.Duration {
+	d := max(time.Duration(b.cfg.Window), b.openLeft(now))
+	if o := b.ov.Load(); o != nil && o.mode == forceOpen {
+		d = max(d, o.until.Sub(now))
+	}
+	return d
+}
+
+// breaker is the circuit breaker of one upstream under one set of
+// settings, shared by every transport that has both.
 type breaker struct {
 	upstream string
+	key      string // in the registry
 	cfg      *Breaker
-	cb       *gobreaker.TwoStepCircuitBreaker[struct{}]
+	cur      atomic.Pointer[generation]
 	logger   atomic.Pointer[zap.Logger]
+	ov       atomic.Pointer[override] // nil: none
 
-	// written under the gobreaker lock, in its hooks; read anywhere
-	openedAt   atomic.Int64 // unix nanos of the last move to open
-	lastCounts atomic.Pointer[gobreaker.Counts]
+	// Written by the gobreaker hooks of the current generation, under
+	// its lock; read anywhere.
+	cbState    atomic.Int32 // gobreaker.State, as of the last change
+	openUntil  atomic.Int64 // unix nanos: when the open breaker turns half-open
+	tripCounts atomic.Pointer[gobreaker.Counts]
+	rejected   atomic.Uint32 // requests turned away since it opened
+	probeGen   atomic.Uint64 // bumped each time it turns half-open
+	probeOK    atomic.Uint32
+	probeFail  atomic.Uint32
+}
 
-	// operator overrides from the admin API
-	mu          sync.Mutex
-	forced      forceMode
-	forcedUntil time.Time
+// generation is one gobreaker; an admin reset starts a new one, and
+// results reported to an older one are dropped with it.
+type generation struct {
+	cb *gobreaker.TwoStepCircuitBreaker[struct{}]
+	n  uint64
+}
+
+// override is an operator's decision from the admin API; it wins over
+// the breaker's own state until it ends or a reset lifts it.
+type override struct {
+	mode  forceMode
+	until time.Time // zero: until reset
 }
 
 type forceMode uint8
@@ -171,71 +293,109 @@ var errExcluded = errors.New("excluded")
 // errFailure tells gobreaker a result is a failure.
 var errFailure = errors.New("failure")
 
-// acquireBreaker returns the shared breaker for upstream under cfg,
-// creating it on first use. Each call must be paired with release.
-func acquireBreaker(cfg *Breaker, upstream string, logger *zap.Logger) *breaker {
-	key := upstream + "|" + cfg.key()
-	v, _, _ := breakers.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return newBreaker(cfg, upstream), nil
-	})
-	b := v.(*breaker)
-	b.logger.Store(logger)
+func newBreaker(cfg *Breaker, upstream, key string) *breaker {
+	b := &breaker{upstream: upstream, key: key, cfg: cfg}
+	b.cur.Store(b.newGeneration(1))
 	return b
 }
 
-func newBreaker(cfg *Breaker, upstream string) *breaker {
-	b := &breaker{upstream: upstream, cfg: cfg}
+func (b *breaker) newGeneration(n uint64) *generation {
+	cfg := b.cfg
 	window := time.Duration(cfg.Window)
 	ratio, minReq, consec := cfg.FailureRatio, uint32(cfg.MinRequests), uint32(*cfg.ConsecutiveFailures)
-	b.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
-		Name:         upstream,
+	return &generation{n: n, cb: gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:         b.upstream,
 		MaxRequests:  uint32(cfg.HalfOpenRequests),
 		Interval:     window,
 		BucketPeriod: window / 10,
 		Timeout:      time.Duration(cfg.OpenFor),
 		ReadyToTrip: func(c gobreaker.Counts) bool {
-			b.lastCounts.Store(&c)
-			if consec > 0 && c.ConsecutiveFailures >= consec {
-				return true
+			trip := consec > 0 && c.ConsecutiveFailures >= consec
+			if total := c.TotalSuccesses + c.TotalFailures; total >= minReq && float64(c.TotalFailures) >= ratio*float64(total) {
+				trip = true
 			}
-			total := c.TotalSuccesses + c.TotalFailures
-			return total >= minReq && float64(c.TotalFailures) >= ratio*float64(total)
+			if trip {
+				b.tripCounts.Store(&c)
+			}
+			return trip
 		},
-		OnStateChange: b.onStateChange,
-		IsExcluded:    func(err error) bool { return err == errExcluded },
-	})
-	return b
+		OnStateChange: func(_ string, from, to gobreaker.State) {
+			if b.cur.Load().n == n {
+				b.onStateChange(from, to)
+			}
+		},
+		IsExcluded: func(err error) bool { return err == errExcluded },
+	})}
 }
 
 // onStateChange runs under the gobreaker lock: it must not call back
-// into the breaker.
-func (b *breaker) onStateChange(_ string, from, to gobreaker.State) {
-	if to == gobreaker.StateOpen {
-		b.openedAt.Store(time.Now().UnixNano())
+// into the breaker, so it works from what the hooks recorded.
+func (b *breaker) onStateChange(from, to gobreaker.State) {
+	b.cbState.Store(int32(to))
+	var c transitionCounts
+	switch from {
+	case gobreaker.StateClosed:
+		if tc := b.tripCounts.Load(); tc != nil {
+			c = transitionCounts{requests: tc.TotalSuccesses + tc.TotalFailures, successes: tc.TotalSuccesses,
+				failures: tc.TotalFailures, consecutiveFailures: tc.ConsecutiveFailures}
+		}
+	case gobreaker.StateHalfOpen:
+		ok, failed := b.probeOK.Load(), b.probeFail.Load()
+		c = transitionCounts{requests: ok + failed, successes: ok, failures: failed, consecutiveFailures: failed}
+	case gobreaker.StateOpen:
+		c.rejected = b.rejected.Load()
+	}
+	switch to {
+	case gobreaker.StateOpen:
+		b.openUntil.Store(time.Now().Add(time.Duration(b.cfg.OpenFor)).UnixNano())
+		b.rejected.Store(0)
+	case gobreaker.StateHalfOpen:
+		b.probeOK.Store(0)
+		b.probeFail.Store(0)
+		b.probeGen.Add(1)
+	}
+	b.notify("breaker state changed", stateName(from), stateName(to), zap.Object("counts", c))
+}
+
+// notify logs a change of the breaker's state at warn, and tells the
+// observer.
+func (b *breaker) notify(msg, from, to string, fields ...zap.Field) {
+	if obs := breakerObserver; obs != nil {
+		obs(b.upstream, from, to)
 	}
 	logger := b.logger.Load()
 	if logger == nil {
 		return
 	}
-	fields := []zap.Field{
-		zap.String("upstream", b.upstream),
-		zap.String("from", stateName(from)),
-		zap.String("to", stateName(to)),
+	if c := logger.Check(zapcore.WarnLevel, msg); c != nil {
+		c.Write(append([]zap.Field{
+			zap.String("upstream", b.upstream),
+			zap.String("from", from),
+			zap.String("to", to),
+		}, fields...)...)
 	}
-	if c := b.lastCounts.Load(); c != nil && to == gobreaker.StateOpen && from == gobreaker.StateClosed {
-		fields = append(fields,
-			zap.Uint32("requests", c.Requests),
-			zap.Uint32("failures", c.TotalFailures),
-			zap.Uint32("consecutive_failures", c.ConsecutiveFailures))
-	}
-	logger.Warn("breaker state changed", fields...)
 }
 
-// Destruct implements caddy.Destructor; a breaker holds nothing to free.
-func (b *breaker) Destruct() error { return nil }
+// breakerObserver, when set, is told of every change of state of every
+// breaker, by upstream and state names (metrics use it). It may run under
+// a breaker's lock: it must be quick and must not call into the breaker.
+var breakerObserver func(upstream, from, to string)
 
-func (b *breaker) release() {
-	_, _ = breakers.Delete(b.upstream + "|" + b.cfg.key())
+// transitionCounts are the numbers behind a change of state: the
+// window's counts when it trips, the probes' results when it leaves
+// half-open, the requests turned away when it leaves open.
+type transitionCounts struct {
+	requests, successes, failures, consecutiveFailures, rejected uint32
+}
+
+// MarshalLogObject implements zapcore.ObjectMarshaler.
+func (c transitionCounts) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	enc.AddUint32("requests", c.requests)
+	enc.AddUint32("successes", c.successes)
+	enc.AddUint32("failures", c.failures)
+	enc.AddUint32("consecutive_failures", c.consecutiveFailures)
+	enc.AddUint32("rejected", c.rejected)
+	return nil
 }
 
 func stateName(s gobreaker.State) string {
@@ -260,25 +420,92 @@ func (b *breaker) state() string {
 	case forceClosed:
 		return "closed"
 	}
-	return stateName(b.cb.State())
+	return stateName(b.cur.Load().cb.State())
 }
 
 // override returns the operator override in force at now.
 func (b *breaker) override(now time.Time) (forceMode, time.Time) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.forced == forceOpen && !b.forcedUntil.IsZero() && !now.Before(b.forcedUntil) {
-		b.forced, b.forcedUntil = forceNone, time.Time{}
+	o := b.ov.Load()
+	if o == nil {
+		return forceNone, time.Time{}
 	}
-	return b.forced, b.forcedUntil
+	if !o.until.IsZero() && !now.Before(o.until) {
+		if b.ov.CompareAndSwap(o, nil) {
+			b.notify("breaker override ended", overrideName(o.mode), b.state())
+		}
+		return forceNone, time.Time{}
+	}
+	return o.mode, o.until
 }
 
-// ticket reports the result of one admitted request to the breaker;
-// it must be called exactly once.
+// force sets an operator override for d (0: until reset).
+func (b *breaker) force(mode forceMode, d time.Duration) {
+	from := b.state()
+	o := &override{mode: mode}
+	if d > 0 {
+		o.until = time.Now().Add(d)
+	}
+	b.ov.Store(o)
+	fields := []zap.Field{zap.String("override", overrideName(mode))}
+	if d > 0 {
+		fields = append(fields, zap.Duration("for", d))
+	}
+	b.notify("breaker forced", from, b.state(), fields...)
+}
+
+// reset closes the breaker with clear counts and lifts any override.
+// Results still due from requests let through before are dropped.
+func (b *breaker) reset() {
+	from := b.state()
+	b.cur.Store(b.newGeneration(b.cur.Load().n + 1))
+	b.cbState.Store(int32(gobreaker.StateClosed))
+	b.openUntil.Store(0)
+	b.tripCounts.Store(nil)
+	b.ov.Store(nil)
+	b.notify("breaker reset", from, "closed")
+}
+
+func overrideName(m forceMode) string {
+	switch m {
+	case forceOpen:
+		return "open"
+	case forceClosed:
+		return "closed"
+	}
+	return "none"
+}
+
+// openLeft is how long the breaker stays open on its own, as of now.
+func (b *breaker) openLeft(now time.Time) time.Duration {
+	return time.Duration(b.openUntil.Load() - now.UnixNano())
+}
+
+// rejects reports whether allow would turn a request away now, without
+// asking for a ticket: open, or half-open with all its probes in flight.
+func (b *breaker) rejects() bool {
+	switch mode, _ := b.override(time.Now()); mode {
+	case forceOpen:
+		return true
+	case forceClosed:
+		return false
+	}
+	cb := b.cur.Load().cb
+	switch cb.State() {
+	case gobreaker.StateOpen:
+		return true
+	case gobreaker.StateHalfOpen:
+		c := cb.Counts()
+		return c.Requests >= c.TotalExclusions+uint32(b.cfg.HalfOpenRequests)
+	}
+	return false
+}
+
+// ticket reports the result of one admitted request to the breaker.
+// Only its first call counts.
 type ticket func(failure, excluded bool)
 
 // allow asks whether a request may go to the upstream. When it may not,
-// it returns how long until the breaker lets probes through.
+// it returns how long until the breaker lets requests through again.
 func (b *breaker) allow() (ticket, time.Duration, bool) {
 	if b == nil {
 		return noTicket, 0, true
@@ -286,48 +513,81 @@ func (b *breaker) allow() (ticket, time.Duration, bool) {
 	now := time.Now()
 	switch mode, until := b.override(now); mode {
 	case forceOpen:
-		if until.IsZero() {
-			return nil, time.Duration(b.cfg.OpenFor), false
+		b.rejected.Add(1)
+		wait := b.openLeft(now)
+		if !until.IsZero() {
+			wait = max(wait, until.Sub(now))
+		} else {
+			wait = max(wait, time.Duration(b.cfg.OpenFor))
 		}
-		return nil, until.Sub(now), false
+		return nil, wait, false
 	case forceClosed:
 		return noTicket, 0, true
 	}
-	done, err := b.cb.Allow()
+	g := b.cur.Load()
+	done, err := g.cb.Allow()
 	if err != nil {
-		wait := time.Duration(b.cfg.OpenFor) - now.Sub(time.Unix(0, b.openedAt.Load()))
-		if err == gobreaker.ErrTooManyRequests || wait <= 0 {
+		b.rejected.Add(1)
+		wait := b.openLeft(now)
+		if errors.Is(err, gobreaker.ErrTooManyRequests) || wait <= 0 {
 			// half-open with its probes in flight: they answer soon
 			wait = time.Second
 		}
 		return nil, wait, false
 	}
-	return func(failure, excluded bool) {
-		switch {
-		case excluded:
-			done(errExcluded)
-		case failure:
-			done(errFailure)
-		default:
-			done(nil)
-		}
-	}, 0, true
+	r := &result{b: b, done: done}
+	if gobreaker.State(b.cbState.Load()) != gobreaker.StateHalfOpen {
+		return r.report, 0, true
+	}
+	// A probe whose result never comes would keep the half-open breaker
+	// from letting others through: should its ticket be dropped without
+	// a call, the garbage collector reports it as excluded.
+	r.probe = b.probeGen.Load()
+	p := &probe{r: r}
+	p.cleanup = runtime.AddCleanup(p, func(r *result) { r.report(false, true) }, r)
+	return p.report, 0, true
 }
 
 func noTicket(bool, bool) {}
 
-// isFailure says how an attempt's result counts for the breaker.
-func (b *Breaker) isFailure(o Outcome, status int, took time.Duration) (failure, excluded bool) {
-	switch o {
-	case OutcomeCanceled, OutcomeBreakerOpen, OutcomePoolTimeout:
-		return false, true
-	case OutcomeOK, OutcomeUpstreamStatus:
-		if b.isFailureStatus(status) {
-			return true, false
-		}
-		return b.SlowCall > 0 && took > time.Duration(b.SlowCall), false
+// result is what a ticket reports to.
+type result struct {
+	b        *breaker
+	done     func(error)
+	probe    uint64 // the half-open period it probes; 0 when not a probe
+	reported atomic.Bool
+}
+
+func (r *result) report(failure, excluded bool) {
+	if r.reported.Swap(true) {
+		return
 	}
-	return true, false
+	var err error
+	switch {
+	case excluded:
+		err = errExcluded
+	case failure:
+		err = errFailure
+	}
+	if b := r.b; r.probe != 0 && !excluded && r.probe == b.probeGen.Load() {
+		if failure {
+			b.probeFail.Add(1)
+		} else {
+			b.probeOK.Add(1)
+		}
+	}
+	r.done(err)
+}
+
+// probe is the ticket of a request let through while half-open.
+type probe struct {
+	r       *result
+	cleanup runtime.Cleanup
+}
+
+func (p *probe) report(failure, excluded bool) {
+	p.cleanup.Stop()
+	p.r.report(failure, excluded)
 }
 
 // retryAfterSeconds rounds d up to whole seconds, at least 1.
@@ -337,4 +597,31 @@ func retryAfterSeconds(d time.Duration) string {
 		s = 1
 	}
 	return strconv.FormatInt(s, 10)
+}
+
+// admission is the breaker's answer for one attempt.
+type admission struct {
+	t    ticket
+	wait time.Duration
+	ok   bool
+}
+
+// admitFirst asks the breaker for the first attempt before the request
+// body is read: a request turned away leaves its body unread, so Caddy's
+// lb_retries can send it, whole, to another upstream. It reports whether
+// the request was let through.
+func (ex *exchange) admitFirst() bool {
+	t, wait, ok := ex.up.breaker.allow()
+	ex.first = &admission{t: t, wait: wait, ok: ok}
+	return ok
+}
+
+// admit asks the breaker for an attempt; the first one's answer comes
+// from admitFirst.
+func (ex *exchange) admit() (ticket, time.Duration, bool) {
+	if a := ex.first; a != nil {
+		ex.first = nil
+		return a.t, a.wait, a.ok
+	}
+	return ex.up.breaker.allow()
 }

@@ -167,6 +167,10 @@ type Error struct {
 	NeverSent bool
 	// Err is the underlying cause, if any.
 	Err error
+
+	// movable: nothing was sent and the request body is untouched, so
+	// the request may go, whole, to another upstream
+	movable bool
 }
 
 // Error implements error. It names the outcome and the upstream, never
@@ -211,12 +215,13 @@ func (e *Error) Is(target error) bool {
 	return e.Outcome == OutcomeCanceled && target == context.Canceled
 }
 
-// As lets errors.As find a reverseproxy.DialError when nothing was sent,
-// so that Caddy's own lb_retries may move any request, whatever its
-// method, to another upstream: a request that never left cannot be
-// duplicated.
+// As lets errors.As find a reverseproxy.DialError when nothing was sent
+// and the request body was not read, so that Caddy's own lb_retries may
+// move any request, whatever its method, to another upstream: a request
+// that never left cannot be duplicated. A request whose body was read
+// cannot be moved: Caddy would send it on without its body.
 func (e *Error) As(target any) bool {
-	if de, ok := target.(*reverseproxy.DialError); ok && e.NeverSent {
+	if de, ok := target.(*reverseproxy.DialError); ok && e.movable {
 		*de = reverseproxy.NewDialError(e)
 		return true
 	}

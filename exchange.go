@@ -28,12 +28,15 @@ type exchange struct {
 	replay     *replayBody   // nil when there is no body to keep
 	body       io.ReadCloser // a body that can be sent only once
 
-	tries   []try
-	bo      *backoff.ExponentialBackOff
-	denied  denial
-	sent    bool // some attempt may have reached the upstream
-	final   *attemptResult
-	outcome Outcome
+	tries    []try
+	bo       *backoff.ExponentialBackOff
+	denied   denial
+	sent     bool // some attempt may have reached the upstream
+	bodyRead bool // the client's body was read (or handed to net/http)
+	final    *attemptResult
+	outcome  Outcome
+	took     time.Duration // to response headers, or to the error
+	first    *admission    // the breaker's answer for the first attempt, asked before the body is read
 }
 
 // try is one attempt as the log shows it.
@@ -72,19 +75,25 @@ func newExchange(t *Transport, req *http.Request) *exchange {
 func (ex *exchange) run() (*http.Response, error) {
 	ex.idem, ex.header = ex.t.Retry.classify(ex.req)
 	ex.up.budget.request(ex.start)
-	ex.prepareBody()
+	if ex.admitFirst() {
+		ex.prepareBody()
+	}
 	var wait time.Duration
 	for {
 		res, at := ex.attempt()
 		ex.tries = append(ex.tries, try{outcome: at.outcome, status: at.status, took: at.took, wait: wait, admitted: at.admitted})
+		if at.admitted {
+			ex.up.m.attempts[at.outcome].Inc()
+		}
 		next, deny, again := ex.retryWait(res, at, time.Now())
 		if !again {
 			if deny != denyNone {
 				ex.denied = deny
-				ex.up.denied[deny].Add(1)
+				ex.up.m.denied[deny].Inc()
 			}
 			return ex.finish(res, at)
 		}
+		ex.up.m.retried(at.outcome, at.status)
 		ex.discard(res, at)
 		if err := ex.sleep(next); err != nil {
 			at = &attemptResult{outcome: OutcomeCanceled, err: err, neverSent: true}
@@ -102,6 +111,8 @@ func (ex *exchange) prepareBody() {
 		ex.replayable = true
 		return
 	}
+	// from here on the client's body is ours: Caddy cannot send it again
+	ex.bodyRead = true
 	r := ex.t.Retry
 	if r.Attempts < 2 {
 		ex.body = b
@@ -120,7 +131,7 @@ func (ex *exchange) prepareBody() {
 func (ex *exchange) attempt() (*http.Response, *attemptResult) {
 	at := new(attemptResult)
 	start := time.Now()
-	ticket, openFor, ok := ex.up.breaker.allow()
+	ticket, openFor, ok := ex.admit()
 	if !ok {
 		at.outcome, at.retryAfter, at.neverSent = OutcomeBreakerOpen, openFor, true
 		return nil, at
@@ -132,7 +143,7 @@ func (ex *exchange) attempt() (*http.Response, *attemptResult) {
 			poolWait, byTotal = max(left, time.Nanosecond), true
 		}
 	}
-	if _, err := ex.up.slots.acquire(ex.req.Context(), poolWait); err != nil {
+	if err := ex.up.takeSlot(ex.req.Context(), poolWait); err != nil {
 		ticket(false, true)
 		at.neverSent = true
 		switch {
@@ -172,7 +183,7 @@ func (ex *exchange) attempt() (*http.Response, *attemptResult) {
 			ticket(false, true)
 			cancel(nil)
 			w.stop()
-			ex.up.slots.release()
+			ex.up.freeSlot()
 		}
 	}()
 	res, err := ex.t.HTTPTransport.RoundTrip(r)
@@ -195,7 +206,7 @@ func (ex *exchange) attempt() (*http.Response, *attemptResult) {
 			cause = context.Cause(ex.req.Context())
 		}
 		cancel(nil)
-		ex.up.slots.release()
+		ex.up.freeSlot()
 		at.outcome, at.err, at.neverSent = classify(err, tr, cause), cleanError(err), tr.neverSent(err)
 		ex.sent = ex.sent || !at.neverSent
 		ticket(ex.t.Breaker.isFailure(at.outcome, 0, at.took))
@@ -224,7 +235,7 @@ func (ex *exchange) discard(res *http.Response, at *attemptResult) {
 	res.Body.Close()
 	at.w.stop()
 	at.cancel(nil)
-	ex.up.slots.release()
+	ex.up.freeSlot()
 }
 
 // sleep waits d before the next attempt, unless the client goes away.
@@ -245,7 +256,7 @@ func (ex *exchange) sleep(d time.Duration) error {
 // finish returns the final response, its body wrapped to finish the
 // request when it is closed, or the typed error.
 func (ex *exchange) finish(res *http.Response, at *attemptResult) (*http.Response, error) {
-	ex.final, ex.outcome = at, at.outcome
+	ex.final, ex.outcome, ex.took = at, at.outcome, time.Since(ex.start)
 	if res == nil {
 		e := &Error{
 			Outcome:    at.outcome,
@@ -254,6 +265,7 @@ func (ex *exchange) finish(res *http.Response, at *attemptResult) (*http.Respons
 			RetryAfter: at.retryAfter,
 			NeverSent:  !ex.sent,
 			Err:        at.err,
+			movable:    !ex.sent && !ex.bodyRead,
 		}
 		if at.outcome == OutcomeCanceled && !errors.Is(e, context.Canceled) {
 			e.Err = context.Canceled
@@ -268,7 +280,7 @@ func (ex *exchange) finish(res *http.Response, at *attemptResult) (*http.Respons
 		read:   on(ex.t.Timeouts.Read),
 		cancel: at.cancel,
 		done: func(timedOut bool) {
-			ex.up.slots.release()
+			ex.up.freeSlot()
 			if timedOut {
 				ex.outcome = OutcomeReadTimeout
 				ex.report(nil)
@@ -285,6 +297,8 @@ func (ex *exchange) done(e *Error) {
 		ex.report(e)
 	}
 	ex.log(e)
+	ex.up.m.requests[ex.outcome].Inc()
+	ex.up.m.duration[ex.outcome].Observe(ex.took.Seconds())
 	if ex.replay != nil {
 		ex.replay.release()
 		ex.replay = nil

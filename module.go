@@ -69,6 +69,9 @@ func (Transport) CaddyModule() caddy.ModuleInfo {
 func (t *Transport) Provision(ctx caddy.Context) error {
 	t.logger = ctx.Logger()
 	t.upstreams = new(sync.Map)
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
+	}
 	if t.Timeouts == nil {
 		t.Timeouts = new(Timeouts)
 	}

@@ -1,21 +1,22 @@
 package resilient
 
-import "sync/atomic"
+import (
+	"context"
+	"time"
+)
 
 // upstream is what the transport keeps per upstream (dial address):
-// its connection slots, breaker and retry budget.
+// its connection slots, breaker, retry budget and metrics.
 type upstream struct {
 	addr    string
 	slots   slots
 	breaker *breaker // nil when the breaker is off
 	budget  *budget  // nil when retries or the budget are off
-
-	// retries refused, by reason
-	denied [numDenials]atomic.Int64
+	m       *upstreamMetrics
 }
 
 func newUpstream(t *Transport, addr string) *upstream {
-	u := &upstream{addr: addr, slots: newSlots(t.Pool.MaxConns)}
+	u := &upstream{addr: addr, slots: newSlots(t.Pool.MaxConns), m: newUpstreamMetrics(addr)}
 	if !t.Breaker.Disabled {
 		u.breaker = acquireBreaker(t.Breaker, addr, t.logger)
 	}
@@ -23,6 +24,24 @@ func newUpstream(t *Transport, addr string) *upstream {
 		u.budget = newBudget(t.Retry.Budget)
 	}
 	return u
+}
+
+// takeSlot waits at most wait for a connection slot (see slots.acquire).
+func (u *upstream) takeSlot(ctx context.Context, wait time.Duration) error {
+	waited, err := u.slots.acquire(ctx, wait)
+	if u.slots != nil {
+		u.m.poolWait.Observe(waited.Seconds())
+	}
+	if err == nil {
+		u.m.inFlight.Inc()
+	}
+	return err
+}
+
+// freeSlot gives back a slot taken with takeSlot.
+func (u *upstream) freeSlot() {
+	u.slots.release()
+	u.m.inFlight.Dec()
 }
 
 // release lets go of the shared breaker.

@@ -41,6 +41,9 @@ func TestMain(m *testing.M) {
 // workDir holds Caddy's storage and the log files of the tests.
 var workDir string
 
+// loads numbers config loads, so each gets a log file of its own.
+var loads atomic.Int64
+
 // gateway is a loaded Caddy config plus the log file of the transport.
 type gateway struct {
 	*caddytest.Tester
@@ -74,7 +77,7 @@ const globals = `{
 // Caddy, with the transport's log going to a fresh file.
 func loadGateway(t *testing.T, sites string) *gateway {
 	t.Helper()
-	logPath := filepath.Join(workDir, strings.ReplaceAll(t.Name(), "/", "_")+".log")
+	logPath := filepath.Join(workDir, fmt.Sprintf("%s-%d.log", strings.ReplaceAll(t.Name(), "/", "_"), loads.Add(1)))
 	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{
 		TestRequestTimeout: 10 * time.Second,
 		LoadRequestTimeout: 10 * time.Second,

@@ -1,0 +1,215 @@
+package resilient
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/sony/gobreaker/v2"
+)
+
+func init() {
+	caddy.RegisterModule(adminBreakers{})
+}
+
+// adminBreakers provides the /resilient/breakers endpoints of Caddy's
+// admin API: the state of every breaker, and operator overrides.
+//
+//	GET  /resilient/breakers
+//	POST /resilient/breakers/reset?upstream=host:port
+//	POST /resilient/breakers/force_open?upstream=host:port&for=30s
+//	POST /resilient/breakers/force_close?upstream=host:port[&for=30s]
+//
+// The POST routes act on every breaker of the upstream (one per distinct
+// breaker settings) and answer with their new state, as GET does.
+type adminBreakers struct{}
+
+// CaddyModule returns the Caddy module information.
+func (adminBreakers) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.resilient",
+		New: func() caddy.Module { return new(adminBreakers) },
+	}
+}
+
+const adminBreakersPath = "/resilient/breakers"
+
+// Routes returns the routes of the breaker endpoints.
+func (a adminBreakers) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{
+		{Pattern: adminBreakersPath, Handler: caddy.AdminHandlerFunc(a.handleList)},
+		{Pattern: adminBreakersPath + "/", Handler: caddy.AdminHandlerFunc(a.handleAction)},
+	}
+}
+
+// handleList answers GET /resilient/breakers.
+func (adminBreakers) handleList(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return adminMethodNotAllowed(w, http.MethodGet)
+	}
+	return adminWriteStatuses(w, allBreakers())
+}
+
+// handleAction answers POST /resilient/breakers/{reset,force_open,force_close}.
+func (adminBreakers) handleAction(w http.ResponseWriter, r *http.Request) error {
+	action := strings.TrimPrefix(r.URL.Path, adminBreakersPath+"/")
+	if !slices.Contains([]string{"reset", "force_open", "force_close"}, action) {
+		return adminError(http.StatusNotFound, "unknown breaker action %q: use reset, force_open or force_close", action)
+	}
+	if r.Method != http.MethodPost {
+		return adminMethodNotAllowed(w, http.MethodPost)
+	}
+	q := r.URL.Query()
+	upstream := q.Get("upstream")
+	if upstream == "" {
+		return adminError(http.StatusBadRequest, "%s: missing upstream=<host:port>", action)
+	}
+	var d time.Duration
+	switch v, given := q.Get("for"), q.Has("for"); {
+	case given && action == "reset":
+		return adminError(http.StatusBadRequest, "reset: takes no for=")
+	case given:
+		var err error
+		if d, err = caddy.ParseDuration(v); err != nil || d <= 0 {
+			return adminError(http.StatusBadRequest, "%s: for=%q is not a positive duration such as 30s", action, v)
+		}
+	case action == "force_open":
+		return adminError(http.StatusBadRequest, "force_open: missing for=<duration>, e.g. for=30s")
+	}
+	bs := lookupBreakers(upstream)
+	if len(bs) == 0 {
+		return adminError(http.StatusNotFound, "%s: no breaker for upstream %q", action, upstream)
+	}
+	for _, b := range bs {
+		switch action {
+		case "reset":
+			b.reset()
+		case "force_open":
+			b.force(forceOpen, d)
+		case "force_close":
+			b.force(forceClosed, d)
+		}
+	}
+	return adminWriteStatuses(w, bs)
+}
+
+func adminMethodNotAllowed(w http.ResponseWriter, allow string) error {
+	w.Header().Set("Allow", allow)
+	return adminError(http.StatusMethodNotAllowed, "method not allowed: use %s", allow)
+}
+
+// adminError is an error Caddy's admin endpoint answers as
+// {"error": "..."} with the given status.
+func adminError(status int, format string, args ...any) error {
+	return caddy.APIError{HTTPStatus: status, Err: fmt.Errorf(format, args...)}
+}
+
+func adminWriteStatuses(w http.ResponseWriter, bs []*breaker) error {
+	now := time.Now()
+	out := make([]breakerStatus, 0, len(bs))
+	for _, b := range bs {
+		out = append(out, b.status(now))
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if err := json.NewEncoder(w).Encode(out); err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err}
+	}
+	return nil
+}
+
+// breakerStatus is one breaker as the admin API shows it.
+type breakerStatus struct {
+	// Upstream is the dial address (host:port).
+	Upstream string `json:"upstream"`
+	// State is what requests see: closed, half_open or open, operator
+	// overrides included.
+	State string `json:"state"`
+	// Counts are the breaker's own: the rolling window's when closed, the
+	// probes' when half-open, nothing when open.
+	Counts breakerCounts `json:"counts"`
+	// OpenUntil is when the breaker, open on its own, lets probes through.
+	OpenUntil *time.Time `json:"open_until,omitempty"`
+	// Override is the operator override in force, if any.
+	Override *overrideStatus `json:"override,omitempty"`
+	// Settings are the breaker's settings, defaults applied.
+	Settings breakerSettings `json:"settings"`
+}
+
+type breakerCounts struct {
+	Requests             uint32 `json:"requests"`
+	Successes            uint32 `json:"successes"`
+	Failures             uint32 `json:"failures"`
+	Excluded             uint32 `json:"excluded"`
+	ConsecutiveSuccesses uint32 `json:"consecutive_successes"`
+	ConsecutiveFailures  uint32 `json:"consecutive_failures"`
+}
+
+type overrideStatus struct {
+	// State is the state forced: open or closed.
+	State string `json:"state"`
+	// Until is when the override ends; absent: at the next reset.
+	Until *time.Time `json:"until,omitempty"`
+	// BreakerState is the breaker's own state behind the override.
+	BreakerState string `json:"breaker_state"`
+}
+
+type breakerSettings struct {
+	FailureRatio        float64  `json:"failure_ratio"`
+	MinRequests         int      `json:"min_requests"`
+	ConsecutiveFailures int      `json:"consecutive_failures"`
+	Window              string   `json:"window"`
+	OpenFor             string   `json:"open_for"`
+	HalfOpenRequests    int      `json:"half_open_requests"`
+	FailureStatus       []string `json:"failure_status"`
+	SlowCall            string   `json:"slow_call"`
+}
+
+// status returns the breaker as the admin API shows it.
+func (b *breaker) status(now time.Time) breakerStatus {
+	cb := b.cur.Load().cb
+	own := cb.State() // brings the window up to date first
+	c := cb.Counts()
+	cfg := b.cfg
+	s := breakerStatus{
+		Upstream: b.upstream,
+		State:    b.state(),
+		Counts: breakerCounts{
+			Requests:             c.Requests,
+			Successes:            c.TotalSuccesses,
+			Failures:             c.TotalFailures,
+			Excluded:             c.TotalExclusions,
+			ConsecutiveSuccesses: c.ConsecutiveSuccesses,
+			ConsecutiveFailures:  c.ConsecutiveFailures,
+		},
+		Settings: breakerSettings{
+			FailureRatio:        cfg.FailureRatio,
+			MinRequests:         cfg.MinRequests,
+			ConsecutiveFailures: *cfg.ConsecutiveFailures,
+			Window:              time.Duration(cfg.Window).String(),
+			OpenFor:             time.Duration(cfg.OpenFor).String(),
+			HalfOpenRequests:    cfg.HalfOpenRequests,
+			FailureStatus:       cfg.FailureStatus,
+			SlowCall:            time.Duration(cfg.SlowCall).String(),
+		},
+	}
+	if own == gobreaker.StateOpen {
+		t := time.Unix(0, b.openUntil.Load())
+		s.OpenUntil = &t
+	}
+	if mode, until := b.override(now); mode != forceNone {
+		s.Override = &overrideStatus{State: overrideName(mode), BreakerState: stateName(own)}
+		if !until.IsZero() {
+			s.Override.Until = &until
+		}
+	}
+	return s
+}
+
+// Interface guards
+var (
+	_ caddy.AdminRouter = (*adminBreakers)(nil)
+)
