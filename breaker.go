@@ -508,30 +508,3 @@ func retryAfterSeconds(d time.Duration) string {
 	}
 	return strconv.FormatInt(s, 10)
 }
-
-// admission is the breaker's answer for one attempt.
-type admission struct {
-	t    ticket
-	wait time.Duration
-	ok   bool
-}
-
-// admitFirst asks the breaker for the first attempt before the request
-// body is read: a request turned away leaves its body unread, so Caddy's
-// lb_retries can send it, whole, to another upstream. It reports whether
-// the request was let through.
-func (ex *exchange) admitFirst() bool {
-	t, wait, ok := ex.up.breaker.allow()
-	ex.first = &admission{t: t, wait: wait, ok: ok}
-	return ok
-}
-
-// admit asks the breaker for an attempt; the first one's answer comes
-// from admitFirst.
-func (ex *exchange) admit() (ticket, time.Duration, bool) {
-	if a := ex.first; a != nil {
-		ex.first = nil
-		return a.t, a.wait, a.ok
-	}
-	return ex.up.breaker.allow()
-}
