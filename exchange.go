@@ -230,7 +230,11 @@ func (ex *exchange) discard(res *http.Response, at *attemptResult) {
 	if res == nil {
 		return
 	}
-	at.w.enter(causeRead, min(on(ex.t.Timeouts.Read), time.Second))
+	bound := time.Second // a retried answer gets little patience
+	if r := on(ex.t.Timeouts.Read); r > 0 {
+		bound = min(bound, r)
+	}
+	at.w.enter(causeRead, bound)
 	_, _ = io.CopyN(io.Discard, res.Body, 64<<10)
 	res.Body.Close()
 	at.w.stop()
