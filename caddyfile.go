@@ -119,6 +119,18 @@ func block(d *caddyfile.Dispenser, each func(opt string) error) error {
 	return nil
 }
 
+// offSwitch reads the `off` of `retry off` or `breaker off`; it reports
+// false when a block follows instead.
+func offSwitch(d *caddyfile.Dispenser, name string) (bool, error) {
+	if !d.NextArg() {
+		return false, nil
+	}
+	if d.Val() != "off" {
+		return false, d.Errf("%s: expected `off` or a block, got %q", name, d.Val())
+	}
+	return true, noArgs(d, name, "off")
+}
+
 // oneArg returns the single argument of option opt of block parent.
 func oneArg(d *caddyfile.Dispenser, parent, opt string) (string, error) {
 	if !d.NextArg() {
@@ -214,15 +226,9 @@ func parsePool(d *caddyfile.Dispenser) (*Pool, error) {
 
 func parseRetry(d *caddyfile.Dispenser) (*Retry, error) {
 	r := new(Retry)
-	if d.NextArg() {
-		if d.Val() != "off" {
-			return nil, d.Errf("retry: expected `off` or a block, got %q", d.Val())
-		}
-		if err := noArgs(d, "retry", "off"); err != nil {
-			return nil, err
-		}
+	if off, err := offSwitch(d, "retry"); off || err != nil {
 		r.Disabled = true
-		return r, nil
+		return r, err
 	}
 	err := block(d, func(opt string) error {
 		var err error
@@ -325,15 +331,9 @@ func parseRetry(d *caddyfile.Dispenser) (*Retry, error) {
 
 func parseBreaker(d *caddyfile.Dispenser) (*Breaker, error) {
 	b := new(Breaker)
-	if d.NextArg() {
-		if d.Val() != "off" {
-			return nil, d.Errf("breaker: expected `off` or a block, got %q", d.Val())
-		}
-		if err := noArgs(d, "breaker", "off"); err != nil {
-			return nil, err
-		}
+	if off, err := offSwitch(d, "breaker"); off || err != nil {
 		b.Disabled = true
-		return b, nil
+		return b, err
 	}
 	err := block(d, func(opt string) error {
 		var err error
