@@ -295,7 +295,7 @@ func (ex *exchange) finish(res *http.Response, at *attemptResult) (*http.Respons
 	return res, nil
 }
 
-// done ends the request: placeholders, the log entry, buffers back.
+// done ends the request: placeholders, the log entry, the metrics.
 func (ex *exchange) done(e *Error) {
 	if e != nil {
 		ex.report(e)
@@ -303,10 +303,6 @@ func (ex *exchange) done(e *Error) {
 	ex.log(e)
 	ex.up.m.requests[ex.outcome].Inc()
 	ex.up.m.duration[ex.outcome].Observe(ex.took.Seconds())
-	if ex.replay != nil {
-		ex.replay.release()
-		ex.replay = nil
-	}
 }
 
 // attempts counts the tries that were let through to the upstream.

@@ -303,8 +303,6 @@ type replayBody struct {
 	buf *bytes.Buffer
 }
 
-var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-
 // bufferBody reads req's body for replay when it fits in limit bytes.
 // When it does not, it returns a body that streams what was read
 // followed by the rest, and nil for the replay.
@@ -312,8 +310,9 @@ func bufferBody(body io.ReadCloser, contentLength, limit int64) (*replayBody, io
 	if contentLength > limit {
 		return nil, body, nil
 	}
-	buf := bufPool.Get().(*bytes.Buffer)
-	buf.Reset()
+	// not pooled: net/http may go on reading a request body after
+	// RoundTrip returned, so a body's memory is never handed to another
+	buf := new(bytes.Buffer)
 	if contentLength > 0 {
 		buf.Grow(int(contentLength))
 	}
@@ -339,13 +338,6 @@ func streamAfter(read *bytes.Buffer, body io.ReadCloser) io.ReadCloser {
 // reader returns a fresh reader over the whole body.
 func (rb *replayBody) reader() io.ReadCloser {
 	return io.NopCloser(bytes.NewReader(rb.buf.Bytes()))
-}
-
-func (rb *replayBody) release() {
-	if rb.buf.Cap() <= 4<<20 {
-		bufPool.Put(rb.buf)
-	}
-	rb.buf = nil
 }
 
 // newBackoff returns the backoff for one request; ExponentialBackOff

@@ -181,7 +181,6 @@ func TestBufferBody(t *testing.T) {
 			t.Fatalf("replay %d differs", i)
 		}
 	}
-	rb.release()
 	// unknown length, too long: streams whole, in order
 	rb, rest, err = bufferBody(io.NopCloser(strings.NewReader(body)), -1, 99)
 	if err != nil || rb != nil || rest == nil {
