@@ -412,3 +412,43 @@ func TestWebsocketPassThrough(t *testing.T) {
 		}
 	}
 }
+
+func TestLargeDownloadStreamsIntact(t *testing.T) {
+	const size = 32 << 20
+	chunk := []byte(strings.Repeat("0123456789abcdef", 4096)) // 64KiB
+	up := startUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		for sent := 0; sent < size; sent += len(chunk) {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	})
+	g := loadGateway(t, proxySite(up.addr, `transport resilient {
+			timeouts {
+				read 2s
+			}
+		}`))
+	res, err := g.Client.Get("http://localhost:9080/big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	buf := make([]byte, len(chunk))
+	total := 0
+	for {
+		n, err := io.ReadFull(res.Body, buf)
+		total += n
+		if n > 0 && string(buf[:n]) != string(chunk[:n]) {
+			t.Fatalf("corrupted data at offset %d", total-n)
+		}
+		if err != nil {
+			break
+		}
+	}
+	if total != size {
+		t.Fatalf("got %d bytes, want %d", total, size)
+	}
+	if e := g.lastEntry(); e.Outcome != "ok" {
+		t.Errorf("logged outcome %q", e.Outcome)
+	}
+}
