@@ -1,0 +1,212 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// class is the kind of a client request.
+type class uint8
+
+const (
+	classGet     class = iota
+	classPost          // POST without Idempotency-Key
+	classPostKey       // POST with Idempotency-Key
+)
+
+// idPrefix marks a request id with its class, so the upstream's
+// records can be split the same way as the client's samples.
+var idPrefix = [...]string{classGet: "g", classPost: "n", classPostKey: "k"}
+
+// loadSpec is how the load generator drives one run.
+type loadSpec struct {
+	// Closed runs Concurrency workers back to back (max throughput);
+	// otherwise requests start at Rate per second whatever happens to
+	// the earlier ones (open loop).
+	Closed      bool
+	Concurrency int
+	Rate        float64
+	Duration    time.Duration
+	// Timeout is the client's patience per request, counted from its
+	// intended send time.
+	Timeout time.Duration
+	// Mix picks the class of the i-th request. Default: every one a GET.
+	Mix func(i int) class
+}
+
+// sample is one client request.
+type sample struct {
+	ID       string
+	Class    class
+	Intended time.Duration // since the run started; the latency counts from here
+	Done     time.Duration // since the run started
+	Latency  time.Duration
+	// Lag is how late the generator sent the request after its intended
+	// time: its own scheduling, not the proxy's doing. Latency includes it.
+	Lag      time.Duration
+	Status   int    // 0: no response (transport error, client timeout)
+	Outcome  string // X-Resilient-Outcome, when the proxy sets it
+	Attempts int    // X-Resilient-Attempts, -1 when absent
+}
+
+func (s *sample) ok() bool { return s.Status >= 200 && s.Status < 300 }
+
+// client builds the generator's HTTP client: keep-alive, no
+// compression, no proxy from the environment, enough idle connections
+// for the concurrency.
+func newClient() *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: 4096,
+		IdleConnTimeout:     30 * time.Second,
+		DisableCompression:  true,
+	}}
+}
+
+// generate drives load at target (host:port) as spec says, from start
+// on, and returns the samples, the start time, and how long sending
+// lasted.
+func generate(ctx context.Context, target string, spec loadSpec, start time.Time) ([]sample, time.Time, time.Duration) {
+	c := newClient()
+	defer c.CloseIdleConnections()
+	if spec.Mix == nil {
+		spec.Mix = func(int) class { return classGet }
+	}
+	if spec.Closed {
+		if d := time.Until(start); d > 0 {
+			time.Sleep(d)
+		}
+		return closedLoop(ctx, c, target, spec)
+	}
+	return openLoop(ctx, c, target, spec, start)
+}
+
+// openLoop starts request i at start + i/rate. Its latency counts from
+// that intended time, so a proxy that stalls is charged for the whole
+// stall (no coordinated omission).
+//
+// Go's timers sleep in whole milliseconds on Linux (the netpoller's
+// epoll timeout), so the dispatcher wakes up to 1ms before a request is
+// due and sends it then: a request sent early has its latency counted
+// from when it was sent instead, and one sent late from when it was due.
+func openLoop(ctx context.Context, c *http.Client, target string, spec loadSpec, start time.Time) ([]sample, time.Time, time.Duration) {
+	n := int(spec.Rate * spec.Duration.Seconds())
+	samples := make([]sample, n)
+	interval := float64(time.Second) / spec.Rate
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	var wg sync.WaitGroup
+	sent := 0
+dispatch:
+	for i := range n {
+		intended := start.Add(time.Duration(float64(i) * interval))
+		if d := time.Until(intended) - time.Millisecond; d > 0 {
+			timer.Reset(d)
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
+				break dispatch
+			}
+		}
+		sent++
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			samples[i] = do(ctx, c, target, spec, i, start, intended)
+		}()
+	}
+	elapsed := time.Since(start)
+	wg.Wait()
+	return samples[:sent], start, elapsed
+}
+
+// closedLoop runs Concurrency workers, each sending its next request as
+// soon as the previous one is answered, for Duration.
+func closedLoop(ctx context.Context, c *http.Client, target string, spec loadSpec) ([]sample, time.Time, time.Duration) {
+	start := time.Now()
+	end := start.Add(spec.Duration)
+	per := make([][]sample, spec.Concurrency)
+	var wg sync.WaitGroup
+	for w := range spec.Concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out := make([]sample, 0, 1<<14)
+			for i := w; ctx.Err() == nil; i += spec.Concurrency {
+				now := time.Now()
+				if !now.Before(end) {
+					break
+				}
+				out = append(out, do(ctx, c, target, spec, i, start, now))
+			}
+			per[w] = out
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	var all []sample
+	for _, p := range per {
+		all = append(all, p...)
+	}
+	return all, start, elapsed
+}
+
+// postPad makes an order body of about 256 bytes.
+var postPad = strings.Repeat("p", 200)
+
+// do sends request i and waits for its whole answer.
+func do(ctx context.Context, c *http.Client, target string, spec loadSpec, i int, start, intended time.Time) sample {
+	cl := spec.Mix(i)
+	s := sample{ID: idPrefix[cl] + strconv.Itoa(i), Class: cl, Intended: intended.Sub(start), Attempts: -1}
+	ctx, cancel := context.WithDeadline(ctx, intended.Add(spec.Timeout))
+	defer cancel()
+	var req *http.Request
+	var err error
+	url := "http://" + target + "/api/" + s.ID
+	if cl == classGet {
+		req, err = http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	} else {
+		body := "order=" + s.ID + "&amount=100&pad=" + postPad
+		req, err = http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
+		if err == nil {
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		}
+	}
+	if err != nil {
+		panic(fmt.Sprintf("bench: build request: %v", err))
+	}
+	req.Header.Set("X-Bench-Id", s.ID)
+	if cl == classPostKey {
+		req.Header.Set("Idempotency-Key", "key-"+s.ID)
+	}
+	sent := time.Now()
+	from := intended
+	if sent.Before(intended) {
+		from = sent
+	}
+	s.Lag = max(0, sent.Sub(intended))
+	res, err := c.Do(req)
+	if err == nil {
+		_, err = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if err == nil {
+			s.Status = res.StatusCode
+		}
+		s.Outcome = res.Header.Get("X-Resilient-Outcome")
+		if a, aerr := strconv.Atoi(res.Header.Get("X-Resilient-Attempts")); aerr == nil {
+			s.Attempts = a
+		}
+	}
+	now := time.Now()
+	s.Done = now.Sub(start)
+	s.Latency = now.Sub(from)
+	return s
+}

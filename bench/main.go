@@ -1,0 +1,296 @@
+// Command bench measures the resilient transport against Caddy's own
+// `transport http`, nginx and HAProxy, with healthy and misbehaving
+// upstreams, all on loopback.
+//
+// Run it from the repository root:
+//
+//	go run ./bench                          # every scenario, 3 repetitions; about 8 minutes on 2 cores
+//	go run ./bench -quick                   # smoke run: runs 3/8 as long, 1 repetition; about a minute
+//	go run ./bench -scenarios S0,S1 -repeat 5 -setups caddy-http,resilient
+//	go run ./bench -scenarios S0 -profile   # also CPU-profile the Caddy setups (bench/results/profiles/)
+//	go tool pprof -top bench/results/profiles/S0-resilient-*.pprof
+//	go run ./bench -keep ...                # keep the configs, proxy logs and per-request samples
+//
+// nginx and HAProxy rows need `apt-get install nginx haproxy`; without
+// them they are skipped, with a note. Counting the refused connects of
+// S2 exactly needs root (a packet socket on lo); otherwise the kernel's
+// failed-connect counter stands in.
+//
+// It builds the project's Caddy once (go build ./cmd/caddy), then for
+// every scenario, repetition and setup, in an order rotated per
+// repetition: starts a fresh upstream in this process (a Go HTTP server
+// on 127.0.0.1 whose faults the harness controls and which records what
+// reaches it), starts the proxy as a child process (Caddy with
+// transport http, Caddy with transport resilient, nginx, HAProxy; the
+// last two only when installed), warms it up, resets the upstream's
+// counts, drives the load, and stops the proxy. S0 is closed-loop (max
+// throughput); the others are open-loop at a fixed rate, with latency
+// counted from each request's intended send time, so a stalled proxy is
+// charged for the whole stall (no coordinated omission).
+//
+// It prints a markdown table of the medians over the repetitions
+// (success %, p50/p99/p99.9 latency over all requests, failed ones
+// included, successful requests per second, upstream requests per client
+// request, duplicated POSTs seen by the upstream), checks the targets of
+// the benchmark issue (MET / NOT MET / NOT YET), and writes everything,
+// every run included, as JSON to -out.
+//
+// Every child process runs in its own process group, which is killed
+// when its run ends, and all of them on error or interrupt (Ctrl-C).
+// All traffic stays on 127.0.0.1, on ports picked at random.
+//
+// Files: scenarios.go (the scenarios, and how a run is analysed),
+// run.go (one run), load.go (the load generator), upstream.go (the
+// upstream), proxies.go (the proxies' configs and start), host.go (child
+// processes, CPU accounting, SYN capture), report.go (table, targets,
+// JSON).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	os.Exit(mainCode())
+}
+
+type options struct {
+	quick     bool
+	scenarios string
+	setups    string
+	repeat    int
+	out       string
+	profile   bool
+	keep      bool
+}
+
+func mainCode() int {
+	var o options
+	flag.BoolVar(&o.quick, "quick", false, "smoke run: runs 3/8 as long and one repetition (about a minute)")
+	flag.StringVar(&o.scenarios, "scenarios", "", "comma-separated scenarios to run, e.g. S0,S1 (default all)")
+	flag.StringVar(&o.setups, "setups", "", "comma-separated setups to run (default all): "+strings.Join(allSetups, ","))
+	flag.IntVar(&o.repeat, "repeat", 3, "repetitions of each run; the table shows medians")
+	flag.StringVar(&o.out, "out", "bench/results/latest.json", "where to write the JSON results")
+	flag.BoolVar(&o.profile, "profile", false, "CPU-profile the Caddy setups during each run, through the admin endpoint's /debug/pprof/profile, into profiles/ beside -out (the profiler costs a little throughput)")
+	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (configs and proxy logs)")
+	flag.Parse()
+	repeatSet := false
+	flag.Visit(func(f *flag.Flag) { repeatSet = repeatSet || f.Name == "repeat" })
+	if o.quick && !repeatSet {
+		o.repeat = 1
+	}
+	if o.repeat < 1 {
+		fmt.Fprintln(os.Stderr, "bench: -repeat must be >= 1")
+		return 2
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	kids := newChildren()
+	defer kids.killAll()
+	go func() {
+		<-ctx.Done()
+		kids.killAll() // at once, not when the current run notices
+	}()
+
+	if err := run(ctx, o, kids); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		if ctx.Err() != nil {
+			return 130
+		}
+		return 1
+	}
+	return 0
+}
+
+func run(ctx context.Context, o options, kids *children) error {
+	began := time.Now()
+	root, err := repoRoot()
+	if err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp("", "resilient-bench-")
+	if err != nil {
+		return err
+	}
+	if o.keep {
+		fmt.Fprintln(os.Stderr, "work directory:", work)
+	} else {
+		defer os.RemoveAll(work)
+	}
+	e := &env{root: root, work: work, caddy: filepath.Join(work, "caddy"), children: kids, keep: o.keep}
+
+	fmt.Fprintln(os.Stderr, "building ./cmd/caddy ...")
+	build := exec.CommandContext(ctx, "go", "build", "-o", e.caddy, "./cmd/caddy")
+	build.Dir, build.Stdout, build.Stderr = root, os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("go build ./cmd/caddy: %v", err)
+	}
+	var skipped []string
+	if p, err := exec.LookPath("nginx"); err == nil {
+		e.nginx = p
+	} else {
+		skipped = append(skipped, "nginx: not installed, its rows are skipped (apt-get install nginx)")
+	}
+	if p, err := exec.LookPath("haproxy"); err == nil {
+		e.haproxy = p
+	} else {
+		skipped = append(skipped, "haproxy: not installed, its rows are skipped (apt-get install haproxy)")
+	}
+
+	scs, err := selectScenarios(o)
+	if err != nil {
+		return err
+	}
+	var profDir string
+	if o.profile {
+		profDir = filepath.Join(filepath.Dir(o.out), "profiles")
+		if err := os.MkdirAll(profDir, 0o755); err != nil {
+			return err
+		}
+	}
+
+	var results []*result
+	for _, sc := range scs {
+		setups := sc.Setups
+		if o.setups != "" {
+			setups = nil
+			for _, s := range sc.Setups {
+				if containsFold(o.setups, s) {
+					setups = append(setups, s)
+				}
+			}
+		}
+		for rep := range o.repeat {
+			for i := range setups {
+				setup := setups[(i+rep)%len(setups)] // interleave: rotate the order per repetition
+				if (setup == setupNginx && e.nginx == "") || (setup == setupHAProxy && e.haproxy == "") {
+					continue
+				}
+				prof := ""
+				if profDir != "" && setup != setupNginx && setup != setupHAProxy {
+					prof = filepath.Join(profDir, fmt.Sprintf("%s-%s-%d.pprof", sc.ID, setup, rep+1))
+				}
+				t0 := time.Now()
+				rs, err := e.runOne(ctx, sc, setup, rep, prof)
+				if err != nil {
+					if ctx.Err() != nil {
+						return err
+					}
+					// one broken run should not cost the other ten minutes
+					msg := fmt.Sprintf("%s %s rep %d failed: %v", sc.ID, setup, rep+1, err)
+					fmt.Fprintln(os.Stderr, msg)
+					skipped = append(skipped, msg)
+					continue
+				}
+				for _, r := range rs {
+					fmt.Fprintf(os.Stderr, "[%s rep %d/%d] %-20s ok %6.2f%%  p50 %7sms  p99 %7sms  %6.0f ok/s  amp %.3f  (%.1fs)\n",
+						r.Row, rep+1, o.repeat, setup, r.SuccessPct, num(r.P50), num(r.P99), r.RPS, r.Amplification, time.Since(t0).Seconds())
+				}
+				results = append(results, rs...)
+			}
+		}
+	}
+
+	sums := summarize(scs, results)
+	targets := evaluate(sums)
+	m := describeMachine(e)
+	w := os.Stdout
+	command := strings.TrimSpace("go run ./bench " + strings.Join(os.Args[1:], " "))
+	fmt.Fprintf(w, "\n## Results: `%s` (%d repetition(s), medians)\n\n", command, o.repeat)
+	writeMachine(w, m)
+	for _, s := range skipped {
+		fmt.Fprintln(w, "- skipped:", s)
+	}
+	fmt.Fprintln(w)
+	writeTable(w, sums)
+	fmt.Fprintln(w, "\n### Targets")
+	fmt.Fprintln(w)
+	writeTargets(w, targets)
+	fmt.Fprintln(w, "\n### Configurations")
+	fmt.Fprintln(w)
+	var docs []scDoc
+	for _, sc := range scs {
+		fmt.Fprintf(w, "- **%s** %s. %s\n", sc.ID, sc.Title, sc.Doc)
+		docs = append(docs, scDoc{ID: sc.ID, Title: sc.Title, Config: sc.Doc})
+	}
+	elapsed := time.Since(began)
+	fmt.Fprintf(w, "\nTotal time: %.0fs\n", elapsed.Seconds())
+
+	rep := &report{
+		Command:   command,
+		Started:   began.UTC().Format(time.RFC3339),
+		Seconds:   elapsed.Seconds(),
+		Machine:   m,
+		Skipped:   skipped,
+		Scenarios: docs,
+		Runs:      results,
+		Summary:   sums,
+		Targets:   targets,
+	}
+	if err := writeJSON(o.out, rep); err != nil {
+		return err
+	}
+	fmt.Fprintln(os.Stderr, "wrote", o.out)
+	return nil
+}
+
+func selectScenarios(o options) ([]*scenario, error) {
+	all := scenarios(o.quick)
+	if o.scenarios == "" {
+		return all, nil
+	}
+	var out []*scenario
+	for _, id := range strings.Split(o.scenarios, ",") {
+		id = strings.TrimSpace(id)
+		found := false
+		for _, sc := range all {
+			if strings.EqualFold(sc.ID, id) {
+				out = append(out, sc)
+				found = true
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("unknown scenario %q (S0-S7)", id)
+		}
+	}
+	return out, nil
+}
+
+func containsFold(list, s string) bool {
+	for _, x := range strings.Split(list, ",") {
+		if strings.EqualFold(strings.TrimSpace(x), s) {
+			return true
+		}
+	}
+	return false
+}
+
+// repoRoot finds the module root from the working directory up.
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil &&
+			strings.Contains(string(b), "module github.com/caddy-resilient/resilient") {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("run from inside the repository (go run ./bench)")
+		}
+		dir = parent
+	}
+}

@@ -1,0 +1,362 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The setups under test, in table order.
+const (
+	setupCaddyHTTP   = "caddy-http"          // Caddy, transport http (+ lb_retries where a scenario retries)
+	setupResilient   = "resilient"           // Caddy, transport resilient
+	setupResilientNB = "resilient-nobreaker" // transport resilient with `breaker off` (budget only)
+	setupNginx       = "nginx"
+	setupHAProxy     = "haproxy"
+)
+
+var allSetups = []string{setupCaddyHTTP, setupResilient, setupResilientNB, setupNginx, setupHAProxy}
+
+// knobs is how the baseline proxies are configured in a scenario; the
+// resilient setup has its own Caddyfile block in the scenario instead.
+type knobs struct {
+	// Retry makes the baselines retry: Caddy lb_retries 2 + lb_retry_match,
+	// nginx proxy_next_upstream_tries 3, HAProxy retries 2: three tries
+	// in all, as the resilient default.
+	Retry bool
+	// RetryStatus are the statuses the baselines retry. Default: 503.
+	RetryStatus []int
+	// Read is the baselines' wait for response headers. Default: 10s.
+	Read time.Duration
+	// MaxConns caps connections to the upstream (0: none).
+	MaxConns int
+	// Queue is how long HAProxy queues a request for a connection slot
+	// when MaxConns is set (nginx has no queue; Caddy waits forever).
+	Queue time.Duration
+}
+
+func (k knobs) read() time.Duration {
+	if k.Read > 0 {
+		return k.Read
+	}
+	return 10 * time.Second
+}
+
+func (k knobs) statuses() []int {
+	if len(k.RetryStatus) == 0 {
+		return []int{503}
+	}
+	return k.RetryStatus
+}
+
+// proxy is one running proxy process.
+type proxy struct {
+	setup string
+	addr  string // where clients send requests
+	admin string // Caddy's admin endpoint, "" for nginx and HAProxy
+	dir   string
+	log   string
+	cmd   *exec.Cmd
+}
+
+// env is what every run needs: binaries, the work directory, children.
+type env struct {
+	root     string // repository root
+	work     string
+	caddy    string
+	nginx    string // "" when not installed
+	haproxy  string // "" when not installed
+	children *children
+	keep     bool // keep the work directory, with each run's samples
+}
+
+// startProxy starts setup in front of upstream with sc's configuration
+// and waits until a request goes through it.
+func (e *env) startProxy(ctx context.Context, setup string, sc *scenario, upstream, dir string) (*proxy, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	p := &proxy{setup: setup, addr: "127.0.0.1:" + strconv.Itoa(port), dir: dir, log: filepath.Join(dir, "proxy.log")}
+	var cmd *exec.Cmd
+	switch setup {
+	case setupCaddyHTTP, setupResilient, setupResilientNB:
+		adminPort, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		p.admin = "127.0.0.1:" + strconv.Itoa(adminPort)
+		cfg := filepath.Join(dir, "Caddyfile")
+		if err := os.WriteFile(cfg, []byte(caddyfile(setup, sc, p.addr, p.admin, upstream)), 0o644); err != nil {
+			return nil, err
+		}
+		cmd = exec.Command(e.caddy, "run", "--config", cfg, "--adapter", "caddyfile")
+		cmd.Env = append(os.Environ(),
+			"XDG_CONFIG_HOME="+filepath.Join(e.work, "xdg-config"),
+			"XDG_DATA_HOME="+filepath.Join(e.work, "xdg-data"))
+	case setupNginx:
+		if e.nginx == "" {
+			return nil, errSkipped
+		}
+		if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
+			return nil, err
+		}
+		cfg := filepath.Join(dir, "nginx.conf")
+		if err := os.WriteFile(cfg, []byte(nginxConf(sc, p.addr, upstream, dir)), 0o644); err != nil {
+			return nil, err
+		}
+		cmd = exec.Command(e.nginx, "-p", dir, "-c", cfg, "-e", filepath.Join(dir, "error.log"))
+	case setupHAProxy:
+		if e.haproxy == "" {
+			return nil, errSkipped
+		}
+		cfg := filepath.Join(dir, "haproxy.cfg")
+		if err := os.WriteFile(cfg, []byte(haproxyConf(sc, p.addr, upstream)), 0o644); err != nil {
+			return nil, err
+		}
+		cmd = exec.Command(e.haproxy, "-db", "-f", cfg)
+	default:
+		return nil, fmt.Errorf("unknown setup %q", setup)
+	}
+	logf, err := os.Create(p.log)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	cmd.Dir, cmd.Stdout, cmd.Stderr = dir, logf, logf
+	exited, err := e.children.start(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", setup, err)
+	}
+	p.cmd = cmd
+	if err := p.waitReady(ctx, exited); err != nil {
+		e.children.kill(cmd)
+		return nil, err
+	}
+	return p, nil
+}
+
+var errSkipped = errors.New("not installed")
+
+// waitReady waits until a GET through the proxy gets a 200.
+func (p *proxy) waitReady(ctx context.Context, exited <-chan struct{}) error {
+	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{Proxy: nil}}
+	defer c.CloseIdleConnections()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-exited:
+			return fmt.Errorf("%s exited at start: %s", p.setup, tail(p.log))
+		case <-ctx.Done():
+			return ctx.Err()
+		default:
+		}
+		if conn, err := net.DialTimeout("tcp", p.addr, 200*time.Millisecond); err == nil {
+			conn.Close()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.addr+"/ready", nil)
+			req.Header.Set("X-Bench-Id", "ready")
+			if res, err := c.Do(req); err == nil {
+				res.Body.Close()
+				if res.StatusCode == http.StatusOK {
+					return nil
+				}
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("%s not ready after 15s: %s", p.setup, tail(p.log))
+}
+
+// tail returns the end of a log file, for error messages.
+func tail(path string) string {
+	b, _ := os.ReadFile(path)
+	b = bytes.TrimSpace(b)
+	if len(b) > 800 {
+		b = b[len(b)-800:]
+	}
+	return string(b)
+}
+
+// caddyfile is the whole config of a Caddy setup.
+func caddyfile(setup string, sc *scenario, listen, admin, upstream string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `{
+	admin %s
+	persist_config off
+	auto_https off
+	grace_period 100ms
+}
+
+http://%s {
+	bind 127.0.0.1
+	reverse_proxy %s {
+`, admin, listen, upstream)
+	k := sc.Knobs
+	switch setup {
+	case setupCaddyHTTP:
+		if k.Retry {
+			codes := make([]string, 0, len(k.statuses()))
+			for _, s := range k.statuses() {
+				codes = append(codes, strconv.Itoa(s))
+			}
+			fmt.Fprintf(&b, `		lb_retries 2
+		lb_try_interval 25ms
+		lb_retry_match {
+			expression `+"`{rp.status_code} in [%s]`"+`
+		}
+		lb_retry_match {
+			expression `+"`{rp.is_transport_error} == true`"+`
+		}
+`, strings.Join(codes, ", "))
+		}
+		b.WriteString("\t\ttransport http {\n\t\t\tdial_timeout 1s\n")
+		fmt.Fprintf(&b, "\t\t\tresponse_header_timeout %s\n", k.read())
+		if k.MaxConns > 0 {
+			fmt.Fprintf(&b, "\t\t\tmax_conns_per_host %d\n", k.MaxConns)
+		}
+		b.WriteString("\t\t}\n")
+	case setupResilient, setupResilientNB:
+		block := sc.Resilient
+		if setup == setupResilientNB {
+			block = sc.ResilientNoBreaker
+		}
+		b.WriteString("\t\ttransport resilient {\n")
+		for line := range strings.SplitSeq(strings.TrimSpace(block), "\n") {
+			if line = strings.TrimSpace(line); line != "" {
+				b.WriteString("\t\t\t" + line + "\n")
+			}
+		}
+		b.WriteString("\t\t}\n")
+		if sc.Diag {
+			b.WriteString("\t\theader_down X-Resilient-Outcome {http.resilient.outcome}\n")
+			b.WriteString("\t\theader_down X-Resilient-Attempts {http.resilient.attempts}\n")
+		}
+	}
+	b.WriteString("\t}\n")
+	if sc.Diag && setup != setupCaddyHTTP {
+		b.WriteString(`	handle_errors {
+		header X-Resilient-Outcome {http.resilient.outcome}
+		header X-Resilient-Attempts {http.resilient.attempts}
+		respond "{http.resilient.outcome}" {err.status_code}
+	}
+`)
+	}
+	b.WriteString("}\n")
+	return b.String()
+}
+
+// nginxConf lists the upstream once per try: nginx never retries the
+// server it just tried, so a one-server upstream could not retry at
+// all. max_fails=0 keeps nginx from marking it down (with max_fails, a
+// 10% flaky upstream is taken out of rotation). The zone makes
+// max_conns global rather than per worker.
+func nginxConf(sc *scenario, listen, upstream, dir string) string {
+	k := sc.Knobs
+	tries := 1
+	if k.Retry {
+		tries = 3
+	}
+	server := "\t\tserver " + upstream + " max_fails=0"
+	if k.MaxConns > 0 {
+		server += " max_conns=" + strconv.Itoa(k.MaxConns)
+	}
+	servers := strings.Repeat(server+";\n", tries)
+	next := "off"
+	if k.Retry {
+		next = "error timeout non_idempotent"
+		for _, s := range k.statuses() {
+			next += " http_" + strconv.Itoa(s)
+		}
+	}
+	user := ""
+	if os.Geteuid() == 0 {
+		user = "user root;\n"
+	}
+	tmp := filepath.Join(dir, "tmp")
+	return fmt.Sprintf(`%sdaemon off;
+master_process on;
+worker_processes 2;
+worker_rlimit_nofile 16384;
+pid %[2]s/nginx.pid;
+error_log %[2]s/error.log warn;
+events { worker_connections 8192; }
+http {
+	access_log off;
+	client_body_temp_path %[3]s/body;
+	proxy_temp_path %[3]s/proxy;
+	fastcgi_temp_path %[3]s/fastcgi;
+	uwsgi_temp_path %[3]s/uwsgi;
+	scgi_temp_path %[3]s/scgi;
+	upstream backend {
+		zone backend 64k;
+%[4]s		keepalive 64;
+	}
+	server {
+		listen %[5]s;
+		location / {
+			proxy_pass http://backend;
+			proxy_http_version 1.1;
+			proxy_set_header Connection "";
+			proxy_next_upstream %[6]s;
+			proxy_next_upstream_tries %[7]d;
+			proxy_connect_timeout 1s;
+			proxy_send_timeout 10s;
+			proxy_read_timeout %[8]dms;
+		}
+	}
+}
+`, user, dir, tmp, servers, listen, next, tries, k.read().Milliseconds())
+}
+
+// haproxyConf retries on the same server (no redispatch). HAProxy 2.6
+// cannot retry on 429: retry-on has no such keyword there.
+func haproxyConf(sc *scenario, listen, upstream string) string {
+	k := sc.Knobs
+	retries, retryOn := 0, "none"
+	if k.Retry {
+		retries, retryOn = 2, "conn-failure empty-response response-timeout"
+		for _, s := range k.statuses() {
+			if s != 429 {
+				retryOn += " " + strconv.Itoa(s)
+			}
+		}
+	}
+	server := "server s1 " + upstream
+	if k.MaxConns > 0 {
+		server += " maxconn " + strconv.Itoa(k.MaxConns)
+	}
+	queue := 10 * time.Second
+	if k.Queue > 0 {
+		queue = k.Queue
+	}
+	return fmt.Sprintf(`global
+	nbthread 2
+	maxconn 8000
+defaults
+	mode http
+	timeout connect 1s
+	timeout client 30s
+	timeout server %dms
+	timeout queue %dms
+	timeout http-keep-alive 30s
+	retries %d
+	retry-on %s
+frontend fe
+	bind %s
+	default_backend be
+backend be
+	%s
+`, k.read().Milliseconds(), queue.Milliseconds(), retries, retryOn, listen, server)
+}

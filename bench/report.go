@@ -1,0 +1,485 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sort"
+	"strings"
+)
+
+// result is one table row of one run.
+type result struct {
+	Scenario         string             `json:"scenario"`
+	Row              string             `json:"row"`
+	Setup            string             `json:"setup"`
+	Rep              int                `json:"rep"`
+	Requests         int                `json:"requests"`
+	OK               int                `json:"ok"`
+	SuccessPct       float64            `json:"success_pct"`
+	P50              float64            `json:"p50_ms"`
+	P99              float64            `json:"p99_ms"`
+	P999             float64            `json:"p999_ms"`
+	RPS              float64            `json:"ok_per_second"`
+	UpstreamRequests int                `json:"upstream_requests"`
+	Amplification    float64            `json:"amplification"`
+	Duplicates       int                `json:"duplicates"` // -1: no POSTs in the row
+	EmptyBodies      int                `json:"empty_body_posts"`
+	Extra            map[string]float64 `json:"extra,omitempty"`
+	Outcomes         map[string]int     `json:"outcomes,omitempty"`
+}
+
+// summary is the median of a row's repetitions; counts that must never
+// happen (duplicates, early retries, excess concurrency) are kept at
+// their worst instead.
+type summary struct {
+	result
+	Reps int       `json:"reps"`
+	Runs []*result `json:"-"`
+}
+
+// summarize groups results by row and setup, in table order.
+func summarize(scs []*scenario, results []*result) []*summary {
+	type key struct{ row, setup string }
+	groups := map[key][]*result{}
+	for _, r := range results {
+		k := key{r.Row, r.Setup}
+		groups[k] = append(groups[k], r)
+	}
+	var out []*summary
+	for _, sc := range scs {
+		var rows []string
+		for _, r := range results {
+			if r.Scenario == sc.ID && !slices.Contains(rows, r.Row) {
+				rows = append(rows, r.Row)
+			}
+		}
+		sort.Strings(rows)
+		for _, row := range rows {
+			for _, setup := range allSetups {
+				rs := groups[key{row, setup}]
+				if len(rs) == 0 {
+					continue
+				}
+				out = append(out, median(rs))
+			}
+		}
+	}
+	return out
+}
+
+func median(rs []*result) *summary {
+	s := &summary{Reps: len(rs), Runs: rs}
+	s.Scenario, s.Row, s.Setup = rs[0].Scenario, rs[0].Row, rs[0].Setup
+	med := func(f func(*result) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = f(r)
+		}
+		return medianOf(v)
+	}
+	worst := func(f func(*result) int) int {
+		w := f(rs[0])
+		for _, r := range rs[1:] {
+			w = max(w, f(r))
+		}
+		return w
+	}
+	s.Requests = int(med(func(r *result) float64 { return float64(r.Requests) }))
+	s.OK = int(med(func(r *result) float64 { return float64(r.OK) }))
+	s.SuccessPct = med(func(r *result) float64 { return r.SuccessPct })
+	s.P50 = med(func(r *result) float64 { return r.P50 })
+	s.P99 = med(func(r *result) float64 { return r.P99 })
+	s.P999 = med(func(r *result) float64 { return r.P999 })
+	s.RPS = med(func(r *result) float64 { return r.RPS })
+	s.UpstreamRequests = int(med(func(r *result) float64 { return float64(r.UpstreamRequests) }))
+	s.Amplification = med(func(r *result) float64 { return r.Amplification })
+	s.Duplicates = worst(func(r *result) int { return r.Duplicates })
+	s.EmptyBodies = worst(func(r *result) int { return r.EmptyBodies })
+	s.Extra = map[string]float64{}
+	keys := map[string]bool{}
+	for _, r := range rs {
+		for k := range r.Extra {
+			keys[k] = true
+		}
+	}
+	for k := range keys {
+		var v []float64
+		for _, r := range rs {
+			if x, ok := r.Extra[k]; ok {
+				v = append(v, x)
+			}
+		}
+		switch k {
+		case "upstream_max_concurrency":
+			s.Extra[k] = slices.Max(v)
+		case "got_429", "retried_429", "retried_early", "retried_within_100ms":
+			s.Extra[k] = sum(v) // events that must never happen: all of them
+		case "breaker_opened", "min_gap_ms":
+			s.Extra[k] = slices.Min(v)
+		default:
+			s.Extra[k] = medianOf(v)
+		}
+	}
+	s.Outcomes = map[string]int{}
+	for _, r := range rs {
+		for k, n := range r.Outcomes {
+			s.Outcomes[k] += n
+		}
+	}
+	return s
+}
+
+func sum(v []float64) float64 {
+	t := 0.0
+	for _, x := range v {
+		t += x
+	}
+	return t
+}
+
+func medianOf(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	v = slices.Clone(v)
+	sort.Float64s(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+// writeTable prints the markdown table of the summaries.
+func writeTable(w io.Writer, sums []*summary) {
+	fmt.Fprintln(w, "| scenario | setup | success % | p50 ms | p99 ms | p99.9 ms | ok req/s | amplification | duplicates | notes |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+	for _, s := range sums {
+		dups := "-"
+		if s.Duplicates >= 0 {
+			dups = fmt.Sprint(s.Duplicates)
+		}
+		fmt.Fprintf(w, "| %s | %s | %.2f | %s | %s | %s | %.0f | %.3f | %s | %s |\n",
+			s.Row, s.Setup, s.SuccessPct, num(s.P50), num(s.P99), num(s.P999), s.RPS, s.Amplification, dups, notes(s))
+	}
+}
+
+// num prints a latency with sensible precision.
+func num(ms float64) string {
+	switch {
+	case ms < 10:
+		return fmt.Sprintf("%.2f", ms)
+	case ms < 100:
+		return fmt.Sprintf("%.1f", ms)
+	}
+	return fmt.Sprintf("%.0f", ms)
+}
+
+// notes is the scenario-specific column.
+func notes(s *summary) string {
+	x := s.Extra
+	var parts []string
+	has := func(k string) bool { _, ok := x[k]; return ok }
+	switch s.Scenario {
+	case "S0":
+		parts = append(parts, fmt.Sprintf("proxy CPU %.0fµs/request", x["proxy_cpu_us_per_req"]))
+	case "S2", "S3":
+		if has("breaker_opened") {
+			if x["breaker_opened"] == 0 {
+				parts = append(parts, "breaker did not open in every run")
+			}
+			if has("open_at_ms") {
+				parts = append(parts, fmt.Sprintf("open at %.0fms; rejected p99 %sms (max %sms); upstream after open: %.0f (≤ %.0f probes allowed)",
+					x["open_at_ms"], num(x["rejected_p99_ms"]), num(x["rejected_max_ms"]), x["probes"], x["probes_allowed"]))
+			}
+		}
+		if has("refused_connects") {
+			parts = append(parts, fmt.Sprintf("refused connects %.0f", x["refused_connects"]))
+		}
+		if has("recovery_ms") {
+			parts = append(parts, fmt.Sprintf("first success %.0fms after the port reopened", x["recovery_ms"]))
+		}
+	case "S4":
+		parts = append(parts, fmt.Sprintf("upstream max concurrency %.0f", x["upstream_max_concurrency"]))
+		if x["rejected"] > 0 {
+			parts = append(parts, fmt.Sprintf("rejected %.0f: p99 %sms, max %sms", x["rejected"], num(x["rejected_p99_ms"]), num(x["rejected_max_ms"])))
+		}
+	case "S5":
+		if s.EmptyBodies > 0 {
+			parts = append(parts, fmt.Sprintf("POSTs re-sent with an empty body: %d", s.EmptyBodies))
+		}
+	case "S6":
+		parts = append(parts, fmt.Sprintf("all reps: 429s %.0f, retried %.0f, before Retry-After %.0f, within 100ms %.0f",
+			x["got_429"], x["retried_429"], x["retried_early"], x["retried_within_100ms"]))
+		if has("min_gap_ms") {
+			parts = append(parts, fmt.Sprintf("shortest wait %.0fms", x["min_gap_ms"]))
+		}
+	}
+	if o := outcomeNote(s); o != "" {
+		parts = append(parts, o)
+	}
+	if f := x["foreign_cpu_cores"]; f >= 0.2 {
+		parts = append(parts, fmt.Sprintf("other programs used %.1f cores meanwhile", f))
+	}
+	if st := x["steal_cpu_cores"]; st >= 0.1 {
+		parts = append(parts, fmt.Sprintf("hypervisor steal %.1f cores", st))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// outcomeNote lists the resilient outcomes other than ok, over all reps.
+func outcomeNote(s *summary) string {
+	keys := slices.Sorted(maps.Keys(s.Outcomes))
+	var parts []string
+	for _, k := range keys {
+		if k == "ok" {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %d", k, s.Outcomes[k]))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "outcomes (all reps): " + strings.Join(parts, ", ")
+}
+
+// target is one goal of the benchmark issue, checked against the summaries.
+type target struct {
+	ID     string `json:"id"`
+	Goal   string `json:"goal"`
+	Status string `json:"status"` // MET, NOT MET, NOT YET
+	Detail string `json:"detail"`
+}
+
+func evaluate(sums []*summary) []target {
+	find := func(row, setup string) *summary {
+		for _, s := range sums {
+			if s.Row == row && s.Setup == setup {
+				return s
+			}
+		}
+		return nil
+	}
+	verdict := func(ok bool) string {
+		if ok {
+			return "MET"
+		}
+		return "NOT MET"
+	}
+	var ts []target
+	add := func(id, goal string, f func() (bool, string, bool)) {
+		t := target{ID: id, Goal: goal, Status: "NOT YET"}
+		if ok, detail, ran := f(); ran {
+			t.Status, t.Detail = verdict(ok), detail
+		} else {
+			t.Detail = detail
+		}
+		ts = append(ts, t)
+	}
+	notRun := func(row string) (bool, string, bool) { return false, row + " not run", false }
+
+	add("S0 throughput", "resilient ≥ 0.97× Caddy transport http (ok req/s, median)", func() (bool, string, bool) {
+		r, h := find("S0", setupResilient), find("S0", setupCaddyHTTP)
+		if r == nil || h == nil {
+			return notRun("S0")
+		}
+		q := r.RPS / h.RPS
+		return q >= 0.97, fmt.Sprintf("%.0f vs %.0f req/s = %.3f× (paired per repetition: %s); proxy CPU per request %.0fµs vs %.0fµs",
+			r.RPS, h.RPS, q, paired(r, h, func(x *result) float64 { return x.RPS }),
+			r.Extra["proxy_cpu_us_per_req"], h.Extra["proxy_cpu_us_per_req"]), true
+	})
+	add("S0 p99", "resilient p99 ≤ 1.05× Caddy transport http (median)", func() (bool, string, bool) {
+		r, h := find("S0", setupResilient), find("S0", setupCaddyHTTP)
+		if r == nil || h == nil {
+			return notRun("S0")
+		}
+		q := r.P99 / h.P99
+		return q <= 1.05, fmt.Sprintf("%sms vs %sms = %.3f× (paired per repetition: %s)",
+			num(r.P99), num(h.P99), q, paired(r, h, func(x *result) float64 { return x.P99 })), true
+	})
+	add("S1", "success ≥ 99.8% with amplification ≤ 1.15 (median)", func() (bool, string, bool) {
+		r := find("S1", setupResilient)
+		if r == nil {
+			return notRun("S1")
+		}
+		return r.SuccessPct >= 99.8 && r.Amplification <= 1.15,
+			fmt.Sprintf("success %.2f%%, amplification %.3f", r.SuccessPct, r.Amplification), true
+	})
+	for _, id := range []string{"S2", "S3"} {
+		add(id, "once the breaker is open: rejected p99 ≤ 2ms (median) and only half-open probes reach the upstream (every run)", func() (bool, string, bool) {
+			r := find(id, setupResilient)
+			if r == nil {
+				return notRun(id)
+			}
+			if r.Extra["breaker_opened"] == 0 {
+				return false, "the breaker did not open in every run", true
+			}
+			// the run with the most upstream traffic beyond the probes allowed
+			worst := r.Runs[0]
+			for _, run := range r.Runs[1:] {
+				if run.Extra["probes"]-run.Extra["probes_allowed"] > worst.Extra["probes"]-worst.Extra["probes_allowed"] {
+					worst = run
+				}
+			}
+			probesOK := worst.Extra["probes"] <= worst.Extra["probes_allowed"]
+			p99 := r.Extra["rejected_p99_ms"]
+			return p99 <= 2 && probesOK, fmt.Sprintf("rejected p99 %.2fms (max %.2fms; generator lag p99 %.2fms); upstream after open %.0f, allowed %.0f (worst run)",
+				p99, r.Extra["rejected_max_ms"], r.Extra["rejected_lag_p99_ms"], worst.Extra["probes"], worst.Extra["probes_allowed"]), true
+		})
+	}
+	add("S4", "upstream concurrency never above max_conns (10); rejections within pool + 20ms = 120ms (p99, median)", func() (bool, string, bool) {
+		r := find("S4", setupResilient)
+		if r == nil {
+			return notRun("S4")
+		}
+		c, p99 := r.Extra["upstream_max_concurrency"], r.Extra["rejected_p99_ms"]
+		detail := fmt.Sprintf("max concurrency %.0f (worst run); rejected p99 %.1fms, max %.1fms", c, p99, r.Extra["rejected_max_ms"])
+		if r.Extra["rejected"] == 0 {
+			detail += "; nothing was rejected"
+		}
+		return c <= 10 && p99 <= 120, detail, true
+	})
+	add("S5 no key", "zero duplicated POSTs without Idempotency-Key (every run)", func() (bool, string, bool) {
+		r := find("S5 no key", setupResilient)
+		if r == nil {
+			return notRun("S5")
+		}
+		return r.Duplicates == 0, fmt.Sprintf("%d duplicates (worst run); success %.2f%%", r.Duplicates, r.SuccessPct), true
+	})
+	add("S5 key", "success ≥ 99.8% with Idempotency-Key (median)", func() (bool, string, bool) {
+		r := find("S5 key", setupResilient)
+		if r == nil {
+			return notRun("S5")
+		}
+		return r.SuccessPct >= 99.8, fmt.Sprintf("success %.2f%%, amplification %.3f", r.SuccessPct, r.Amplification), true
+	})
+	add("S6", "no retry before Retry-After elapses (every run)", func() (bool, string, bool) {
+		r := find("S6", setupResilient)
+		if r == nil {
+			return notRun("S6")
+		}
+		early, retried := r.Extra["retried_early"], r.Extra["retried_429"]
+		detail := fmt.Sprintf("%.0f early retries; %.0f of %.0f 429s retried (all runs); shortest wait %.0fms; success %.2f%%",
+			early, retried, r.Extra["got_429"], r.Extra["min_gap_ms"], r.SuccessPct)
+		if retried == 0 {
+			return false, detail + "; never retried, so nothing was shown", true
+		}
+		return early == 0, detail, true
+	})
+	add("S7", "amplification ≤ 1.25 (median)", func() (bool, string, bool) {
+		r := find("S7", setupResilient)
+		if r == nil {
+			return notRun("S7")
+		}
+		detail := fmt.Sprintf("amplification %.3f", r.Amplification)
+		if nb := find("S7", setupResilientNB); nb != nil {
+			detail += fmt.Sprintf(" (breaker off, budget only: %.3f)", nb.Amplification)
+		}
+		return r.Amplification <= 1.25, detail, true
+	})
+	return ts
+}
+
+// paired is the median over repetitions of a/b within each repetition:
+// a shared machine's slow spells hit both runs of a repetition alike.
+func paired(a, b *summary, f func(*result) float64) string {
+	var qs []float64
+	for _, x := range a.Runs {
+		for _, y := range b.Runs {
+			if x.Rep == y.Rep && f(y) > 0 {
+				qs = append(qs, f(x)/f(y))
+			}
+		}
+	}
+	if len(qs) == 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("median %.3f× over %d", medianOf(qs), len(qs))
+}
+
+func writeTargets(w io.Writer, ts []target) {
+	for _, t := range ts {
+		fmt.Fprintf(w, "- **%s**: %s: %s — %s\n", t.Status, t.ID, t.Goal, t.Detail)
+	}
+}
+
+// machine describes where the numbers come from.
+type machine struct {
+	CPUs    int    `json:"cpus"`
+	CPU     string `json:"cpu"`
+	Kernel  string `json:"kernel"`
+	Go      string `json:"go"`
+	Caddy   string `json:"caddy"`
+	Nginx   string `json:"nginx"`
+	HAProxy string `json:"haproxy"`
+}
+
+func describeMachine(e *env) machine {
+	m := machine{CPUs: runtime.NumCPU(), Go: runtime.Version()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = "Linux " + strings.TrimSpace(string(b))
+	}
+	first := func(name string, args ...string) string {
+		out, _ := exec.Command(name, args...).CombinedOutput()
+		line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+		return line
+	}
+	m.Caddy = first(e.caddy, "version")
+	m.Nginx, m.HAProxy = "not installed", "not installed"
+	if e.nginx != "" {
+		m.Nginx = first(e.nginx, "-v")
+	}
+	if e.haproxy != "" {
+		m.HAProxy = first(e.haproxy, "-v")
+	}
+	return m
+}
+
+func writeMachine(w io.Writer, m machine) {
+	fmt.Fprintf(w, "- CPUs (nproc): %d; CPU: %s\n- kernel: %s\n- Go: %s\n- Caddy: %s\n- nginx: %s\n- HAProxy: %s\n",
+		m.CPUs, m.CPU, m.Kernel, m.Go, m.Caddy, m.Nginx, m.HAProxy)
+}
+
+// report is the JSON output.
+type report struct {
+	Command   string     `json:"command"`
+	Started   string     `json:"started"`
+	Seconds   float64    `json:"seconds"`
+	Machine   machine    `json:"machine"`
+	Skipped   []string   `json:"skipped,omitempty"`
+	Scenarios []scDoc    `json:"scenarios"`
+	Runs      []*result  `json:"runs"`
+	Summary   []*summary `json:"summary"`
+	Targets   []target   `json:"targets"`
+}
+
+type scDoc struct {
+	ID     string `json:"id"`
+	Title  string `json:"title"`
+	Config string `json:"config"`
+}
+
+func writeJSON(path string, r *report) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}

@@ -1,0 +1,208 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// runOne runs one scenario against one setup: fresh upstream, fresh
+// proxy, warm-up, measured load.
+func (e *env) runOne(ctx context.Context, sc *scenario, setup string, rep int, profile string) ([]*result, error) {
+	up, err := startUpstream(sc.Track)
+	if err != nil {
+		return nil, err
+	}
+	defer up.close()
+	dir := filepath.Join(e.work, "runs", fmt.Sprintf("%s-%s-%d", sc.ID, setup, rep+1))
+	p, err := e.startProxy(ctx, setup, sc, up.addr, dir)
+	if err != nil {
+		return nil, err
+	}
+	defer e.children.kill(p.cmd)
+
+	if sc.Load.Closed {
+		// throughput runs are the most sensitive to other programs
+		// sharing the CPUs: give them a moment to calm down
+		waitQuiet(ctx, 5*time.Second)
+	}
+	generate(ctx, p.addr, sc.Warmup, time.Now())
+	for i := 0; i < 100 && up.inFlight.Load() > 0; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	up.resetCounts()
+	up.setFaults(sc.Faults)
+
+	start := time.Now().Add(20 * time.Millisecond)
+	var syns *synCounter
+	if sc.CountRefused {
+		if syns, err = startSynCounter(up.port(), start); err != nil {
+			fmt.Fprintf(os.Stderr, "%s: no packet capture on lo (%v); counting refused connects with the kernel's Tcp AttemptFails, which other programs' failed connects inflate\n", sc.ID, err)
+		}
+	}
+	stopAux := make(chan struct{})
+	auxDone := make(chan struct{})
+	var tl timeline
+	if sc.Outage[1] > 0 || sc.CountRefused {
+		go func() {
+			defer close(auxDone)
+			tl = e.timeline(sc, up, start, stopAux, syns == nil)
+		}()
+	} else {
+		close(auxDone)
+	}
+	profDone := make(chan error, 1)
+	if profile != "" && p.admin != "" {
+		go func() { profDone <- fetchProfile(ctx, p.admin, sc.Load.Duration, profile) }()
+	} else {
+		profDone <- nil
+	}
+
+	cpu0, t0 := readCPU(p.cmd.Process.Pid), time.Now()
+	samples, _, elapsed := generate(ctx, p.addr, sc.Load, start)
+	cpu1, wall := readCPU(p.cmd.Process.Pid), time.Since(t0)
+	if err := <-profDone; err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+	}
+	close(stopAux)
+	<-auxDone
+	if syns != nil {
+		tl.syns, tl.synsOK = syns.stop(), true
+	}
+	// whatever the proxy still sends after the clients gave up counts
+	// too; stopping it ends that
+	time.Sleep(50 * time.Millisecond)
+	e.children.kill(p.cmd)
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	if e.keep {
+		writeSamples(filepath.Join(dir, "samples.csv"), samples)
+	}
+	r := &runData{sc: sc, setup: setup, samples: samples, elapsed: elapsed, start: start,
+		up: up.stats(), tl: tl, measured: sc.Load.Duration}
+	out := analyze(r)
+	proxyCPU := cpu1.proxy - cpu0.proxy
+	foreign := (cpu1.busy - cpu0.busy) - (cpu1.self - cpu0.self) - proxyCPU
+	for _, res := range out {
+		res.Rep = rep + 1
+		// CPU the proxy spent per client request: steadier than
+		// throughput on a shared machine
+		res.Extra["proxy_cpu_us_per_req"] = float64(proxyCPU/time.Microsecond) / float64(len(samples))
+		res.Extra["proxy_cpu_cores"] = proxyCPU.Seconds() / wall.Seconds()
+		// CPU used by neither the harness nor the proxy: other programs;
+		// and CPU the hypervisor gave to other guests
+		res.Extra["foreign_cpu_cores"] = max(0, foreign.Seconds()/wall.Seconds())
+		res.Extra["steal_cpu_cores"] = (cpu1.steal - cpu0.steal).Seconds() / wall.Seconds()
+	}
+	return out, nil
+}
+
+// timeline is what happened to the upstream's port during a run.
+type timeline struct {
+	outage [2]time.Duration // when the port actually closed and opened again
+	// SYNs sent to the upstream's port, when a packet capture was possible
+	syns   []time.Duration
+	synsOK bool
+	// otherwise, the kernel's failed-connect counter over the run
+	failed []counterSample
+}
+
+// timeline applies the scenario's outage, and samples the kernel's
+// failed-connect counter when sample is set, until stop is closed.
+func (e *env) timeline(sc *scenario, up *upstream, start time.Time, stop <-chan struct{}, sample bool) timeline {
+	var tl timeline
+	refusing, restored := false, false
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	defer func() {
+		if refusing && !restored {
+			up.restore()
+		}
+	}()
+	for {
+		now := time.Since(start)
+		if sc.Outage[1] > 0 {
+			if !refusing && now >= sc.Outage[0] {
+				up.refuse()
+				refusing, tl.outage[0] = true, time.Since(start)
+			}
+			if refusing && !restored && now >= sc.Outage[1] {
+				if err := up.restore(); err != nil {
+					fmt.Fprintln(os.Stderr, err)
+				}
+				restored, tl.outage[1] = true, time.Since(start)
+			}
+		}
+		if sample && sc.CountRefused {
+			if v, ok := tcpAttemptFails(); ok {
+				tl.failed = append(tl.failed, counterSample{At: now, V: v})
+			}
+		}
+		select {
+		case <-stop:
+			return tl
+		case <-tick.C:
+		}
+	}
+}
+
+// waitQuiet waits, up to max, until the programs other than this one
+// use less than a quarter of a CPU over 250ms.
+func waitQuiet(ctx context.Context, max time.Duration) {
+	deadline := time.Now().Add(max)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		a, t0 := readCPU(0), time.Now()
+		time.Sleep(250 * time.Millisecond)
+		b := readCPU(0)
+		if (b.busy-a.busy-(b.self-a.self)).Seconds()/time.Since(t0).Seconds() < 0.25 {
+			return
+		}
+	}
+}
+
+// fetchProfile saves a CPU profile of a Caddy process taken over most
+// of the load.
+func fetchProfile(ctx context.Context, admin string, d time.Duration, path string) error {
+	secs := max(1, int(d.Seconds())-1)
+	time.Sleep(300 * time.Millisecond)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet,
+		fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", admin, secs), nil)
+	if err != nil {
+		return err
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(res.Body, 512))
+		return fmt.Errorf("%s: %s", res.Status, b)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(f, res.Body)
+	return err
+}
+
+// writeSamples keeps a run's samples with -keep, for a closer look.
+func writeSamples(path string, samples []sample) {
+	f, err := os.Create(path)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fmt.Fprintln(f, "id,intended_ms,done_ms,latency_ms,lag_ms,status,outcome,attempts")
+	for _, s := range samples {
+		fmt.Fprintf(f, "%s,%.3f,%.3f,%.3f,%.3f,%d,%s,%d\n", s.ID, ms(s.Intended), ms(s.Done),
+			ms(s.Latency), ms(s.Lag), s.Status, s.Outcome, s.Attempts)
+	}
+}

@@ -1,0 +1,457 @@
+package main
+
+import (
+	"math"
+	"sort"
+	"strings"
+	"time"
+)
+
+// scenario is one benchmark situation: an upstream behaviour, a load,
+// and how each setup is configured for it.
+type scenario struct {
+	ID, Title string
+	Setups    []string
+	Load      loadSpec
+	Warmup    loadSpec // healthy, not counted
+
+	// Faults apply from the start of the measured load.
+	Faults faults
+	// Outage, when set, closes the upstream's port from Outage[0] to
+	// Outage[1] into the run (S2).
+	Outage [2]time.Duration
+
+	Knobs knobs
+	// Resilient is the body of `transport resilient { … }`;
+	// ResilientNoBreaker the same for the resilient-nobreaker setup.
+	Resilient          string
+	ResilientNoBreaker string
+	// OpenFor and HalfOpen repeat the breaker settings of Resilient,
+	// for the probe count.
+	OpenFor  time.Duration
+	HalfOpen int
+
+	// Track keeps per-request records at the upstream (all but S0).
+	Track bool
+	// Diag makes the resilient setups report their outcome and attempts
+	// in response headers (all but S0, where it would add cost).
+	Diag bool
+	// CountRefused counts the connects to the upstream's port while it
+	// is closed, which reach no handler (S2).
+	CountRefused bool
+
+	// Rows splits the samples into table rows; nil: one row, the ID.
+	Rows func(s *sample) string
+	// Doc says how the setups are configured, for RESULTS.md.
+	Doc string
+}
+
+// runData is what one run hands to the analysis.
+type runData struct {
+	sc       *scenario
+	setup    string
+	samples  []sample
+	elapsed  time.Duration // how long the load was sent
+	start    time.Time
+	up       upstreamStats
+	tl       timeline
+	measured time.Duration // the load's nominal duration
+}
+
+// connects counts the connect attempts to the upstream's port from
+// from to to: SYNs seen on lo, or else the growth of the kernel's
+// failed-connect counter (which counts every program's).
+func (r *runData) connects(from, to time.Duration) int {
+	if r.tl.synsOK {
+		n := 0
+		for _, at := range r.tl.syns {
+			if at >= from && at < to {
+				n++
+			}
+		}
+		return n
+	}
+	return counterDelta(r.tl.failed, from, to)
+}
+
+type counterSample struct {
+	At time.Duration // since start
+	V  int64
+}
+
+// scenarios returns every scenario; quick cuts the durations to 3/8.
+func scenarios(quick bool) []*scenario {
+	d := func(v time.Duration) time.Duration {
+		if quick {
+			return v * 3 / 8
+		}
+		return v
+	}
+	// a short warm-up, so that its successes do not swell the retry
+	// budget's window (it counts requests over 10s)
+	warm := loadSpec{Rate: 200, Duration: 250 * time.Millisecond, Timeout: 2 * time.Second}
+	baseline := []string{setupCaddyHTTP, setupResilient, setupNginx, setupHAProxy}
+	retry := knobs{Retry: true}
+	const breakerS2S3 = "breaker {\nopen_for 1s\n}"
+
+	return []*scenario{
+		{
+			ID: "S0", Title: "healthy upstream, closed-loop max throughput (64 connections)",
+			Setups: baseline,
+			Load:   loadSpec{Closed: true, Concurrency: 64, Duration: d(4 * time.Second), Timeout: 5 * time.Second},
+			Warmup: loadSpec{Closed: true, Concurrency: 64, Duration: d(time.Second), Timeout: 5 * time.Second},
+			Doc: "No retries anywhere; `transport resilient` with an empty block (all defaults). " +
+				"No outcome headers, so both Caddy configs do the same work but for the transport.",
+		},
+		{
+			ID: "S1", Title: "10% transient 503 on GET, open loop 1000 req/s",
+			Setups: baseline, Track: true, Diag: true,
+			Load:   loadSpec{Rate: 1000, Duration: d(4 * time.Second), Timeout: 5 * time.Second},
+			Warmup: warm,
+			Faults: faults{P503: 0.10},
+			Knobs:  retry,
+			Doc:    "Baselines retry 503 (3 tries). Resilient: defaults (3 attempts, 25ms-1s backoff, budget 0.2+10/s, breaker on).",
+		},
+		{
+			ID: "S2", Title: "upstream refuses connections for a stretch, then comes back; 200 req/s",
+			Setups: baseline, Track: true, Diag: true, CountRefused: true,
+			Load:    loadSpec{Rate: 200, Duration: d(5 * time.Second), Timeout: 5 * time.Second},
+			Warmup:  warm,
+			Outage:  [2]time.Duration{d(500 * time.Millisecond), d(3 * time.Second)},
+			Knobs:   retry,
+			OpenFor: time.Second, HalfOpen: 3,
+			Resilient: breakerS2S3,
+			Doc: "Port closed from 0.5s to 3s of the 5s run (times 3/8 with -quick). Baselines retry connect errors (3 tries). " +
+				"Resilient: defaults but `breaker { open_for 1s }` so it half-opens within the run. " +
+				"Refused connects never reach the upstream's handler: the harness counts the SYNs sent to its port on lo " +
+				"(a packet socket; without root, the kernel's Tcp AttemptFails counter, which every program feeds).",
+		},
+		{
+			ID: "S3", Title: "upstream accepts and never answers; 200 req/s",
+			Setups: baseline, Track: true, Diag: true,
+			Load:    loadSpec{Rate: 200, Duration: d(4 * time.Second), Timeout: 4 * time.Second},
+			Warmup:  warm,
+			Faults:  faults{Hang: true},
+			Knobs:   knobs{Retry: true, Read: 500 * time.Millisecond},
+			OpenFor: time.Second, HalfOpen: 3,
+			Resilient: "timeouts {\nread 500ms\n}\n" + breakerS2S3,
+			Doc: "Every setup waits 500ms for response headers. Baselines retry timeouts (3 tries). " +
+				"Resilient: `timeouts { read 500ms }`, `breaker { open_for 1s }`; timeouts are not retried (default `on`).",
+		},
+		{
+			ID: "S4", Title: "slow upstream (200ms), 20 requests in flight offered, 10 connections allowed; 100 req/s",
+			Setups: baseline, Track: true, Diag: true,
+			Load:      loadSpec{Rate: 100, Duration: d(3 * time.Second), Timeout: 2 * time.Second},
+			Warmup:    warm,
+			Faults:    faults{Delay: 200 * time.Millisecond},
+			Knobs:     knobs{MaxConns: 10, Queue: 100 * time.Millisecond},
+			Resilient: "pool {\nmax_conns 10\n}\ntimeouts {\npool 100ms\n}",
+			Doc: "No retries. Caddy http: `max_conns_per_host 10` (waits without bound); nginx: `max_conns=10` (no queue, " +
+				"fails at once); HAProxy: `maxconn 10` + `timeout queue 100ms`. Resilient: `pool { max_conns 10 }`, `timeouts { pool 100ms }`.",
+		},
+		{
+			ID: "S5", Title: "POST, 5% 503 + 5% reset after the body was read; half with Idempotency-Key; 600 req/s",
+			Setups: baseline, Track: true, Diag: true,
+			Load: loadSpec{Rate: 600, Duration: d(4 * time.Second), Timeout: 5 * time.Second,
+				Mix: func(i int) class {
+					if i%2 == 0 {
+						return classPost
+					}
+					return classPostKey
+				}},
+			Warmup: warm,
+			Faults: faults{P503: 0.05, PReset: 0.05},
+			Knobs:  retry,
+			Rows: func(s *sample) string {
+				if s.Class == classPostKey {
+					return "S5 key"
+				}
+				return "S5 no key"
+			},
+			Doc: "Baselines retry 503 and dropped connections, POST included (nginx `non_idempotent`, Caddy `lb_retry_match` " +
+				"on `{rp.status_code}` and `{rp.is_transport_error}`, no `request_buffers`). Resilient: defaults " +
+				"(retries POST only with `Idempotency-Key`, or when it never left).",
+		},
+		{
+			ID: "S6", Title: "10% of requests get 429 with Retry-After: 1 on their first try; 100 req/s",
+			Setups: baseline, Track: true, Diag: true,
+			Load:   loadSpec{Rate: 100, Duration: d(3 * time.Second), Timeout: 5 * time.Second},
+			Warmup: warm,
+			Faults: faults{P429: 0.10, RetryAfter: time.Second},
+			Knobs:  knobs{Retry: true, RetryStatus: []int{429, 503}},
+			Doc: "Baselines are told to retry 429 (Caddy `lb_retry_match`, nginx `http_429`; HAProxy 2.6 has no 429 in " +
+				"`retry-on`, so it passes 429 on). Resilient: defaults (429 retried, Retry-After honoured up to 10s).",
+		},
+		{
+			ID: "S7", Title: "upstream failing 100% (503); 200 req/s",
+			Setups: []string{setupCaddyHTTP, setupResilient, setupResilientNB, setupNginx, setupHAProxy},
+			Track:  true, Diag: true,
+			Load:               loadSpec{Rate: 200, Duration: d(3 * time.Second), Timeout: 5 * time.Second},
+			Warmup:             warm,
+			Faults:             faults{Status: 503},
+			Knobs:              retry,
+			ResilientNoBreaker: "breaker off",
+			Doc: "Baselines retry 503 (3 tries). Resilient: defaults; resilient-nobreaker: `breaker off`, so only the " +
+				"retry budget (0.2 + 10/s) bounds the retries.",
+		},
+	}
+}
+
+// rowOf names the table row of a sample.
+func (sc *scenario) rowOf(s *sample) string {
+	if sc.Rows == nil {
+		return sc.ID
+	}
+	return sc.Rows(s)
+}
+
+// analyze turns one run into one result per row.
+func analyze(r *runData) []*result {
+	groups := map[string][]*sample{}
+	var order []string
+	for i := range r.samples {
+		s := &r.samples[i]
+		row := r.sc.rowOf(s)
+		if _, ok := groups[row]; !ok {
+			order = append(order, row)
+		}
+		groups[row] = append(groups[row], s)
+	}
+	sort.Strings(order)
+	var out []*result
+	for _, row := range order {
+		out = append(out, analyzeRow(r, row, groups[row], len(order) == 1))
+	}
+	return out
+}
+
+func analyzeRow(r *runData, row string, samples []*sample, whole bool) *result {
+	res := &result{Scenario: r.sc.ID, Row: row, Setup: r.setup, Extra: map[string]float64{}, Outcomes: map[string]int{}}
+	res.Requests = len(samples)
+	lat := make([]time.Duration, 0, len(samples))
+	classes := map[class]bool{}
+	ids := make(map[string]bool, len(samples))
+	for _, s := range samples {
+		if s.ok() {
+			res.OK++
+		}
+		lat = append(lat, s.Latency)
+		classes[s.Class] = true
+		ids[s.ID] = true
+		if s.Outcome != "" {
+			res.Outcomes[s.Outcome]++
+		} else if s.Status == 0 {
+			res.Outcomes["client_error"]++
+		}
+	}
+	if res.Requests > 0 {
+		res.SuccessPct = 100 * float64(res.OK) / float64(res.Requests)
+	}
+	res.P50, res.P99, res.P999 = pct(lat, 0.50), pct(lat, 0.99), pct(lat, 0.999)
+	window := r.measured
+	if r.sc.Load.Closed {
+		window = r.elapsed
+	}
+	res.RPS = float64(res.OK) / window.Seconds()
+
+	// what the upstream saw of these requests
+	posts := classes[classPost] || classes[classPostKey]
+	if r.sc.Track {
+		for id, as := range r.up.Arrivals {
+			if !ids[id] {
+				continue
+			}
+			res.UpstreamRequests += len(as)
+			if posts && len(as) > 1 {
+				res.Duplicates += len(as) - 1
+			}
+			for _, a := range as {
+				if a.Method == "POST" && !a.BodyOK {
+					res.EmptyBodies++
+				}
+			}
+		}
+	} else {
+		res.UpstreamRequests = int(r.up.Requests)
+	}
+	if !posts {
+		res.Duplicates = -1 // not applicable
+	}
+	if whole && r.sc.CountRefused && r.tl.outage[1] > 0 {
+		// refused connects reach no handler, but the upstream's host sees them
+		refused := r.connects(r.tl.outage[0], r.tl.outage[1])
+		res.Extra["refused_connects"] = float64(refused)
+		res.UpstreamRequests += refused
+	}
+	if res.Requests > 0 {
+		res.Amplification = float64(res.UpstreamRequests) / float64(res.Requests)
+	}
+
+	switch r.sc.ID {
+	case "S2", "S3":
+		analyzeBreaker(r, samples, res)
+	case "S4":
+		analyzePool(r, samples, res)
+	case "S6":
+		analyzeRetryAfter(r, res)
+	}
+	return res
+}
+
+// analyzeBreaker measures how the breaker behaved once open: the
+// latency of the requests it rejected, and what still reached the
+// upstream (half-open probes only, if it works).
+func analyzeBreaker(r *runData, samples []*sample, res *result) {
+	sc := r.sc
+	faultEnd := r.measured
+	outage := sc.Outage[1] > 0
+	if outage {
+		faultEnd = r.tl.outage[1]
+		// recovery: from the port opening again to the first answer
+		rec := time.Duration(-1)
+		for _, s := range samples {
+			if s.ok() && s.Intended >= faultEnd && (rec < 0 || s.Done-faultEnd < rec) {
+				rec = s.Done - faultEnd
+			}
+		}
+		if rec >= 0 {
+			res.Extra["recovery_ms"] = ms(rec)
+		}
+	}
+	// the breaker is known open from the first rejection the client saw
+	tOpen := time.Duration(-1)
+	for _, s := range samples {
+		if s.Outcome == "breaker_open" && (tOpen < 0 || s.Done < tOpen) {
+			tOpen = s.Done
+		}
+	}
+	// requests sent from then on and rejected with nothing sent; others
+	// ending breaker_open were a failed probe, or an attempt before the
+	// breaker opened, and waited a backoff before their rejection
+	var rejected, lags []time.Duration
+	for _, s := range samples {
+		if s.Outcome == "breaker_open" && s.Attempts <= 0 && tOpen >= 0 && s.Intended >= tOpen {
+			rejected = append(rejected, s.Latency)
+			lags = append(lags, s.Lag)
+		}
+	}
+	res.Extra["rejected_lag_p99_ms"] = pct(lags, 0.99)
+	res.Extra["rejected_lag_p50_ms"] = pct(lags, 0.5)
+	if tOpen < 0 {
+		if sc.Diag && strings.HasPrefix(r.setup, "resilient") {
+			res.Extra["breaker_opened"] = 0
+		}
+		return
+	}
+	res.Extra["breaker_opened"] = 1
+	res.Extra["open_at_ms"] = ms(tOpen)
+	res.Extra["rejected"] = float64(len(rejected))
+	res.Extra["rejected_p99_ms"] = pct(rejected, 0.99)
+	res.Extra["rejected_max_ms"] = pct(rejected, 1)
+
+	// what reached the upstream from tOpen to the end of the fault
+	probes := 0
+	if outage {
+		probes = r.connects(tOpen, faultEnd)
+	}
+	for _, as := range r.up.Arrivals {
+		for _, a := range as {
+			if at := a.At.Sub(r.start); at >= tOpen && at < faultEnd {
+				probes++
+			}
+		}
+	}
+	res.Extra["probes"] = float64(probes)
+	if span := faultEnd - tOpen; span > 0 {
+		periods := math.Ceil(float64(span) / float64(sc.OpenFor))
+		res.Extra["probes_allowed"] = periods * float64(sc.HalfOpen)
+	}
+}
+
+// counterDelta is how much the sampled counter grew from the first
+// sample at or after from to the last sample at or before to.
+func counterDelta(cs []counterSample, from, to time.Duration) int {
+	var a, b *counterSample
+	for i := range cs {
+		if a == nil && cs[i].At >= from {
+			a = &cs[i]
+		}
+		if cs[i].At <= to {
+			b = &cs[i]
+		}
+	}
+	if a == nil || b == nil || b.V < a.V {
+		return 0
+	}
+	return int(b.V - a.V)
+}
+
+// analyzePool checks the pool limit: the most requests the upstream
+// held at once, and how fast the requests turned away were answered.
+func analyzePool(r *runData, samples []*sample, res *result) {
+	res.Extra["upstream_max_concurrency"] = float64(r.up.MaxConcurrency)
+	var rejected []time.Duration
+	for _, s := range samples {
+		switch {
+		case s.Outcome == "pool_timeout",
+			s.Outcome == "" && (s.Status == 502 || s.Status == 503):
+			rejected = append(rejected, s.Latency)
+		}
+	}
+	res.Extra["rejected"] = float64(len(rejected))
+	if len(rejected) > 0 {
+		res.Extra["rejected_p99_ms"] = pct(rejected, 0.99)
+		res.Extra["rejected_max_ms"] = pct(rejected, 1)
+	}
+}
+
+// analyzeRetryAfter checks that no request answered 429 with
+// Retry-After came back before that time had passed.
+func analyzeRetryAfter(r *runData, res *result) {
+	retried, early, fast := 0, 0, 0
+	minGap := time.Duration(-1)
+	for _, as := range r.up.Arrivals {
+		if len(as) < 2 || as[0].Status != 429 {
+			continue
+		}
+		retried++
+		gap := as[1].At.Sub(as[0].Done)
+		if gap < as[0].RetryAfter {
+			early++
+		}
+		if gap < 100*time.Millisecond {
+			fast++
+		}
+		if minGap < 0 || gap < minGap {
+			minGap = gap
+		}
+	}
+	got429 := 0
+	for _, as := range r.up.Arrivals {
+		if len(as) > 0 && as[0].Status == 429 {
+			got429++
+		}
+	}
+	res.Extra["got_429"] = float64(got429)
+	res.Extra["retried_429"] = float64(retried)
+	res.Extra["retried_early"] = float64(early)
+	res.Extra["retried_within_100ms"] = float64(fast)
+	if minGap >= 0 {
+		res.Extra["min_gap_ms"] = ms(minGap)
+	}
+}
+
+// pct is the q-quantile of ds in milliseconds (nearest rank); q=1 is
+// the maximum.
+func pct(ds []time.Duration, q float64) float64 {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	k := int(math.Ceil(q*float64(len(s)))) - 1
+	k = max(0, min(k, len(s)-1))
+	return ms(s[k])
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
