@@ -50,9 +50,6 @@ func (a *attemptTrace) phase(n *atomic.Int64) time.Duration { return time.Durati
 
 func (a *attemptTrace) clientTrace() *httptrace.ClientTrace {
 	return &httptrace.ClientTrace{
-		DNSStart: func(httptrace.DNSStartInfo) {
-			a.connStartAt.CompareAndSwap(0, a.since())
-		},
 		DNSDone: func(info httptrace.DNSDoneInfo) {
 			if info.Err != nil && isTimeout(info.Err) {
 				a.set(flagDialTimeout)
@@ -180,6 +177,11 @@ func unwrapCountingConn(c net.Conn) *countingConn {
 // enforces the read timeout as the longest silence while the body
 // streams, and finishes the request (slot, log, placeholders) once the
 // body is closed.
+//
+// The silence is watched lazily: Read only notes when it started, and a
+// timer that wakes once per read timeout checks whether the read in
+// progress has gone on too long. Time spent waiting for the client (when
+// nobody is reading) never counts.
 type attemptBody struct {
 	rc     io.ReadCloser
 	w      *watchdog
@@ -187,27 +189,65 @@ type attemptBody struct {
 	cancel context.CancelCauseFunc
 	done   func(timedOut bool)
 	once   sync.Once
+
+	timer    *time.Timer
+	reading  atomic.Int64 // when the Read in progress began (unix nanos); 0 between reads
+	timedOut atomic.Bool
+	closed   atomic.Bool
+}
+
+func newAttemptBody(rc io.ReadCloser, at *attemptResult, read time.Duration, done func(bool)) *attemptBody {
+	b := &attemptBody{rc: rc, w: at.w, read: read, cancel: at.cancel, done: done}
+	if read > 0 {
+		b.timer = time.AfterFunc(read, b.check)
+	}
+	return b
 }
 
 func (b *attemptBody) Read(p []byte) (int, error) {
 	if b.read <= 0 {
 		return b.rc.Read(p)
 	}
-	b.w.enter(causeRead, b.read)
+	b.reading.Store(time.Now().UnixNano())
 	n, err := b.rc.Read(p)
-	b.w.enter(nil, 0)
-	if err != nil && err != io.EOF && b.w.firedCause() == causeRead {
+	b.reading.Store(0)
+	if err != nil && err != io.EOF && b.timedOut.Load() {
 		err = &Error{Outcome: OutcomeReadTimeout, Err: err}
 	}
 	return n, err
 }
 
+// check runs on the timer: it cuts a read that has waited longer than
+// the read timeout, or looks again later.
+func (b *attemptBody) check() {
+	if b.closed.Load() {
+		return
+	}
+	began := b.reading.Load()
+	if began == 0 {
+		b.timer.Reset(b.read)
+		return
+	}
+	if left := time.Duration(began + int64(b.read) - time.Now().UnixNano()); left > 0 {
+		b.timer.Reset(left)
+		return
+	}
+	b.timedOut.Store(true)
+	b.cancel(causeRead)
+}
+
 func (b *attemptBody) Close() error {
 	err := b.rc.Close()
 	b.once.Do(func() {
-		fired := b.w.stop()
+		b.closed.Store(true)
+		if b.timer != nil {
+			b.timer.Stop()
+		}
+		// the watchdog no longer bounds anything: stop it and let the
+		// attempt's context go
+		b.w.stop()
 		b.cancel(nil)
-		b.done(fired == causeRead)
+		b.done(b.timedOut.Load())
 	})
 	return err
 }

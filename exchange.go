@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/cenkalti/backoff/v4"
 )
 
@@ -29,6 +30,8 @@ type exchange struct {
 	body       io.ReadCloser // a body that can be sent only once
 
 	tries    []try
+	triesBuf [3]try
+	repl     *caddy.Replacer // nil outside Caddy's HTTP server
 	bo       *backoff.ExponentialBackOff
 	denied   denial
 	sent     bool // some attempt may have reached the upstream
@@ -66,6 +69,8 @@ type attemptResult struct {
 
 func newExchange(t *Transport, req *http.Request) *exchange {
 	ex := &exchange{t: t, req: req, up: t.upstreamFor(req), start: time.Now()}
+	ex.repl, _ = req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	ex.tries = ex.triesBuf[:0]
 	if d := on(t.Timeouts.Total); d > 0 {
 		ex.totalAt = ex.start.Add(d)
 	}
@@ -278,20 +283,14 @@ func (ex *exchange) finish(res *http.Response, at *attemptResult) (*http.Respons
 		return nil, e.handlerError()
 	}
 	ex.report(nil)
-	res.Body = &attemptBody{
-		rc:     res.Body,
-		w:      at.w,
-		read:   on(ex.t.Timeouts.Read),
-		cancel: at.cancel,
-		done: func(timedOut bool) {
-			ex.up.freeSlot()
-			if timedOut {
-				ex.outcome = OutcomeReadTimeout
-				ex.report(nil)
-			}
-			ex.done(nil)
-		},
-	}
+	res.Body = newAttemptBody(res.Body, at, on(ex.t.Timeouts.Read), func(timedOut bool) {
+		ex.up.freeSlot()
+		if timedOut {
+			ex.outcome = OutcomeReadTimeout
+			ex.report(nil)
+		}
+		ex.done(nil)
+	})
 	return res, nil
 }
 

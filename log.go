@@ -3,7 +3,6 @@ package resilient
 import (
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -11,7 +10,7 @@ import (
 // report sets the request's placeholders from where it stands; e is the
 // error it ended with, if any.
 func (ex *exchange) report(e *Error) {
-	repl, _ := ex.req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	repl := ex.repl
 	if repl == nil {
 		return
 	}

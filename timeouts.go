@@ -88,8 +88,13 @@ type watchdog struct {
 
 func newWatchdog(cancel context.CancelCauseFunc, attemptAt, totalAt time.Time) *watchdog {
 	w := &watchdog{cancel: cancel, attempt: attemptAt, total: totalAt}
-	w.timer = time.AfterFunc(time.Hour, w.fire)
-	w.reset()
+	at, _ := w.next()
+	if at.IsZero() {
+		w.timer = time.AfterFunc(time.Hour, w.fire)
+		w.timer.Stop()
+	} else {
+		w.timer = time.AfterFunc(time.Until(at), w.fire)
+	}
 	return w
 }
 
