@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/cenkalti/backoff/v4"
 )
 
@@ -106,6 +107,40 @@ func (ex *exchange) run() (*http.Response, error) {
 		}
 		wait = next
 	}
+}
+
+// upgrade sends an upgrade request once, as it is, and reports how it
+// went.
+func (ex *exchange) upgrade() (*http.Response, error) {
+	res, err := ex.t.HTTPTransport.RoundTrip(ex.req)
+	at := &attemptResult{took: time.Since(ex.start), admitted: true}
+	switch {
+	case err != nil:
+		tr := &attemptTrace{} // not traced: tell connect errors by their type
+		var de reverseproxy.DialError
+		if !errors.As(err, &de) {
+			tr.set(flagGotConn)
+		}
+		var cause error
+		if ex.req.Context().Err() != nil {
+			cause = context.Cause(ex.req.Context())
+		}
+		at.outcome, at.err = classify(err, tr, cause), cleanError(err)
+	case ex.t.Breaker.isFailureStatus(res.StatusCode):
+		at.outcome, at.status = OutcomeUpstreamStatus, res.StatusCode
+	default:
+		at.outcome, at.status = OutcomeOK, res.StatusCode
+	}
+	ex.tries = append(ex.tries, try{outcome: at.outcome, status: at.status, took: at.took, admitted: true})
+	ex.final, ex.outcome, ex.took = at, at.outcome, at.took
+	if err != nil {
+		e := &Error{Outcome: at.outcome, Upstream: ex.up.addr, Attempts: 1, Err: at.err}
+		ex.done(e)
+		return nil, err // Caddy's own handling of upgrade failures stays as it is
+	}
+	ex.report(nil)
+	ex.done(nil)
+	return res, nil
 }
 
 // prepareBody keeps the request body for replay when the request may be

@@ -183,22 +183,18 @@ func (t *Transport) Cleanup() error {
 // A usable upstream response, whatever its status, is returned as is;
 // otherwise the error is a caddyhttp.HandlerError wrapping an *Error.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if passThrough(req) {
+	// requests Caddy makes on its own, such as active health checks,
+	// must see the upstream as it is
+	if req.Context().Value(caddyhttp.ServerCtxKey) == nil {
 		return t.HTTPTransport.RoundTrip(req)
 	}
 	ex := newExchange(t, req)
-	return ex.run()
-}
-
-// passThrough reports requests that bypass retries, the breaker and
-// buffering: upgrades (websockets), which cannot be replayed and are
-// long-lived, and requests Caddy makes on its own, such as active
-// health checks, which must see the upstream as it is.
-func passThrough(req *http.Request) bool {
 	if req.Header.Get("Upgrade") != "" {
-		return true
+		// upgrades (websockets) cannot be replayed and are long-lived:
+		// no retries, no breaker, no buffering, but an outcome all the same
+		return ex.upgrade()
 	}
-	return req.Context().Value(caddyhttp.ServerCtxKey) == nil
+	return ex.run()
 }
 
 // upstreamFor returns the state kept for the upstream req is going to.

@@ -388,7 +388,7 @@ func TestWebsocketPassThrough(t *testing.T) {
 		brw.Flush()
 		io.Copy(conn, brw) // echo
 	})
-	_ = loadGateway(t, proxySite(up.addr, `transport resilient`))
+	g := loadGateway(t, proxySite(up.addr, `transport resilient`))
 	conn, err := net.DialTimeout("tcp", "127.0.0.1:9080", 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -410,6 +410,9 @@ func TestWebsocketPassThrough(t *testing.T) {
 		if _, err := io.ReadFull(br, buf); err != nil || string(buf) != msg {
 			t.Fatalf("echo of %q: got %q, %v", msg, buf, err)
 		}
+	}
+	if e := g.lastEntry(); e.Outcome != "ok" || e.Status != 101 || e.Attempts != 1 || e.Path != "/ws" {
+		t.Errorf("the upgrade was logged as %s", e.raw)
 	}
 }
 
