@@ -148,12 +148,10 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Validate checks the configuration; it is called from Provision after
-// the defaults are in place.
+// Validate checks the configuration once Provision put the defaults in
+// place. Every timeout is either a duration or off (negative), so the
+// timeouts need no check.
 func (t *Transport) Validate() error {
-	if err := t.Timeouts.validate(); err != nil {
-		return fmt.Errorf("timeouts: %v", err)
-	}
 	if err := t.Pool.validate(); err != nil {
 		return fmt.Errorf("pool: %v", err)
 	}

@@ -95,6 +95,3 @@ func (s slots) release() {
 		<-s
 	}
 }
-
-// inFlight is the number of slots taken.
-func (s slots) inFlight() int { return len(s) }

@@ -2,7 +2,6 @@ package resilient
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
@@ -56,11 +55,6 @@ func (t *Timeouts) setDefaults() {
 	def(&t.Pool, time.Second)
 	def(&t.Attempt, 10*time.Second)
 	def(&t.Total, 30*time.Second)
-}
-
-func (t *Timeouts) validate() error {
-	// every value is either a duration or "off"; nothing else to check
-	return nil
 }
 
 // on returns d as a time.Duration, with 0 meaning "no bound".
@@ -177,9 +171,4 @@ func (w *watchdog) fire() {
 	w.fired = cause
 	w.mu.Unlock()
 	w.cancel(cause)
-}
-
-func (t *Timeouts) String() string {
-	return fmt.Sprintf("connect=%v tls=%v write=%v read=%v pool=%v attempt=%v total=%v",
-		on(t.Connect), on(t.TLS), on(t.Write), on(t.Read), on(t.Pool), on(t.Attempt), on(t.Total))
 }
