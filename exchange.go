@@ -247,7 +247,8 @@ func (ex *exchange) attempt() (*http.Response, *attemptResult) {
 		}
 		cancel(nil)
 		ex.up.freeSlot()
-		at.outcome, at.err, at.neverSent = classify(err, tr, cause), cleanError(err), tr.neverSent(err)
+		at.outcome, at.err = classify(err, tr, cause), cleanError(err)
+		at.neverSent = !ex.t.untraced && tr.neverSent(err)
 		ex.sent = ex.sent || !at.neverSent
 		ticket(ex.t.Breaker.isFailure(at.outcome, 0, at.took))
 		return nil, at

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -54,6 +55,7 @@ type Transport struct {
 
 	logger    *zap.Logger
 	upstreams *sync.Map // dial address -> *upstream
+	untraced  bool      // HTTP/3: net/http/httptrace sees nothing, so nothing counts as never sent
 }
 
 // CaddyModule returns the Caddy module information.
@@ -128,6 +130,7 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 	if err := t.HTTPTransport.Provision(ctx); err != nil {
 		return err
 	}
+	t.untraced = slices.Contains(t.Versions, "3")
 	rt := t.HTTPTransport.Transport
 	switch {
 	case t.Timeouts.TLS > 0:
