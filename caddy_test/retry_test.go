@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -449,5 +450,29 @@ func TestChunkedBodyUnderMaxBodyIsReplayed(t *testing.T) {
 	want := sha256.Sum256([]byte(body))
 	if len(bodies) != 2 || bodies[0] != want || bodies[1] != want {
 		t.Fatalf("upstream got %d bodies; both must be the full body", len(bodies))
+	}
+}
+
+func TestExhaustedRetriesPassTheLastAnswerThrough(t *testing.T) {
+	rec := new(recorder)
+	up := scripted(t, rec, func(n int, w http.ResponseWriter) {
+		w.Header().Set("X-Try", strconv.Itoa(n))
+		w.WriteHeader(http.StatusServiceUnavailable)
+		io.WriteString(w, "busy, try "+strconv.Itoa(n))
+	})
+	g := loadGateway(t, proxySite(up.addr, fastRetry))
+	res, body := g.get("/busy")
+	expect(t, res, http.StatusServiceUnavailable, "upstream_status")
+	if body != "busy, try 3" || res.Header.Get("X-Try") != "3" || res.Header.Get("X-Attempts") != "3" {
+		t.Fatalf("got body %q, X-Try %q after %s attempts; want the third answer unchanged", body, res.Header.Get("X-Try"), res.Header.Get("X-Attempts"))
+	}
+	e := g.lastEntry()
+	if e.Attempts != 3 || len(e.Tries) != 3 || e.Status != 503 {
+		t.Errorf("log: %s", e.raw)
+	}
+	for i, tr := range e.Tries {
+		if tr.Outcome != "upstream_status" || tr.Status != 503 || (i > 0) != (tr.Wait > 0) {
+			t.Errorf("try %d logged as %+v", i+1, tr)
+		}
 	}
 }
