@@ -267,12 +267,11 @@ func (b *breaker) onStateChange(from, to gobreaker.State) {
 	b.notify("breaker state changed", stateName(from), stateName(to), zap.Object("counts", c))
 }
 
-// notify logs a change of the breaker's state at warn, and tells the
-// observer.
+// notify logs a change of the breaker's state at warn, and records it
+// in the metrics and the events. It may run under the breaker's lock.
 func (b *breaker) notify(msg, from, to string, fields ...zap.Field) {
-	if obs := breakerObserver; obs != nil {
-		obs(b.upstream, from, to)
-	}
+	breakerChanged(b.upstream, to)
+	emitBreakerChange(b.upstream, from, to)
 	logger := b.logger.Load()
 	if logger == nil {
 		return
@@ -285,11 +284,6 @@ func (b *breaker) notify(msg, from, to string, fields ...zap.Field) {
 		}, fields...)...)
 	}
 }
-
-// breakerObserver, when set, is told of every change of state of every
-// breaker, by upstream and state names (metrics use it). It may run under
-// a breaker's lock: it must be quick and must not call into the breaker.
-var breakerObserver func(upstream, from, to string)
 
 // transitionCounts are the numbers behind a change of state: the
 // window's counts when it trips, the probes' results when it leaves

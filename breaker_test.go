@@ -1,6 +1,7 @@
 package resilient
 
 import (
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"runtime"
 	"sync/atomic"
 	"testing"
@@ -347,9 +348,8 @@ func TestBreakerStateChangesAreLoggedAtWarn(t *testing.T) {
 	core, logs := observer.New(zapcore.WarnLevel)
 	b := breakerTripped(t, 40*time.Millisecond, 1)
 	b.logger.Store(zap.New(core))
-	var seen []string
-	breakerObserver = func(_, from, to string) { seen = append(seen, from+">"+to) }
-	defer func() { breakerObserver = nil }()
+	metrics.once.Do(initMetrics)
+	closedBefore := testutil.ToFloat64(metrics.breakerChanges.WithLabelValues(upstreamLabel("upstream.test:443"), "closed"))
 
 	breakerWaitHalfOpen(t, b)
 	breakerSend(t, b, false)
@@ -366,8 +366,12 @@ func TestBreakerStateChangesAreLoggedAtWarn(t *testing.T) {
 	if c, _ := last["counts"].(map[string]any); c["successes"] != uint32(1) {
 		t.Errorf("counts %v, want the one successful probe", last["counts"])
 	}
-	if len(seen) != 2 || seen[1] != "half_open>closed" {
-		t.Errorf("observer saw %v", seen)
+	closed := testutil.ToFloat64(metrics.breakerChanges.WithLabelValues(upstreamLabel("upstream.test:443"), "closed"))
+	if closed != closedBefore+1 {
+		t.Errorf("breaker_transitions_total{to=closed} went from %v to %v, want +1", closedBefore, closed)
+	}
+	if got := testutil.ToFloat64(metrics.breakerState.WithLabelValues(upstreamLabel("upstream.test:443"))); got != 0 {
+		t.Errorf("breaker_state = %v after closing, want 0", got)
 	}
 }
 

@@ -167,10 +167,6 @@ func breakerStateValue(state string) float64 {
 	return 0
 }
 
-func init() {
-	breakerObserver = func(upstream, _, to string) { breakerChanged(upstream, to) }
-}
-
 // breakerChanged records a breaker's move to state to.
 func breakerChanged(addr, to string) {
 	metrics.once.Do(initMetrics)

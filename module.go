@@ -74,6 +74,9 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %v", err)
 	}
+	if err := useEvents(ctx); err != nil {
+		return fmt.Errorf("getting events app: %v", err)
+	}
 	if t.Timeouts == nil {
 		t.Timeouts = new(Timeouts)
 	}
