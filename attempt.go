@@ -23,7 +23,7 @@ type attemptTrace struct {
 	flags        atomic.Uint32
 	conn         atomic.Pointer[countingConn]
 	baseWritten  int64
-	connectNanos atomic.Int64 // DNS + TCP connect
+	connectNanos atomic.Int64 // TCP connect
 	tlsNanos     atomic.Int64
 	gotConnNanos atomic.Int64 // since start
 	wroteNanos   atomic.Int64 // since start
