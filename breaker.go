@@ -17,8 +17,9 @@ import (
 )
 
 // Breaker configures the circuit breaker kept for each upstream. It
-// trips on a failure ratio over a rolling window, or on a run of
-// consecutive failures; while open, requests fail at once with
+// trips on a failure ratio over a rolling window once the window holds
+// min_requests results, or, while it holds fewer (a quiet upstream), on
+// a run of consecutive failures; while open, requests fail at once with
 // breaker_open and nothing is sent.
 type Breaker struct {
 	// Disabled switches the breaker off (`breaker off`). Default: `false`.
@@ -32,8 +33,10 @@ type Breaker struct {
 	// Default: `20`.
 	MinRequests int `json:"min_requests,omitempty"`
 
-	// Trip after this many failures in a row, whatever the ratio; 0
-	// disables this rule. Default: `5`.
+	// Trip after this many failures in a row while the window holds
+	// fewer than min_requests results (a quiet upstream); once it holds
+	// that many, the ratio alone decides. 0 disables this rule.
+	// Default: `5`.
 	ConsecutiveFailures *int `json:"consecutive_failures,omitempty"`
 
 	// The rolling window the ratio is computed over. Default: `10s`.
@@ -160,6 +163,7 @@ type breaker struct {
 	upstream string
 	key      string // in the registry
 	cfg      *Breaker
+	win      *window
 	cur      atomic.Pointer[generation]
 	logger   atomic.Pointer[zap.Logger]
 	ov       atomic.Pointer[override] // nil: none
@@ -168,7 +172,7 @@ type breaker struct {
 	// its lock; read anywhere.
 	cbState    atomic.Int32 // gobreaker.State, as of the last change
 	openUntil  atomic.Int64 // unix nanos: when the open breaker turns half-open
-	tripCounts atomic.Pointer[gobreaker.Counts]
+	tripCounts atomic.Pointer[windowCounts]
 	rejected   atomic.Uint32 // requests turned away since it opened
 	probeGen   atomic.Uint64 // bumped each time it turns half-open
 	probeOK    atomic.Uint32
@@ -203,31 +207,33 @@ var errExcluded = errors.New("excluded")
 // errFailure tells gobreaker a result is a failure.
 var errFailure = errors.New("failure")
 
+// errLateFailure tells gobreaker about an answer that counted as a
+// success and then failed (its body cut short); the window has it already.
+var errLateFailure = errors.New("late failure")
+
 func newBreaker(cfg *Breaker, upstream, key string) *breaker {
-	b := &breaker{upstream: upstream, key: key, cfg: cfg}
+	b := &breaker{upstream: upstream, key: key, cfg: cfg, win: newWindow(time.Duration(cfg.Window))}
 	b.cur.Store(b.newGeneration(1))
 	return b
 }
 
+// newGeneration returns a fresh gobreaker. It runs the state machine
+// (open for open_for, then half_open_requests probes); whether the closed
+// breaker trips is the window's call, so gobreaker keeps no window of
+// its own.
 func (b *breaker) newGeneration(n uint64) *generation {
 	cfg := b.cfg
-	window := time.Duration(cfg.Window)
-	ratio, minReq, consec := cfg.FailureRatio, uint32(cfg.MinRequests), uint32(*cfg.ConsecutiveFailures)
 	return &generation{n: n, cb: gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
-		Name:         b.upstream,
-		MaxRequests:  uint32(cfg.HalfOpenRequests),
-		Interval:     window,
-		BucketPeriod: window / 10,
-		Timeout:      time.Duration(cfg.OpenFor),
-		ReadyToTrip: func(c gobreaker.Counts) bool {
-			trip := consec > 0 && c.ConsecutiveFailures >= consec
-			if total := c.TotalSuccesses + c.TotalFailures; total >= minReq && float64(c.TotalFailures) >= ratio*float64(total) {
-				trip = true
+		Name:        b.upstream,
+		MaxRequests: uint32(cfg.HalfOpenRequests),
+		Timeout:     time.Duration(cfg.OpenFor),
+		ReadyToTrip: func(gobreaker.Counts) bool {
+			c := b.win.counts()
+			if !cfg.trips(c) {
+				return false
 			}
-			if trip {
-				b.tripCounts.Store(&c)
-			}
-			return trip
+			b.tripCounts.Store(&c)
+			return true
 		},
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			if b.cur.Load().n == n {
@@ -242,12 +248,15 @@ func (b *breaker) newGeneration(n uint64) *generation {
 // into the breaker, so it works from what the hooks recorded.
 func (b *breaker) onStateChange(from, to gobreaker.State) {
 	b.cbState.Store(int32(to))
+	// each state starts with a clean window; results still due from
+	// before are dropped, as gobreaker drops them
+	b.win.reset()
 	var c transitionCounts
 	switch from {
 	case gobreaker.StateClosed:
 		if tc := b.tripCounts.Load(); tc != nil {
-			c = transitionCounts{requests: tc.TotalSuccesses + tc.TotalFailures, successes: tc.TotalSuccesses,
-				failures: tc.TotalFailures, consecutiveFailures: tc.ConsecutiveFailures}
+			c = transitionCounts{requests: tc.results(), successes: tc.successes,
+				failures: tc.failures, consecutiveFailures: tc.consecutiveFailures}
 		}
 	case gobreaker.StateHalfOpen:
 		ok, failed := b.probeOK.Load(), b.probeFail.Load()
@@ -362,6 +371,7 @@ func (b *breaker) force(mode forceMode, d time.Duration) {
 func (b *breaker) reset() {
 	from := b.state()
 	b.cur.Store(b.newGeneration(b.cur.Load().n + 1))
+	b.win.reset()
 	b.cbState.Store(int32(gobreaker.StateClosed))
 	b.openUntil.Store(0)
 	b.tripCounts.Store(nil)
@@ -404,15 +414,24 @@ func (b *breaker) rejects() bool {
 	return false
 }
 
-// ticket reports the result of one admitted request to the breaker.
-// Only its first call counts.
-type ticket func(failure, excluded bool)
+// ticket is the pass of one admitted attempt: its result goes to the
+// breaker through report. A nil ticket (no breaker, or forced closed)
+// reports nothing.
+type ticket struct {
+	b        *breaker
+	done     func(error)
+	epoch    uint64 // the window's, at admission
+	probe    uint64 // the half-open period it probes; 0 when not a probe
+	reported atomic.Bool
+	guarded  bool
+	cleanup  runtime.Cleanup
+}
 
 // allow asks whether a request may go to the upstream. When it may not,
 // it returns how long until the breaker lets requests through again.
-func (b *breaker) allow() (ticket, time.Duration, bool) {
+func (b *breaker) allow() (*ticket, time.Duration, bool) {
 	if b == nil {
-		return noTicket, 0, true
+		return nil, 0, true
 	}
 	now := time.Now()
 	switch mode, until := b.override(now); mode {
@@ -426,9 +445,10 @@ func (b *breaker) allow() (ticket, time.Duration, bool) {
 		}
 		return nil, wait, false
 	case forceClosed:
-		return noTicket, 0, true
+		return nil, 0, true
 	}
 	g := b.cur.Load()
+	epoch := b.win.current()
 	done, err := g.cb.Allow()
 	if err != nil {
 		b.rejected.Add(1)
@@ -439,33 +459,30 @@ func (b *breaker) allow() (ticket, time.Duration, bool) {
 		}
 		return nil, wait, false
 	}
-	r := &result{b: b, done: done}
+	t := &ticket{b: b, done: done, epoch: epoch}
 	if gobreaker.State(b.cbState.Load()) != gobreaker.StateHalfOpen {
-		return r.report, 0, true
+		return t, 0, true
 	}
 	// A probe whose result never comes would keep the half-open breaker
 	// from letting others through: should its ticket be dropped without
-	// a call, the garbage collector reports it as excluded.
-	r.probe = b.probeGen.Load()
-	p := &probe{r: r}
-	p.cleanup = runtime.AddCleanup(p, func(r *result) { r.report(false, true) }, r)
-	return p.report, 0, true
+	// a report, the garbage collector reports it as excluded.
+	t.probe = b.probeGen.Load()
+	t.guarded = true
+	t.cleanup = runtime.AddCleanup(t, func(done func(error)) { done(errExcluded) }, done)
+	return t, 0, true
 }
 
-func noTicket(bool, bool) {}
-
-// result is what a ticket reports to.
-type result struct {
-	b        *breaker
-	done     func(error)
-	probe    uint64 // the half-open period it probes; 0 when not a probe
-	reported atomic.Bool
-}
-
-func (r *result) report(failure, excluded bool) {
-	if r.reported.Swap(true) {
+// report gives the breaker the attempt's result. Only its first call
+// counts; client cancellations are excluded: they count neither way.
+func (t *ticket) report(failure, excluded bool) {
+	if t == nil || t.reported.Swap(true) {
 		return
 	}
+	if t.guarded {
+		t.cleanup.Stop()
+	}
+	b := t.b
+	b.win.record(t.epoch, failure, excluded)
 	var err error
 	switch {
 	case excluded:
@@ -473,25 +490,26 @@ func (r *result) report(failure, excluded bool) {
 	case failure:
 		err = errFailure
 	}
-	if b := r.b; r.probe != 0 && !excluded && r.probe == b.probeGen.Load() {
+	if t.probe != 0 && !excluded && t.probe == b.probeGen.Load() {
 		if failure {
 			b.probeFail.Add(1)
 		} else {
 			b.probeOK.Add(1)
 		}
 	}
-	r.done(err)
+	t.done(err)
 }
 
-// probe is the ticket of a request let through while half-open.
-type probe struct {
-	r       *result
-	cleanup runtime.Cleanup
-}
-
-func (p *probe) report(failure, excluded bool) {
-	p.cleanup.Stop()
-	p.r.report(failure, excluded)
+// lateFailure turns the success t reported into a failure: the answer's
+// body was then cut short. A closed breaker may trip on it; a half-open
+// one opens again.
+func (t *ticket) lateFailure() {
+	if t == nil || !t.b.win.amend(t.epoch) {
+		return
+	}
+	if done, err := t.b.cur.Load().cb.Allow(); err == nil {
+		done(errLateFailure)
+	}
 }
 
 // retryAfterSeconds rounds d up to whole seconds, at least 1.

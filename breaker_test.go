@@ -45,7 +45,7 @@ func breakerSend(t *testing.T, b *breaker, failure bool) {
 	if !ok {
 		t.Fatalf("request rejected; breaker %s", b.state())
 	}
-	tk(failure, false)
+	tk.report(failure, false)
 }
 
 func breakerExpectState(t *testing.T, b *breaker, want string) {
@@ -134,7 +134,7 @@ func TestBreakerExcludedResultsCountNeitherWay(t *testing.T) {
 	breakerSend(t, b, true)
 	for i := 0; i < 10; i++ {
 		tk, _, _ := b.allow()
-		tk(false, true)
+		tk.report(false, true)
 	}
 	breakerSend(t, b, true) // still a run of two
 	breakerExpectState(t, b, "open")
@@ -218,10 +218,10 @@ func TestBreakerHalfOpenLimitsProbesAndClosesAfterThatManySuccesses(t *testing.T
 	if !b.rejects() {
 		t.Error("rejects() = false with all probes in flight")
 	}
-	p1(false, false)
-	p1(false, false) // a ticket counts once
+	p1.report(false, false)
+	p1.report(false, false) // a ticket counts once
 	breakerExpectState(t, b, "half_open")
-	p2(false, false)
+	p2.report(false, false)
 	breakerExpectState(t, b, "closed")
 	breakerSend(t, b, false)
 }
@@ -244,7 +244,7 @@ func TestBreakerCanceledProbeFreesItsSlot(t *testing.T) {
 	if _, _, ok := b.allow(); ok {
 		t.Fatal("second probe let through with half_open_requests 1")
 	}
-	p(false, true) // the client went away
+	p.report(false, true) // the client went away
 	breakerSend(t, b, false)
 	breakerExpectState(t, b, "closed")
 }
@@ -340,7 +340,7 @@ func TestBreakerResetClearsAndIgnoresOlderResults(t *testing.T) {
 	if c := b.cur.Load().cb.Counts(); c.Requests != 0 {
 		t.Errorf("counts after reset: %+v", c)
 	}
-	old(true, false) // let through before the reset
+	old.report(true, false) // let through before the reset
 	breakerExpectState(t, b, "closed")
 }
 
@@ -507,7 +507,7 @@ func TestBreakerTicketsAreSafeForConcurrentUse(t *testing.T) {
 			defer func() { done <- struct{}{} }()
 			for i := 0; i < 200; i++ {
 				if tk, _, ok := b.allow(); ok {
-					tk(i%2 == 0, false)
+					tk.report(i%2 == 0, false)
 					n.Add(1)
 				}
 				_ = b.state()

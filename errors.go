@@ -255,8 +255,14 @@ func classify(err error, tr *attemptTrace, cause error) Outcome {
 	if errors.As(cause, &tc) {
 		return tc.outcome
 	}
+	if tr.has(flagResent) || errors.Is(cause, errResent) {
+		// the connection that carried the request closed without an
+		// answer, and net/http's re-send of it was stopped
+		return OutcomeReset
+	}
 	if cause != nil {
-		// the client went away (or Caddy is shutting the request down)
+		// the client went away, its body failed, or Caddy is shutting
+		// the request down
 		return OutcomeCanceled
 	}
 	if errors.Is(err, context.Canceled) {

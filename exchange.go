@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/url"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -15,8 +17,9 @@ import (
 )
 
 // exchange is one proxied request on its way through the transport:
-// classified, its body made replayable, then tried until it gets an
-// answer worth passing on or may not be tried again.
+// classified, its body streamed (and kept for replay while it may be
+// retried), then tried until it gets an answer worth passing on or may
+// not be tried again.
 type exchange struct {
 	t       *Transport
 	up      *upstream
@@ -25,10 +28,10 @@ type exchange struct {
 	idem    idempotency
 	start   time.Time
 	totalAt time.Time // zero when the total timeout is off
-
-	replayable bool
-	replay     *replayBody   // nil when there is no body to keep
-	body       io.ReadCloser // a body that can be sent only once
+	// time spent waiting for the client's body, which the total bound
+	// does not count
+	paused atomic.Int64
+	body   *bodySource // nil when the request has none
 
 	tries    []try
 	triesBuf [3]try
@@ -36,11 +39,9 @@ type exchange struct {
 	bo       *backoff.ExponentialBackOff
 	denied   denial
 	sent     bool // some attempt may have reached the upstream
-	bodyRead bool // the client's body was read (or handed to net/http)
 	final    *attemptResult
 	outcome  Outcome
 	took     time.Duration // to response headers, or to the error
-	first    *admission    // the breaker's answer for the first attempt, asked before the body is read
 }
 
 // try is one attempt as the log shows it.
@@ -53,7 +54,8 @@ type try struct {
 }
 
 // attemptResult is how one attempt ended, and what it still holds when
-// it returned a response (its watchdog, context and pool slot).
+// it returned a response (its watchdog, context, pool slot and breaker
+// ticket).
 type attemptResult struct {
 	outcome    Outcome
 	status     int
@@ -61,11 +63,14 @@ type attemptResult struct {
 	err        error
 	neverSent  bool
 	admitted   bool
+	noRetry    bool // the answer must not be asked for again
+	failed     bool // reported to the breaker as a failure
 	retryAfter time.Duration
 	phases     phaseTimes
 
 	w      *watchdog
 	cancel context.CancelCauseFunc
+	ticket *ticket
 }
 
 func newExchange(t *Transport, req *http.Request) *exchange {
@@ -78,20 +83,51 @@ func newExchange(t *Transport, req *http.Request) *exchange {
 	return ex
 }
 
+// totalDeadline is when the total bound runs out, as of now: time spent
+// waiting for the client's body does not count.
+func (ex *exchange) totalDeadline() time.Time {
+	if ex.totalAt.IsZero() {
+		return ex.totalAt
+	}
+	return ex.totalAt.Add(time.Duration(ex.paused.Load()))
+}
+
 func (ex *exchange) run() (*http.Response, error) {
 	ex.idem, ex.header = ex.t.Retry.classify(ex.req)
 	ex.up.budget.request(ex.start)
-	if ex.admitFirst() {
-		ex.prepareBody()
+	// The breaker is asked before the body is touched: a request turned
+	// away leaves its body unread, so Caddy's lb_retries can send it,
+	// whole, to another upstream.
+	tk, openFor, ok := ex.up.breaker.allow()
+	if !ok {
+		at := &attemptResult{outcome: OutcomeBreakerOpen, retryAfter: openFor, neverSent: true}
+		ex.tries = append(ex.tries, try{outcome: at.outcome})
+		return ex.finish(nil, at)
+	}
+	if b := ex.req.Body; b != nil && b != http.NoBody {
+		limit := int64(0)
+		if ex.t.Retry.Attempts > 1 {
+			limit = ex.t.Retry.MaxBody
+		}
+		ex.body = newBodySource(b, ex.req.ContentLength, limit, &ex.paused)
 	}
 	var wait time.Duration
 	for {
-		res, at := ex.attempt()
+		res, at := ex.attempt(tk)
 		ex.tries = append(ex.tries, try{outcome: at.outcome, status: at.status, took: at.took, wait: wait, admitted: at.admitted})
 		if at.admitted {
 			ex.up.m.attempts[at.outcome].Inc()
 		}
 		next, deny, again := ex.retryWait(res, at, time.Now())
+		if again {
+			// decided before this answer is let go: when the breaker
+			// would refuse the retry, the answer goes to the client as
+			// the upstream gave it
+			tk, _, again = ex.up.breaker.allow()
+			if !again {
+				deny = denyBreaker
+			}
+		}
 		if !again {
 			if deny != denyNone {
 				ex.denied = deny
@@ -102,6 +138,7 @@ func (ex *exchange) run() (*http.Response, error) {
 		ex.up.m.retried(at.outcome, at.status)
 		ex.discard(res, at)
 		if err := ex.sleep(next); err != nil {
+			tk.report(false, true)
 			at = &attemptResult{outcome: OutcomeCanceled, err: err, neverSent: true}
 			return ex.finish(nil, at)
 		}
@@ -143,48 +180,24 @@ func (ex *exchange) upgrade() (*http.Response, error) {
 	return res, nil
 }
 
-// prepareBody keeps the request body for replay when the request may be
-// retried and the body fits in max_body.
-func (ex *exchange) prepareBody() {
-	b := ex.req.Body
-	if b == nil || b == http.NoBody || ex.req.ContentLength == 0 {
-		ex.replayable = true
-		return
-	}
-	// from here on the client's body is ours: Caddy cannot send it again
-	ex.bodyRead = true
-	r := ex.t.Retry
-	if r.Attempts < 2 {
-		ex.body = b
-		return
-	}
-	rb, rest, _ := bufferBody(b, ex.req.ContentLength, r.MaxBody)
-	if rb == nil {
-		ex.body = rest
-		return
-	}
-	ex.replay, ex.replayable = rb, true
-}
+// errHeaderTooLarge marks an answer whose headers ran over the size
+// limit: asking again would make the gateway read as much again.
+const errHeaderTooLarge = "server response headers exceeded"
 
-// attempt makes one try: breaker, pool slot, then the round trip under
-// the phase timeouts.
-func (ex *exchange) attempt() (*http.Response, *attemptResult) {
-	at := new(attemptResult)
+// attempt makes one try with the breaker's ticket tk: pool slot, then
+// the round trip under the phase timeouts.
+func (ex *exchange) attempt(tk *ticket) (*http.Response, *attemptResult) {
+	at := &attemptResult{ticket: tk}
 	start := time.Now()
-	ticket, openFor, ok := ex.admit()
-	if !ok {
-		at.outcome, at.retryAfter, at.neverSent = OutcomeBreakerOpen, openFor, true
-		return nil, at
-	}
-
+	totalAt := ex.totalDeadline()
 	poolWait, byTotal := on(ex.t.Timeouts.Pool), false
-	if !ex.totalAt.IsZero() {
-		if left := ex.totalAt.Sub(start); poolWait == 0 || left < poolWait {
+	if !totalAt.IsZero() {
+		if left := totalAt.Sub(start); poolWait == 0 || left < poolWait {
 			poolWait, byTotal = max(left, time.Nanosecond), true
 		}
 	}
 	if err := ex.up.takeSlot(ex.req.Context(), poolWait); err != nil {
-		ticket(false, true)
+		tk.report(false, true)
 		at.neverSent = true
 		switch {
 		case err == errNoSlot && byTotal:
@@ -204,23 +217,20 @@ func (ex *exchange) attempt() (*http.Response, *attemptResult) {
 	if d := on(ex.t.Timeouts.Attempt); d > 0 {
 		attemptAt = start.Add(d)
 	}
-	w := newWatchdog(cancel, attemptAt, ex.totalAt)
-	tr := &attemptTrace{w: w, write: on(ex.t.Timeouts.Write), read: on(ex.t.Timeouts.Read), start: start}
+	w := newWatchdog(cancel, attemptAt, totalAt)
+	tr := &attemptTrace{w: w, write: on(ex.t.Timeouts.Write), read: on(ex.t.Timeouts.Read), start: start, h2c: ex.t.h2c}
 	r := ex.req.WithContext(httptrace.WithClientTrace(ctx, tr.clientTrace()))
 	r.Header = ex.header
-	switch {
-	case ex.replay != nil:
-		r.Body = ex.replay.reader()
-		r.GetBody = func() (io.ReadCloser, error) { return ex.replay.reader(), nil }
-	case ex.body != nil:
-		r.Body, ex.body = ex.body, nil
+	if ex.body != nil {
+		// no GetBody: net/http must not send the body again on its own
+		r.Body, r.GetBody = ex.body.reader(w), nil
 	}
 
 	reported := false
 	defer func() {
 		if !reported {
 			// a panic in the round trip: never leave a half-open breaker waiting
-			ticket(false, true)
+			tk.report(false, true)
 			cancel(nil)
 			w.stop()
 			ex.up.freeSlot()
@@ -229,11 +239,16 @@ func (ex *exchange) attempt() (*http.Response, *attemptResult) {
 	res, err := ex.t.HTTPTransport.RoundTrip(r)
 	at.took = time.Since(start)
 	if err == nil {
-		w.headersDone()
-		if fired := w.firedCause(); fired != nil {
+		tr.headers()
+		switch fired := w.firedCause(); {
+		case fired != nil:
 			// a timer ran out just as the headers came: the context is gone
 			res.Body.Close()
 			res, err = nil, fired
+		case res.StatusCode < 100:
+			// no such status: Caddy could not pass it on
+			res.Body.Close()
+			res, err = nil, errBadStatus
 		}
 	}
 	at.phases = tr.phases()
@@ -244,13 +259,19 @@ func (ex *exchange) attempt() (*http.Response, *attemptResult) {
 			cause = fired
 		} else if cerr := ex.req.Context().Err(); cerr != nil {
 			cause = context.Cause(ex.req.Context())
+		} else if cerr := ex.body.failed(); cerr != nil {
+			// the client's body failed: the upstream is not to blame
+			cause = cerr
 		}
 		cancel(nil)
 		ex.up.freeSlot()
 		at.outcome, at.err = classify(err, tr, cause), cleanError(err)
 		at.neverSent = !ex.t.untraced && tr.neverSent(err)
+		at.noRetry = strings.Contains(err.Error(), errHeaderTooLarge)
 		ex.sent = ex.sent || !at.neverSent
-		ticket(ex.t.Breaker.isFailure(at.outcome, 0, at.took))
+		var excluded bool
+		at.failed, excluded = ex.t.Breaker.isFailure(at.outcome, 0, at.took)
+		tk.report(at.failed, excluded)
 		return nil, at
 	}
 	reported = true
@@ -260,10 +281,14 @@ func (ex *exchange) attempt() (*http.Response, *attemptResult) {
 	if ex.t.Breaker.isFailureStatus(res.StatusCode) {
 		at.outcome = OutcomeUpstreamStatus
 	}
-	ticket(ex.t.Breaker.isFailure(at.outcome, at.status, at.took))
+	at.failed, _ = ex.t.Breaker.isFailure(at.outcome, at.status, at.took)
+	tk.report(at.failed, false)
 	at.w, at.cancel = w, cancel
 	return res, at
 }
+
+// errBadStatus is the error of an answer with a status below 100.
+var errBadStatus = errors.New("upstream answered with a status below 100")
 
 // discard lets go of an attempt that will be retried: its response body
 // is drained (a little, briefly) so the connection can be reused.
@@ -310,19 +335,31 @@ func (ex *exchange) finish(res *http.Response, at *attemptResult) (*http.Respons
 			RetryAfter: at.retryAfter,
 			NeverSent:  !ex.sent,
 			Err:        at.err,
-			movable:    !ex.sent && !ex.bodyRead,
+			movable:    !ex.sent && ex.body.untouched(),
 		}
 		if at.outcome == OutcomeCanceled && !errors.Is(e, context.Canceled) {
 			e.Err = context.Canceled
 		}
+		if ex.body != nil {
+			ex.body.end()
+		}
 		ex.done(e)
 		return nil, e.handlerError()
 	}
+	if ex.body != nil {
+		ex.body.end()
+	}
 	ex.report(nil)
-	res.Body = newAttemptBody(res.Body, at, on(ex.t.Timeouts.Read), func(timedOut bool) {
+	res.Body = newAttemptBody(res.Body, at, on(ex.t.Timeouts.Read), ex.req.Context(), func(end Outcome) {
 		ex.up.freeSlot()
-		if timedOut {
-			ex.outcome = OutcomeReadTimeout
+		if end != OutcomeOK {
+			// the status is with the client already: the log entry and
+			// the metrics say how the body ended, and the breaker counts
+			// it as a failure
+			if !at.failed {
+				at.ticket.lateFailure()
+			}
+			ex.outcome = end
 			ex.report(nil)
 		}
 		ex.done(nil)
@@ -359,31 +396,4 @@ func cleanError(err error) error {
 		return ue.Err
 	}
 	return err
-}
-
-// admission is the breaker's answer for one attempt.
-type admission struct {
-	t    ticket
-	wait time.Duration
-	ok   bool
-}
-
-// admitFirst asks the breaker for the first attempt before the request
-// body is read: a request turned away leaves its body unread, so Caddy's
-// lb_retries can send it, whole, to another upstream. It reports whether
-// the request was let through.
-func (ex *exchange) admitFirst() bool {
-	t, wait, ok := ex.up.breaker.allow()
-	ex.first = &admission{t: t, wait: wait, ok: ok}
-	return ok
-}
-
-// admit asks the breaker for an attempt; the first one's answer comes
-// from admitFirst.
-func (ex *exchange) admit() (ticket, time.Duration, bool) {
-	if a := ex.first; a != nil {
-		ex.first = nil
-		return a.t, a.wait, a.ok
-	}
-	return ex.up.breaker.allow()
 }

@@ -56,6 +56,7 @@ type Transport struct {
 	logger    *zap.Logger
 	upstreams *sync.Map // dial address -> *upstream
 	untraced  bool      // HTTP/3: net/http/httptrace sees nothing, so nothing counts as never sent
+	h2c       bool      // cleartext connections speak HTTP/2
 }
 
 // CaddyModule returns the Caddy module information.
@@ -134,6 +135,7 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 		return err
 	}
 	t.untraced = slices.Contains(t.Versions, "3")
+	t.h2c = slices.Contains(t.Versions, "h2c")
 	rt := t.HTTPTransport.Transport
 	switch {
 	case t.Timeouts.TLS > 0:

@@ -115,7 +115,7 @@ func TestPolicySkipsUpstreamsWhoseBreakerIsOpen(t *testing.T) {
 	if got := pick(); got != "10.0.0.2:80" {
 		t.Fatalf("half-open with its probe in flight: picked %s, want 10.0.0.2:80", got)
 	}
-	probe(false, false)
+	probe.report(false, false)
 }
 
 func TestPolicyConsultsEveryBreakerOfTheAddress(t *testing.T) {

@@ -1,11 +1,9 @@
 package resilient
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"strconv"
@@ -102,10 +100,12 @@ const (
 	denyDeadline
 	denyBody
 	denyRetryAfter
+	denyBreaker
+	denyRateLimit
 	numDenials
 )
 
-var denialNames = [numDenials]string{"", "unsafe", "budget", "deadline", "body", "retry_after"}
+var denialNames = [numDenials]string{"", "unsafe", "budget", "deadline", "body", "retry_after", "breaker", "rate_limit"}
 
 func (d denial) String() string { return denialNames[d] }
 
@@ -297,49 +297,6 @@ func newIdempotencyKey() string {
 	return hex.EncodeToString(b[:])
 }
 
-// replayBody is a request body kept in memory so that it can be sent
-// again. Bodies larger than max_body are not kept.
-type replayBody struct {
-	buf *bytes.Buffer
-}
-
-// bufferBody reads req's body for replay when it fits in limit bytes.
-// When it does not, it returns a body that streams what was read
-// followed by the rest, and nil for the replay.
-func bufferBody(body io.ReadCloser, contentLength, limit int64) (*replayBody, io.ReadCloser, error) {
-	if contentLength > limit {
-		return nil, body, nil
-	}
-	// not pooled: net/http may go on reading a request body after
-	// RoundTrip returned, so a body's memory is never handed to another
-	buf := new(bytes.Buffer)
-	if contentLength > 0 {
-		buf.Grow(int(contentLength))
-	}
-	n, err := io.CopyN(buf, body, limit+1)
-	if err != nil && err != io.EOF {
-		// what was read is still the client's: give it back in order
-		return nil, streamAfter(buf, body), err
-	}
-	if n > limit {
-		return nil, streamAfter(buf, body), nil
-	}
-	return &replayBody{buf: buf}, nil, nil
-}
-
-// streamAfter sends the bytes already read from body, then the rest.
-func streamAfter(read *bytes.Buffer, body io.ReadCloser) io.ReadCloser {
-	return struct {
-		io.Reader
-		io.Closer
-	}{io.MultiReader(bytes.NewReader(read.Bytes()), body), body}
-}
-
-// reader returns a fresh reader over the whole body.
-func (rb *replayBody) reader() io.ReadCloser {
-	return io.NopCloser(bytes.NewReader(rb.buf.Bytes()))
-}
-
 // newBackoff returns the backoff for one request; ExponentialBackOff
 // is not safe for concurrent use, so each request has its own.
 func (r *Retry) newBackoff() *backoff.ExponentialBackOff {
@@ -356,6 +313,11 @@ func (r *Retry) newBackoff() *backoff.ExponentialBackOff {
 	return b
 }
 
+// maxRetryAfter stands for an ask longer than any duration: an
+// all-digit Retry-After too large for an integer is a very long ask,
+// not junk.
+const maxRetryAfter = time.Duration(1<<63 - 1)
+
 // parseRetryAfter reads a Retry-After value, delta-seconds or HTTP-date,
 // relative to now. ok is false when it is missing or malformed.
 func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
@@ -363,12 +325,10 @@ func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	if v == "" {
 		return 0, false
 	}
-	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if secs < 0 {
-			return 0, false
-		}
-		if secs > 1<<31 {
-			secs = 1 << 31
+	if isDigits(v) {
+		secs, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || secs > int64(maxRetryAfter/time.Second) {
+			return maxRetryAfter, true
 		}
 		return time.Duration(secs) * time.Second, true
 	}
@@ -381,6 +341,15 @@ func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 		d = 0
 	}
 	return d, true
+}
+
+func isDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // budget counts requests and retries to one upstream over a rolling
@@ -429,6 +398,23 @@ func (b *budget) request(now time.Time) {
 	b.mu.Unlock()
 }
 
+// count counts a retry the budget does not get to refuse: one paced by
+// the upstream's own Retry-After. It still uses up the budget's room
+// for other retries.
+func (b *budget) count(now time.Time) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	cur := b.bucket(now)
+	if cur.floor < b.perSecond {
+		cur.floor++
+	} else {
+		cur.ratio++
+	}
+}
+
 // allow reports whether one more retry fits, and counts it if so. The
 // per-second floor is used first; the ratio adds to it.
 func (b *budget) allow(now time.Time) bool {
@@ -462,33 +448,40 @@ func (b *budget) allow(now time.Time) bool {
 // asked for comes with the reason.
 func (ex *exchange) retryWait(res *http.Response, at *attemptResult, now time.Time) (time.Duration, denial, bool) {
 	r := ex.t.Retry
-	if len(ex.tries) >= r.Attempts || !r.matches(at.outcome, at.status) {
+	if len(ex.tries) >= r.Attempts || at.noRetry || !r.matches(at.outcome, at.status) {
 		return 0, denyNone, false
 	}
 	if ex.idem == idemNo && !at.neverSent {
 		// it may have reached the upstream: never send it twice
 		return 0, denyUnsafe, false
 	}
-	if !ex.replayable {
+	if ex.body != nil && !ex.body.replayable() {
 		return 0, denyBody, false
 	}
 	if ex.bo == nil {
 		ex.bo = r.newBackoff()
 	}
 	wait := ex.bo.NextBackOff()
+	paced := false
 	if res != nil && r.RetryAfter > 0 &&
 		(at.status == http.StatusTooManyRequests || at.status == http.StatusServiceUnavailable) {
 		if ra, ok := parseRetryAfter(res.Header.Get("Retry-After"), now); ok {
 			if ra > time.Duration(r.RetryAfter) {
 				return 0, denyRetryAfter, false
 			}
-			wait = max(wait, ra)
+			if ra >= wait {
+				wait, paced = ra, true
+			}
 		}
 	}
-	if !ex.totalAt.IsZero() && !now.Add(wait).Before(ex.totalAt) {
+	if totalAt := ex.totalDeadline(); !totalAt.IsZero() && !now.Add(wait).Before(totalAt) {
 		return 0, denyDeadline, false
 	}
-	if !ex.up.budget.allow(now) {
+	if paced {
+		// the upstream set the pace: the budget, there to keep retries
+		// from piling onto an upstream in trouble, does not refuse it
+		ex.up.budget.count(now)
+	} else if !ex.up.budget.allow(now) {
 		return 0, denyBudget, false
 	}
 	return wait, denyNone, true

@@ -55,7 +55,10 @@ func TestParseRetryAfter(t *testing.T) {
 		{"-1", 0, false},
 		{"1.5", 0, false},
 		{"soon", 0, false},
-		{"99999999999999999999", 0, false},
+		// all digits, too large for an integer: a very long ask, not junk
+		{"99999999999999999999", maxRetryAfter, true},
+		{"9223372036854775807", maxRetryAfter, true},
+		{strings.Repeat("9", 10<<10), maxRetryAfter, true},
 	} {
 		got, ok := parseRetryAfter(tc.in, now)
 		if got != tc.want || ok != tc.ok {
@@ -168,40 +171,10 @@ func TestStatusMatch(t *testing.T) {
 	}
 }
 
-func TestBufferBody(t *testing.T) {
-	body := strings.Repeat("a", 100)
-	// fits: replayable, read whole
-	rb, rest, err := bufferBody(io.NopCloser(strings.NewReader(body)), -1, 100)
-	if err != nil || rb == nil || rest != nil {
-		t.Fatalf("a 100-byte body with limit 100: %v %v %v", rb, rest, err)
-	}
-	for i := 0; i < 2; i++ {
-		got, _ := io.ReadAll(rb.reader())
-		if string(got) != body {
-			t.Fatalf("replay %d differs", i)
-		}
-	}
-	// unknown length, too long: streams whole, in order
-	rb, rest, err = bufferBody(io.NopCloser(strings.NewReader(body)), -1, 99)
-	if err != nil || rb != nil || rest == nil {
-		t.Fatalf("a 100-byte body with limit 99 must stream: %v %v %v", rb, rest, err)
-	}
-	if got, _ := io.ReadAll(rest); string(got) != body {
-		t.Fatalf("streamed body differs: %d bytes", len(got))
-	}
-	// known length over the limit: not read at all
-	r := strings.NewReader(body)
-	rb, rest, _ = bufferBody(io.NopCloser(r), 100, 10)
-	if rb != nil || r.Len() != 100 {
-		t.Fatalf("a body known to be too long was read (%d left)", r.Len())
-	}
-	_ = rest
-}
-
 // retryExchange is an exchange as far as retryWait needs one.
 func retryExchange(t *testing.T, r *Retry, idem idempotency, tries int, total time.Time) *exchange {
 	tr := &Transport{Retry: provisionedRetry(t, r)}
-	ex := &exchange{t: tr, up: &upstream{}, idem: idem, replayable: true, totalAt: total}
+	ex := &exchange{t: tr, up: &upstream{budget: newBudget(tr.Retry.Budget)}, idem: idem, totalAt: total}
 	ex.tries = make([]try, tries)
 	return ex
 }
@@ -240,6 +213,11 @@ func TestRetryWaitDecisions(t *testing.T) {
 		{name: "canceled never", idem: idemMethod, tries: 1, at: &attemptResult{outcome: OutcomeCanceled, neverSent: true}},
 		{name: "Retry-After honoured", idem: idemMethod, tries: 1, res: res503("2"), at: status, wantOK: true, minWait: 2 * time.Second},
 		{name: "Retry-After over cap", idem: idemMethod, tries: 1, res: res503("11"), at: status, deny: denyRetryAfter},
+		{name: "Retry-After at int64 max", idem: idemMethod, tries: 1, res: res503("9223372036854775807"), at: status, deny: denyRetryAfter},
+		{name: "Retry-After past int64", idem: idemMethod, tries: 1, res: res503("99999999999999999999"), at: status, deny: denyRetryAfter},
+		{name: "Retry-After of 10KB digits", idem: idemMethod, tries: 1, res: res503(strings.Repeat("9", 10<<10)), at: status, deny: denyRetryAfter},
+		{name: "Retry-After junk is backoff", idem: idemMethod, tries: 1, res: res503("soon"), at: status, wantOK: true},
+		{name: "headers over the limit", idem: idemMethod, tries: 1, at: &attemptResult{outcome: OutcomeReset, noRetry: true}},
 		{name: "Retry-After ignored when off", retry: Retry{RetryAfter: -1}, idem: idemMethod, tries: 1, res: res503("60"), at: status, wantOK: true},
 		{name: "wait overruns total", idem: idemMethod, tries: 1, total: time.Second, res: res503("2"), at: status, deny: denyDeadline},
 		{name: "fits in total", idem: idemMethod, tries: 1, total: 3 * time.Second, res: res503("2"), at: status, wantOK: true, minWait: 2 * time.Second},
@@ -263,9 +241,28 @@ func TestRetryWaitDecisions(t *testing.T) {
 
 func TestRetryWaitRefusesUnreplayableBody(t *testing.T) {
 	ex := retryExchange(t, &Retry{}, idemKey, 1, time.Time{})
-	ex.replayable = false
+	ex.body = newBodySource(io.NopCloser(strings.NewReader("0123456789")), -1, 4, nil)
+	if _, err := io.ReadAll(ex.body.reader(nil)); err != nil {
+		t.Fatal(err)
+	}
 	_, deny, ok := ex.retryWait(nil, &attemptResult{outcome: OutcomeReset}, time.Now())
 	if ok || deny != denyBody {
 		t.Fatalf("retried %v denied %q; a body that was not kept cannot be sent again", ok, deny)
+	}
+}
+
+func TestRetryWaitPacedByRetryAfterPassesTheBudget(t *testing.T) {
+	zero, none := 0.0, 0
+	ex := retryExchange(t, &Retry{Budget: &Budget{Ratio: &zero, MinPerSecond: &none}}, idemMethod, 1, time.Time{})
+	now := time.Unix(2_000_000, 0)
+	at := &attemptResult{outcome: OutcomeUpstreamStatus, status: 429}
+	plain := &http.Response{StatusCode: 429, Header: http.Header{}}
+	if _, deny, ok := ex.retryWait(plain, at, now); ok || deny != denyBudget {
+		t.Fatalf("a backoff retry with no budget: retried %v denied %q, want denied budget", ok, deny)
+	}
+	paced := &http.Response{StatusCode: 429, Header: http.Header{"Retry-After": {"1"}}}
+	wait, deny, ok := ex.retryWait(paced, at, now)
+	if !ok || wait != time.Second {
+		t.Fatalf("a retry paced by Retry-After: retried %v after %v (denied %q), want after 1s", ok, wait, deny)
 	}
 }

@@ -69,6 +69,11 @@ func on(d caddy.Duration) time.Duration {
 // timer. Whichever bound runs out first (the current phase, the attempt
 // or the whole request) cancels the attempt's context with its own
 // cause, which names the outcome.
+//
+// Time the attempt spends waiting for the client to send more of its
+// body is the client's, not the upstream's: no bound runs out while a
+// read from the client is in progress, and the wait is added to the
+// write, attempt and total deadlines afterwards.
 type watchdog struct {
 	mu      sync.Mutex
 	timer   *time.Timer
@@ -77,16 +82,14 @@ type watchdog struct {
 	phaseAt time.Time
 	attempt time.Time // zero once response headers arrived
 	total   time.Time // zero once response headers arrived
-	fired   *timeoutCause
+	fired   error
+	waiting bool // a read from the client is in progress
+	headers bool // the final response headers arrived
 }
 
 func newWatchdog(cancel context.CancelCauseFunc, attemptAt, totalAt time.Time) *watchdog {
 	w := &watchdog{cancel: cancel, attempt: attemptAt, total: totalAt}
-	at, _ := w.next()
-	if at.IsZero() {
-		w.timer = time.AfterFunc(time.Hour, w.fire)
-		w.timer.Stop()
-	} else {
+	if at, _ := w.next(); !at.IsZero() {
 		w.timer = time.AfterFunc(time.Until(at), w.fire)
 	}
 	return w
@@ -96,37 +99,111 @@ func newWatchdog(cancel context.CancelCauseFunc, attemptAt, totalAt time.Time) *
 // current phase.
 func (w *watchdog) enter(phase *timeoutCause, d time.Duration) {
 	w.mu.Lock()
+	w.setPhase(phase, d)
+	w.mu.Unlock()
+}
+
+// enterBeforeHeaders is enter for the phases that lead to the response
+// headers: once they arrived it does nothing, since net/http may report
+// the end of the request write after an early answer.
+func (w *watchdog) enterBeforeHeaders(phase *timeoutCause, d time.Duration) {
+	w.mu.Lock()
+	if !w.headers {
+		w.setPhase(phase, d)
+	}
+	w.mu.Unlock()
+}
+
+// setPhase is enter with mu held.
+func (w *watchdog) setPhase(phase *timeoutCause, d time.Duration) {
 	if phase == nil || d <= 0 {
 		w.phase, w.phaseAt = nil, time.Time{}
 	} else {
 		w.phase, w.phaseAt = phase, time.Now().Add(d)
 	}
 	w.reset()
-	w.mu.Unlock()
 }
 
-// headersDone lifts the attempt and total bounds: they end at response
-// headers.
+// headersDone lifts the attempt and total bounds and ends the phase:
+// they end at the final response headers.
 func (w *watchdog) headersDone() {
 	w.mu.Lock()
+	w.headers = true
 	w.attempt, w.total = time.Time{}, time.Time{}
 	w.phase, w.phaseAt = nil, time.Time{}
 	w.reset()
 	w.mu.Unlock()
 }
 
+// clientWait notes that a read from the client begins; it returns when.
+func (w *watchdog) clientWait() time.Time {
+	now := time.Now()
+	if w == nil {
+		return now
+	}
+	w.mu.Lock()
+	w.waiting = true
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+	w.mu.Unlock()
+	return now
+}
+
+// clientDone notes that the read from the client that began at since
+// is over, and moves the deadlines by the time it took, which it
+// returns.
+func (w *watchdog) clientDone(since time.Time) time.Duration {
+	d := time.Since(since)
+	if w == nil {
+		return d
+	}
+	w.mu.Lock()
+	w.waiting = false
+	shift := func(t *time.Time) {
+		if !t.IsZero() {
+			*t = t.Add(d)
+		}
+	}
+	shift(&w.attempt)
+	shift(&w.total)
+	if w.phase == causeWrite {
+		shift(&w.phaseAt)
+	}
+	w.reset()
+	w.mu.Unlock()
+	if w.headers {
+		return 0 // the total bound was over already
+	}
+	return d
+}
+
+// abort cancels the attempt with cause, unless a bound already did.
+func (w *watchdog) abort(cause error) {
+	w.mu.Lock()
+	if w.fired != nil {
+		w.mu.Unlock()
+		return
+	}
+	w.fired = cause
+	w.mu.Unlock()
+	w.cancel(cause)
+}
+
 // stop releases the timer. It reports the cause if the watchdog had
 // already fired.
-func (w *watchdog) stop() *timeoutCause {
+func (w *watchdog) stop() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.timer.Stop()
+	if w.timer != nil {
+		w.timer.Stop()
+	}
 	w.attempt, w.total, w.phase = time.Time{}, time.Time{}, nil
 	return w.fired
 }
 
 // firedCause returns the cause the watchdog fired with, if it did.
-func (w *watchdog) firedCause() *timeoutCause {
+func (w *watchdog) firedCause() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.fired
@@ -146,10 +223,17 @@ func (w *watchdog) next() (time.Time, *timeoutCause) {
 	return at, cause
 }
 
+// reset arms the timer for the next deadline. Called with mu held.
 func (w *watchdog) reset() {
 	at, _ := w.next()
-	if at.IsZero() || w.fired != nil {
-		w.timer.Stop()
+	if at.IsZero() || w.fired != nil || w.waiting {
+		if w.timer != nil {
+			w.timer.Stop()
+		}
+		return
+	}
+	if w.timer == nil {
+		w.timer = time.AfterFunc(time.Until(at), w.fire)
 		return
 	}
 	w.timer.Reset(time.Until(at))
@@ -158,7 +242,7 @@ func (w *watchdog) reset() {
 func (w *watchdog) fire() {
 	w.mu.Lock()
 	at, cause := w.next()
-	if cause == nil || w.fired != nil {
+	if cause == nil || w.fired != nil || w.waiting {
 		w.mu.Unlock()
 		return
 	}

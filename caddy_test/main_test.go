@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -82,11 +83,55 @@ func loadGateway(t *testing.T, sites string) *gateway {
 		TestRequestTimeout: 10 * time.Second,
 		LoadRequestTimeout: 10 * time.Second,
 	})
-	tester.InitServer(fmt.Sprintf(globals, logPath, workDir)+sites, "caddyfile")
+	id := loads.Load()
+	tester.InitServer(fmt.Sprintf(globals, logPath, workDir)+sites+fmt.Sprintf(loadCheckSite, id), "caddyfile")
 	if t.Failed() {
 		t.FailNow()
 	}
+	waitForLoad(t, id)
 	return &gateway{Tester: tester, t: t, logPath: logPath}
+}
+
+// loadCheckSite answers with the number of the config load that holds it.
+const loadCheckSite = `
+http://loadcheck.test:9080 {
+	respond "%d"
+}
+`
+
+// waitForLoad waits until fresh connections to :9080 reach the config
+// numbered id. A reload starts the new servers before it stops the old
+// ones, and both listen with SO_REUSEPORT: until the old server's
+// listener is closed, the kernel may hand it a new connection, which the
+// old server then drops unanswered.
+func waitForLoad(t *testing.T, id int64) {
+	t.Helper()
+	client := &http.Client{
+		Transport: &http.Transport{DisableKeepAlives: true},
+		Timeout:   2 * time.Second,
+	}
+	want := fmt.Sprint(id)
+	deadline := time.Now().Add(5 * time.Second)
+	for streak := 0; streak < 10; {
+		if time.Now().After(deadline) {
+			t.Fatalf("config %d never answered on :9080", id)
+		}
+		req, _ := http.NewRequest(http.MethodGet, "http://127.0.0.1:9080/", nil)
+		req.Host = "loadcheck.test"
+		res, err := client.Do(req)
+		if err != nil {
+			streak = 0
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if string(b) == want {
+			streak++
+		} else {
+			streak = 0
+		}
+	}
 }
 
 // proxySite is a site on :9080 that proxies to upstream with the given
