@@ -500,6 +500,14 @@ func (t *ticket) report(failure, excluded bool) {
 	t.done(err)
 }
 
+// settle tells the breaker that the answer t reported as a success is
+// over, and was one: it ends a run of consecutive failures.
+func (t *ticket) settle() {
+	if t != nil {
+		t.b.win.settle(t.epoch)
+	}
+}
+
 // lateFailure turns the success t reported into a failure: the answer's
 // body was then cut short. A closed breaker may trip on it; a half-open
 // one opens again.

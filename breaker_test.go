@@ -38,7 +38,8 @@ func breakerFor(t *testing.T, set func(*Breaker)) *breaker {
 	return newBreaker(breakerConfig(t, set), "upstream.test:443", t.Name())
 }
 
-// breakerSend lets one request through b and reports it.
+// breakerSend lets one request through b and reports it, as the
+// transport does: a success is settled once its answer is over.
 func breakerSend(t *testing.T, b *breaker, failure bool) {
 	t.Helper()
 	tk, _, ok := b.allow()
@@ -46,6 +47,9 @@ func breakerSend(t *testing.T, b *breaker, failure bool) {
 		t.Fatalf("request rejected; breaker %s", b.state())
 	}
 	tk.report(failure, false)
+	if !failure {
+		tk.settle()
+	}
 }
 
 func breakerExpectState(t *testing.T, b *breaker, want string) {

@@ -303,6 +303,9 @@ func (ex *exchange) discard(res *http.Response, at *attemptResult) {
 	at.w.enter(causeRead, bound)
 	_, _ = io.CopyN(io.Discard, res.Body, 64<<10)
 	res.Body.Close()
+	if !at.failed {
+		at.ticket.settle()
+	}
 	at.w.stop()
 	at.cancel(nil)
 	ex.up.freeSlot()
@@ -361,6 +364,8 @@ func (ex *exchange) finish(res *http.Response, at *attemptResult) (*http.Respons
 			}
 			ex.outcome = end
 			ex.report(nil)
+		} else if !at.failed {
+			at.ticket.settle()
 		}
 		ex.done(nil)
 	})

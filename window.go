@@ -88,12 +88,24 @@ func (w *window) record(epoch uint64, failure, excluded bool) {
 		w.totals.failures++
 		w.run++
 	default:
+		// the run of failures ends when the answer is over (settle), so
+		// an answer whose body is then cut short does not end it
 		b.successes++
 		w.totals.successes++
-		w.run = 0
-		for i := range w.buckets {
-			w.buckets[i].runFailures = 0
-		}
+	}
+}
+
+// settle ends the run of failures: an answer recorded as a success in
+// epoch is over, and it was one.
+func (w *window) settle(epoch uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if epoch != w.epoch.Load() || w.run == 0 {
+		return
+	}
+	w.run = 0
+	for i := range w.buckets {
+		w.buckets[i].runFailures = 0
 	}
 }
 

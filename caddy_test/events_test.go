@@ -52,13 +52,14 @@ func eventsNext(t *testing.T) string {
 
 func TestBreakerChangesAreEmittedAsEvents(t *testing.T) {
 	failing := startUpstream(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusBadGateway) })
-	site := fmt.Sprintf(globals, workDir+"/events.log", workDir) + proxySite(failing.addr, `transport resilient {
+	id := loads.Add(1)
+	site := fmt.Sprintf(globals, workDir+"/events.log", workDir, "") + proxySite(failing.addr, `transport resilient {
 			retry off
 			breaker {
 				consecutive_failures 1
 				open_for 200ms
 			}
-		}`)
+		}`) + fmt.Sprintf(loadCheckSite, id)
 	adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(site), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -82,6 +83,7 @@ func TestBreakerChangesAreEmittedAsEvents(t *testing.T) {
 	if t.Failed() {
 		t.FailNow()
 	}
+	waitForLoad(t, id)
 	res, err := tester.Client.Get("http://localhost:9080/")
 	if err != nil {
 		t.Fatal(err)

@@ -52,14 +52,16 @@ type gateway struct {
 	logPath string
 }
 
-// globals is the global options block every test config starts with;
-// %s is the transport's log file.
+// globals is the global options block every test config starts with:
+// %[1]s is the transport's log file, %[2]s the work directory, %[3]s
+// more options.
 const globals = `{
 	admin localhost:2999
 	http_port 9080
 	https_port 9443
 	grace_period 1ns
 	persist_config off
+	%[3]s
 	storage file_system %[2]s/data
 	log default {
 		output file %[2]s/caddy.log
@@ -78,13 +80,19 @@ const globals = `{
 // Caddy, with the transport's log going to a fresh file.
 func loadGateway(t *testing.T, sites string) *gateway {
 	t.Helper()
+	return loadGatewayWith(t, "", sites)
+}
+
+// loadGatewayWith is loadGateway with more global options.
+func loadGatewayWith(t *testing.T, options, sites string) *gateway {
+	t.Helper()
 	logPath := filepath.Join(workDir, fmt.Sprintf("%s-%d.log", strings.ReplaceAll(t.Name(), "/", "_"), loads.Add(1)))
 	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{
 		TestRequestTimeout: 10 * time.Second,
 		LoadRequestTimeout: 10 * time.Second,
 	})
 	id := loads.Load()
-	tester.InitServer(fmt.Sprintf(globals, logPath, workDir)+sites+fmt.Sprintf(loadCheckSite, id), "caddyfile")
+	tester.InitServer(fmt.Sprintf(globals, logPath, workDir, options)+sites+fmt.Sprintf(loadCheckSite, id), "caddyfile")
 	if t.Failed() {
 		t.FailNow()
 	}
