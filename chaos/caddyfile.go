@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -29,6 +30,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		key_header <header>
 //		status <code> [retry_after <seconds|duration>] [body <text>] [probability <p> | first <n>]
 //		delay <duration> [probability <p> | first <n>]
+//		quota <n>/s|/m|/h [per_key] [retry_after <seconds|duration>] [body <text>]
 //		hang [probability <p> | first <n>]
 //		reset [probability <p> | first <n>]
 //		truncate [probability <p> | first <n>]
@@ -53,7 +55,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
-		case actionStatus, actionDelay, actionHang, actionReset, actionTruncate:
+		case actionStatus, actionDelay, actionQuota, actionHang, actionReset, actionTruncate:
 			f, err := parseFault(d)
 			if err != nil {
 				return err
@@ -88,13 +90,22 @@ func parseFault(d *caddyfile.Dispenser) (Fault, error) {
 			return f, d.Errf("chaos: delay must be a duration, got %s", d.Val())
 		}
 		f.Delay = caddy.Duration(dur)
+	case actionQuota:
+		if !d.NextArg() {
+			return f, d.ArgErr()
+		}
+		limit, window, ok := parseRate(d.Val())
+		if !ok {
+			return f, d.Errf("chaos: quota must be <n>/s, <n>/m or <n>/h with n >= 1, got %s", d.Val())
+		}
+		f.Limit, f.Window = limit, caddy.Duration(window)
 	}
 
 	seen := make(map[string]bool)
 	for d.NextArg() {
 		opt := d.Val()
 		switch opt {
-		case "retry_after", "body", "probability", "first":
+		case "retry_after", "body", "probability", "first", "per_key":
 		default:
 			return f, d.Errf("chaos: unrecognized %s option %s", f.Action, opt)
 		}
@@ -102,6 +113,11 @@ func parseFault(d *caddyfile.Dispenser) (Fault, error) {
 			return f, d.Errf("chaos: %s option %s specified more than once", f.Action, opt)
 		}
 		seen[opt] = true
+		if opt == "per_key" {
+			// A flag: it takes no value.
+			f.PerKey = true
+			continue
+		}
 		if !d.NextArg() {
 			return f, d.ArgErr()
 		}
@@ -135,6 +151,14 @@ func parseFault(d *caddyfile.Dispenser) (Fault, error) {
 		return f, d.Errf("chaos: %v", err)
 	}
 	return f, nil
+}
+
+// parseRate reads a quota such as 10/s into its limit and window.
+func parseRate(s string) (int, time.Duration, bool) {
+	n, unit, _ := strings.Cut(s, "/")
+	limit, err := strconv.Atoi(n)
+	window, ok := map[string]time.Duration{"s": time.Second, "m": time.Minute, "h": time.Hour}[unit]
+	return limit, window, err == nil && ok && limit >= 1
 }
 
 // parseSeconds reads a bare integer as seconds, as in a Retry-After header,

@@ -42,6 +42,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				key_header X-Tenant
 				status 503 retry_after 2s body "try later" probability 0.1
 				delay 2s first 3
+				quota 10/s
 				hang
 				reset probability 0.05
 				truncate first 1
@@ -51,6 +52,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				Faults: []Fault{
 					{Action: "status", Status: 503, RetryAfter: caddy.Duration(2 * time.Second), Body: "try later", Probability: prob(0.1)},
 					{Action: "delay", Delay: caddy.Duration(2 * time.Second), First: 3},
+					{Action: "quota", Limit: 10, Window: caddy.Duration(time.Second)},
 					{Action: "hang"},
 					{Action: "reset", Probability: prob(0.05)},
 					{Action: "truncate", First: 1},
@@ -66,6 +68,21 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			name:  "options in any order",
 			input: block(`status 500 first 2 body oops retry_after 1m`),
 			want:  Handler{Faults: []Fault{{Action: "status", Status: 500, Body: "oops", RetryAfter: caddy.Duration(time.Minute), First: 2}}},
+		},
+		{
+			name:  "quota per minute with every option",
+			input: block(`quota 5/m per_key retry_after 30 body "slow down"`),
+			want: Handler{Faults: []Fault{{
+				Action: "quota", Limit: 5, Window: caddy.Duration(time.Minute), PerKey: true,
+				RetryAfter: caddy.Duration(30 * time.Second), Body: "slow down",
+			}}},
+		},
+		{
+			name:  "quota per hour, options in any order",
+			input: block(`quota 1000/h body "over" per_key`),
+			want: Handler{Faults: []Fault{{
+				Action: "quota", Limit: 1000, Window: caddy.Duration(time.Hour), PerKey: true, Body: "over",
+			}}},
 		},
 		{
 			name:  "probability bounds are allowed",
@@ -130,8 +147,23 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{block(`delay`), "wrong argument count"},
 		{block(`delay later`), "delay must be a duration, got later"},
 		{block(`delay 0s`), "delay must be > 0, got 0s"},
-		{block(`delay 1s retry_after 2s`), "retry_after only applies to the status action"},
-		{block(`hang body text`), "body only applies to the status action"},
+		{block(`delay 1s retry_after 2s`), "retry_after only applies to the status and quota actions, got 2s"},
+		{block(`hang body text`), `body only applies to the status and quota actions, got "text"`},
+		{block(`quota`), "wrong argument count"},
+		{block(`quota 0/s`), "quota must be <n>/s, <n>/m or <n>/h with n >= 1, got 0/s"},
+		{block(`quota -3/s`), "quota must be <n>/s, <n>/m or <n>/h with n >= 1, got -3/s"},
+		{block(`quota 10`), "quota must be <n>/s, <n>/m or <n>/h with n >= 1, got 10"},
+		{block(`quota 10/d`), "quota must be <n>/s, <n>/m or <n>/h with n >= 1, got 10/d"},
+		{block(`quota 10/`), "quota must be <n>/s, <n>/m or <n>/h with n >= 1, got 10/"},
+		{block(`quota ten/s`), "quota must be <n>/s, <n>/m or <n>/h with n >= 1, got ten/s"},
+		{block(`quota /s`), "quota must be <n>/s, <n>/m or <n>/h with n >= 1, got /s"},
+		{block(`quota 10/s retry_after -1s`), "retry_after must be a positive number of seconds or duration, got -1s"},
+		{block(`quota 10/s retry_after`), "wrong argument count"},
+		{block(`quota 10/s probability 0.5`), "probability cannot be used with the quota action, got 0.5"},
+		{block(`quota 10/s first 3`), "first cannot be used with the quota action, got 3"},
+		{block(`quota 10/s per_key per_key`), "quota option per_key specified more than once"},
+		{block(`quota 10/s 20/m`), "unrecognized quota option 20/m"},
+		{block(`status 503 per_key`), "per_key only applies to the quota action"},
 		{block(`hang 5s`), "unrecognized hang option 5s"},
 		{block(`reset first`), "wrong argument count"},
 	} {
@@ -160,6 +192,7 @@ func TestAdaptSiteBlock(t *testing.T) {
 	reverse_proxy /api/* 127.0.0.1:9
 	chaos /flaky/* {
 		status 503 retry_after 2s first 3
+		quota 10/s per_key
 	}
 }
 `
@@ -194,7 +227,8 @@ func TestAdaptSiteBlock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const wantJSON = `{"faults":[{"action":"status","first":3,"retry_after":2000000000,"status":503}],"handler":"chaos"}`
+	const wantJSON = `{"faults":[{"action":"status","first":3,"retry_after":2000000000,"status":503},` +
+		`{"action":"quota","limit":10,"per_key":true,"window":1000000000}],"handler":"chaos"}`
 	if string(raw) != wantJSON {
 		t.Errorf("chaos JSON = %s, want %s", raw, wantJSON)
 	}

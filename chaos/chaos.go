@@ -1,7 +1,8 @@
 // Package chaos provides the http.handlers.chaos middleware, which injects
-// faults into HTTP responses: an error status, a delay, a hang, a reset
-// connection or a truncated body. It stands in for a misbehaving upstream in
-// tests, demos and benchmarks, so they need no network and no other program.
+// faults into HTTP responses: an error status, a delay, a rate limit, a hang,
+// a reset connection or a truncated body. It stands in for a misbehaving
+// upstream in tests, demos and benchmarks, so they need no network and no
+// other program.
 package chaos
 
 import (
@@ -30,6 +31,7 @@ func init() {
 const (
 	actionStatus   = "status"
 	actionDelay    = "delay"
+	actionQuota    = "quota"
 	actionHang     = "hang"
 	actionReset    = "reset"
 	actionTruncate = "truncate"
@@ -43,7 +45,8 @@ const faultHeader = "Chaos-Fault"
 var (
 	// hangCap bounds a hang whose client never goes away.
 	hangCap = 10 * time.Minute
-	// maxKeys bounds the per-key request counters; past it they start over.
+	// maxKeys bounds the per-key request counters and quotas; past it they
+	// start over.
 	maxKeys = 100_000
 )
 
@@ -59,10 +62,18 @@ const (
 // Handler injects faults. The faults are checked in order and the first one
 // that triggers for a request acts; when none triggers, the request goes on
 // to the next handler untouched.
+//
+// A GET request with the header `X-Chaos-Stats: 1` is not one to misbehave
+// on: the handler answers it itself, with the quota counts since its start
+// as JSON, {"quota_passed":n,"quota_refused":m}, and counts it nowhere. That
+// lets a benchmark in another process read them over HTTP. A request counts
+// as passed when every quota it reached let it through, and as refused when
+// one answered it 429; requests that reached no quota are not counted.
 type Handler struct {
 	// KeyHeader names the request header whose value groups requests for the
-	// faults that use `first`: each distinct value has its own request count,
-	// and requests without the header share one. Default: `X-Chaos-Key`.
+	// faults that use `first` and for `per_key` quotas: each distinct value has
+	// its own request count, and requests without the header share one.
+	// Default: `X-Chaos-Key`.
 	KeyHeader string `json:"key_header,omitempty"`
 
 	// Faults are checked in order for every request; the first that triggers
@@ -71,29 +82,35 @@ type Handler struct {
 
 	counts    *keyCounter
 	usesFirst bool
+	stats     *quotaStats
 	logger    *zap.Logger
 }
 
-// Fault is one way to misbehave, and when to do it. A fault with neither
-// Probability nor First triggers on every request.
+// Fault is one way to misbehave, and when to do it. A quota triggers for the
+// requests over its limit; any other fault with neither Probability nor First
+// triggers on every request.
 type Fault struct {
 	// Action is what the fault does: `status` answers with Status, `delay`
-	// waits for Delay then passes the request on, `hang` never answers,
-	// `reset` reads the request body then resets the connection (TCP RST),
-	// and `truncate` announces a 1024-byte body, sends 512 bytes and aborts
-	// the connection. Required; there is no default.
+	// waits for Delay then passes the request on, `quota` answers 429 Too
+	// Many Requests to the requests over Limit per Window and passes the
+	// others on, `hang` never answers, `reset` reads the request body then
+	// resets the connection (TCP RST), and `truncate` announces a 1024-byte
+	// body, sends 512 bytes and aborts the connection. Required; there is no
+	// default.
 	Action string `json:"action"`
 
 	// Status is the response status of a `status` fault, 200 to 599.
 	// Required for `status`; there is no default.
 	Status int `json:"status,omitempty"`
 
-	// RetryAfter, for a `status` fault, is sent in a Retry-After header as
-	// whole seconds, rounded up. Default: `0` (no header).
+	// RetryAfter, for a `status` or `quota` fault, is sent in a Retry-After
+	// header as whole seconds, rounded up. Default: `0`, which means no header
+	// for `status` and, for `quota`, the time until the current window ends,
+	// rounded up, and at least 1.
 	RetryAfter caddy.Duration `json:"retry_after,omitempty"`
 
-	// Body, for a `status` fault, is sent as a text/plain response body.
-	// Default: empty.
+	// Body, for a `status` or `quota` fault, is sent as a text/plain response
+	// body. Default: empty.
 	Body string `json:"body,omitempty"`
 
 	// Delay is how long a `delay` fault waits before passing the request on;
@@ -101,16 +118,37 @@ type Fault struct {
 	// Required for `delay`; there is no default.
 	Delay caddy.Duration `json:"delay,omitempty"`
 
+	// Limit is how many requests a `quota` fault lets through in each
+	// window. Required for `quota`; there is no default.
+	Limit int `json:"limit,omitempty"`
+
+	// Window is the length of a `quota` fault's windows: `1s`, `1m` or `1h`.
+	// It is a fixed window: time is cut into windows of this length, back to
+	// back from the handler's start, and only the requests let through count
+	// against one. So at most Limit pass in any one window, though up to
+	// twice that can pass in a span of Window that straddles two, as with
+	// many real APIs. Required for `quota`; there is no default.
+	Window caddy.Duration `json:"window,omitempty"`
+
+	// PerKey gives a `quota` fault a count for each key (see key_header)
+	// instead of one for the whole handler. Past 100000 keys in one window
+	// the counts start over. Default: `false`.
+	PerKey bool `json:"per_key,omitempty"`
+
 	// Probability, from 0 to 1, is the chance that the fault triggers for a
-	// request. It cannot be combined with First. Default: unset (always).
+	// request. It cannot be combined with First, nor used by a `quota`
+	// fault. Default: unset (always).
 	Probability *float64 `json:"probability,omitempty"`
 
 	// First makes the fault trigger on the first N requests that share a key
 	// (see key_header), counted from the handler's start, and on none after.
 	// The count is per key, not per fault, so `status 503 first 2` followed
 	// by `delay 1s first 3` fails requests 1 and 2 and delays request 3.
-	// It cannot be combined with Probability. Default: `0` (unset).
+	// It cannot be combined with Probability, nor used by a `quota` fault.
+	// Default: `0` (unset).
 	First int `json:"first,omitempty"`
+
+	quota *quota
 }
 
 // CaddyModule returns the Caddy module information.
@@ -121,18 +159,24 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision applies the defaults and sets up the request counters.
+// Provision applies the defaults and sets up the request counters and
+// quotas.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	if h.KeyHeader == "" {
 		h.KeyHeader = "X-Chaos-Key"
 	}
-	for _, f := range h.Faults {
+	for i := range h.Faults {
+		f := &h.Faults[i]
 		if f.First > 0 {
 			h.usesFirst = true
 		}
+		if f.Action == actionQuota {
+			f.quota = newQuota(f)
+		}
 	}
 	h.counts = &keyCounter{seed: maphash.MakeSeed()}
+	h.stats = new(quotaStats)
 	return nil
 }
 
@@ -158,18 +202,45 @@ func (f Fault) validate() error {
 		if f.Delay <= 0 {
 			return fmt.Errorf("delay must be > 0, got %s", time.Duration(f.Delay))
 		}
+	case actionQuota:
+		if f.Limit < 1 {
+			return fmt.Errorf("limit must be >= 1, got %d", f.Limit)
+		}
+		switch time.Duration(f.Window) {
+		case time.Second, time.Minute, time.Hour:
+		default:
+			return fmt.Errorf("window must be 1s, 1m or 1h, got %s", time.Duration(f.Window))
+		}
+		// A quota already decides which requests it refuses.
+		switch {
+		case f.Probability != nil:
+			return fmt.Errorf("probability cannot be used with the quota action, got %v", *f.Probability)
+		case f.First != 0:
+			return fmt.Errorf("first cannot be used with the quota action, got %d", f.First)
+		}
 	case actionHang, actionReset, actionTruncate:
 	default:
-		return fmt.Errorf("action must be one of status, delay, hang, reset, truncate, got %q", f.Action)
+		return fmt.Errorf("action must be one of status, delay, quota, hang, reset, truncate, got %q", f.Action)
 	}
-	if f.Action != actionStatus {
+	if f.Action != actionStatus && f.Status != 0 {
+		return fmt.Errorf("status only applies to the status action, got %d", f.Status)
+	}
+	if f.Action != actionStatus && f.Action != actionQuota {
 		switch {
-		case f.Status != 0:
-			return fmt.Errorf("status only applies to the status action, got %d", f.Status)
 		case f.RetryAfter != 0:
-			return fmt.Errorf("retry_after only applies to the status action, got %s", time.Duration(f.RetryAfter))
+			return fmt.Errorf("retry_after only applies to the status and quota actions, got %s", time.Duration(f.RetryAfter))
 		case f.Body != "":
-			return fmt.Errorf("body only applies to the status action, got %q", f.Body)
+			return fmt.Errorf("body only applies to the status and quota actions, got %q", f.Body)
+		}
+	}
+	if f.Action != actionQuota {
+		switch {
+		case f.Limit != 0:
+			return fmt.Errorf("limit only applies to the quota action, got %d", f.Limit)
+		case f.Window != 0:
+			return fmt.Errorf("window only applies to the quota action, got %s", time.Duration(f.Window))
+		case f.PerKey:
+			return fmt.Errorf("per_key only applies to the quota action")
 		}
 	}
 	if f.Action != actionDelay && f.Delay != 0 {
@@ -196,21 +267,46 @@ func (f Fault) validate() error {
 // ServeHTTP lets the first fault that triggers act on the request, or passes
 // the request on.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if r.Method == http.MethodGet && r.Header.Get(statsHeader) == "1" {
+		return h.stats.serve(w)
+	}
+	key := r.Header.Get(h.KeyHeader)
 	var seq uint64
 	if h.usesFirst {
-		seq = h.counts.next(r.Header.Get(h.KeyHeader))
+		seq = h.counts.next(key)
 	}
+	admitted := false // by a quota, and refused by none so far
 	for i := range h.Faults {
 		f := &h.Faults[i]
+		if f.Action == actionQuota {
+			untilNext, ok := f.quota.admit(key)
+			if ok {
+				admitted = true
+				continue
+			}
+			h.stats.refused.Add(1)
+			h.logFault(i, f)
+			return f.refuse(w, untilNext)
+		}
 		if !f.triggers(seq) {
 			continue
 		}
-		if c := h.logger.Check(zapcore.DebugLevel, "injecting fault"); c != nil {
-			c.Write(zap.Int("fault", i), zap.String("action", f.Action))
+		if admitted {
+			h.stats.passed.Add(1)
 		}
+		h.logFault(i, f)
 		return f.act(w, r, next)
 	}
+	if admitted {
+		h.stats.passed.Add(1)
+	}
 	return next.ServeHTTP(w, r)
+}
+
+func (h *Handler) logFault(i int, f *Fault) {
+	if c := h.logger.Check(zapcore.DebugLevel, "injecting fault"); c != nil {
+		c.Write(zap.Int("fault", i), zap.String("action", f.Action))
+	}
 }
 
 // triggers reports whether the fault acts on the request that is the seq-th
@@ -230,18 +326,7 @@ func (f *Fault) triggers(seq uint64) bool {
 func (f *Fault) act(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	switch f.Action {
 	case actionStatus:
-		hdr := w.Header()
-		hdr.Set(faultHeader, actionStatus)
-		if f.RetryAfter > 0 {
-			secs := (time.Duration(f.RetryAfter) + time.Second - 1) / time.Second
-			hdr.Set("Retry-After", strconv.FormatInt(int64(secs), 10))
-		}
-		if f.Body != "" {
-			hdr.Set("Content-Type", "text/plain; charset=utf-8")
-		}
-		w.WriteHeader(f.Status)
-		// A client that went away cannot be told anything more.
-		_, _ = io.WriteString(w, f.Body)
+		respond(w, actionStatus, f.Status, time.Duration(f.RetryAfter), f.Body)
 		return nil
 
 	case actionDelay:
@@ -284,6 +369,23 @@ func (f *Fault) act(w http.ResponseWriter, r *http.Request, next caddyhttp.Handl
 	}
 	// Validate rules this out.
 	return fmt.Errorf("chaos: unknown action %q", f.Action)
+}
+
+// respond answers with code and body, and with a Retry-After header of
+// retryAfter in whole seconds, rounded up, when it is > 0.
+func respond(w http.ResponseWriter, action string, code int, retryAfter time.Duration, body string) {
+	hdr := w.Header()
+	hdr.Set(faultHeader, action)
+	if retryAfter > 0 {
+		secs := (retryAfter + time.Second - 1) / time.Second
+		hdr.Set("Retry-After", strconv.FormatInt(int64(secs), 10))
+	}
+	if body != "" {
+		hdr.Set("Content-Type", "text/plain; charset=utf-8")
+	}
+	w.WriteHeader(code)
+	// A client that went away cannot be told anything more.
+	_, _ = io.WriteString(w, body)
 }
 
 // wait sleeps for d and reports whether it did; it returns false early when
