@@ -116,7 +116,7 @@ func (ex *exchange) run() (*http.Response, error) {
 		res, at := ex.attempt(tk)
 		ex.tries = append(ex.tries, try{outcome: at.outcome, status: at.status, took: at.took, wait: wait, admitted: at.admitted})
 		if at.admitted {
-			ex.up.m.attempts[at.outcome].Inc()
+			ex.up.m.attempt(at.outcome)
 		}
 		next, deny, again := ex.retryWait(res, at, time.Now())
 		if again {
@@ -131,7 +131,7 @@ func (ex *exchange) run() (*http.Response, error) {
 		if !again {
 			if deny != denyNone {
 				ex.denied = deny
-				ex.up.m.denied[deny].Inc()
+				ex.up.m.deniedRetry(deny)
 			}
 			return ex.finish(res, at)
 		}
@@ -378,8 +378,7 @@ func (ex *exchange) done(e *Error) {
 		ex.report(e)
 	}
 	ex.log(e)
-	ex.up.m.requests[ex.outcome].Inc()
-	ex.up.m.duration[ex.outcome].Observe(ex.took.Seconds())
+	ex.up.m.request(ex.outcome, ex.took)
 }
 
 // attempts counts the tries that were let through to the upstream.

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strconv"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -12,8 +14,13 @@ import (
 // past it, new upstreams (dynamic ones, say) share the value "other".
 const maxUpstreamLabels = 100
 
-// durationBuckets suit calls to external APIs: 1ms to 30s.
-var durationBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+// durationBuckets suit calls to external APIs, 5ms to 30s: an answer
+// faster than 5ms on the other side of a network is rare.
+var durationBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+
+// waitBuckets suit a bounded wait (pool slot, rate-limit token): from
+// none to a few seconds.
+var waitBuckets = []float64{.001, .005, .025, .1, .25, .5, 1, 2.5, 5}
 
 // metrics are the transport's Prometheus collectors. They are created
 // once per process and registered into each config's registry.
@@ -72,7 +79,7 @@ func initMetrics() {
 	metrics.poolWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: ns, Subsystem: sub, Name: "pool_wait_seconds",
 		Help:    "Time spent waiting for a connection slot, for upstreams with pool.max_conns.",
-		Buckets: durationBuckets,
+		Buckets: waitBuckets,
 	}, up)
 }
 
@@ -114,33 +121,69 @@ func upstreamLabel(addr string) string {
 	return l
 }
 
-// upstreamMetrics holds the metric children of one upstream, resolved
-// once so that recording on the request path does not allocate.
+// upstreamMetrics holds the metric children of one upstream. Each is
+// created when first used, not for every possible outcome up front: an
+// upstream that only ever answered ok costs a handful of series.
+// Once created, recording does not allocate.
 type upstreamMetrics struct {
 	label    string
-	requests [numOutcomes]prometheus.Counter
-	attempts [numOutcomes]prometheus.Counter
-	duration [numOutcomes]prometheus.Observer
-	denied   [numDenials]prometheus.Counter
+	requests [numOutcomes]lazyCounter
+	attempts [numOutcomes]lazyCounter
+	duration [numOutcomes]lazyObserver
+	denied   [numDenials]lazyCounter
 	retries  sync.Map // reason string -> prometheus.Counter
 	inFlight prometheus.Gauge
-	poolWait prometheus.Observer
+	poolWait prometheus.Observer // nil without max_conns
 }
 
-func newUpstreamMetrics(addr string) *upstreamMetrics {
+func newUpstreamMetrics(addr string, pooled bool) *upstreamMetrics {
 	metrics.once.Do(initMetrics)
 	m := &upstreamMetrics{label: upstreamLabel(addr)}
-	for o := Outcome(0); o < numOutcomes; o++ {
-		m.requests[o] = metrics.requests.WithLabelValues(m.label, o.String())
-		m.attempts[o] = metrics.attempts.WithLabelValues(m.label, o.String())
-		m.duration[o] = metrics.duration.WithLabelValues(m.label, o.String())
-	}
-	for d := denyUnsafe; d < numDenials; d++ {
-		m.denied[d] = metrics.retriesDenied.WithLabelValues(m.label, d.String())
-	}
 	m.inFlight = metrics.inFlight.WithLabelValues(m.label)
-	m.poolWait = metrics.poolWait.WithLabelValues(m.label)
+	if pooled {
+		m.poolWait = metrics.poolWait.WithLabelValues(m.label)
+	}
 	return m
+}
+
+// request counts a request that ended in o, and how long it took.
+func (m *upstreamMetrics) request(o Outcome, took time.Duration) {
+	m.requests[o].get(metrics.requests, m.label, o.String()).Inc()
+	m.duration[o].get(metrics.duration, m.label, o.String()).Observe(took.Seconds())
+}
+
+// attempt counts a try that reached the upstream and ended in o.
+func (m *upstreamMetrics) attempt(o Outcome) {
+	m.attempts[o].get(metrics.attempts, m.label, o.String()).Inc()
+}
+
+// deniedRetry counts a retry refused for d.
+func (m *upstreamMetrics) deniedRetry(d denial) {
+	m.denied[d].get(metrics.retriesDenied, m.label, d.String()).Inc()
+}
+
+// lazyCounter is a counter child resolved on first use.
+type lazyCounter struct{ p atomic.Pointer[prometheus.Counter] }
+
+func (l *lazyCounter) get(vec *prometheus.CounterVec, labels ...string) prometheus.Counter {
+	if c := l.p.Load(); c != nil {
+		return *c
+	}
+	c := vec.WithLabelValues(labels...)
+	l.p.CompareAndSwap(nil, &c)
+	return *l.p.Load()
+}
+
+// lazyObserver is a histogram child resolved on first use.
+type lazyObserver struct{ p atomic.Pointer[prometheus.Observer] }
+
+func (l *lazyObserver) get(vec *prometheus.HistogramVec, labels ...string) prometheus.Observer {
+	if o := l.p.Load(); o != nil {
+		return *o
+	}
+	o := vec.WithLabelValues(labels...)
+	l.p.CompareAndSwap(nil, &o)
+	return *l.p.Load()
 }
 
 // retried counts a retry of a try that ended in o with status.
@@ -173,4 +216,35 @@ func breakerChanged(addr, to string) {
 	l := upstreamLabel(addr)
 	metrics.breakerState.WithLabelValues(l).Set(breakerStateValue(to))
 	metrics.breakerChanges.WithLabelValues(l, to).Inc()
+}
+
+// breakerGauges counts, per label, the breakers whose state the
+// breaker_state gauge shows, so that its series goes when the last one
+// is dropped: "closed" and "unknown" must be told apart.
+var breakerGauges = struct {
+	sync.Mutex
+	n map[string]int
+}{n: map[string]int{}}
+
+// breakerAdded samples a new breaker's state (closed) at once.
+func breakerAdded(addr string) {
+	metrics.once.Do(initMetrics)
+	l := upstreamLabel(addr)
+	breakerGauges.Lock()
+	breakerGauges.n[l]++
+	breakerGauges.Unlock()
+	metrics.breakerState.WithLabelValues(l).Set(0)
+}
+
+// breakerRemoved drops the breaker_state series of a dropped breaker,
+// unless another breaker still shows under its label.
+func breakerRemoved(addr string) {
+	l := upstreamLabel(addr)
+	breakerGauges.Lock()
+	defer breakerGauges.Unlock()
+	if breakerGauges.n[l]--; breakerGauges.n[l] > 0 {
+		return
+	}
+	delete(breakerGauges.n, l)
+	metrics.breakerState.DeleteLabelValues(l)
 }

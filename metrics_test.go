@@ -3,6 +3,7 @@ package resilient
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -40,8 +41,8 @@ func TestRegisterMetricsTwice(t *testing.T) {
 			t.Fatalf("registration %d: %v", i+1, err)
 		}
 	}
-	m := newUpstreamMetrics("metrics-test:1")
-	m.requests[OutcomeBreakerOpen].Inc()
+	m := newUpstreamMetrics("metrics-test:1", false)
+	m.request(OutcomeBreakerOpen, time.Millisecond)
 	m.retried(OutcomeUpstreamStatus, 503)
 	m.retried(OutcomeReset, 0)
 	if got := testutil.ToFloat64(metrics.requests.WithLabelValues("metrics-test:1", "breaker_open")); got != 1 {
@@ -56,5 +57,49 @@ func TestRegisterMetricsTwice(t *testing.T) {
 	n, err := testutil.GatherAndCount(reg, "caddy_resilient_requests_total")
 	if err != nil || n == 0 {
 		t.Errorf("caddy_resilient_requests_total not gathered from the registry: %d, %v", n, err)
+	}
+}
+
+func TestUpstreamSeriesAreCreatedOnFirstUse(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	if err := registerMetrics(reg); err != nil {
+		t.Fatal(err)
+	}
+	const label = "metrics-lazy:1"
+	count := func() int {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, mf := range mfs {
+			for _, m := range mf.GetMetric() {
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == "upstream" && lp.GetValue() == label {
+						n++
+						if h := m.GetHistogram(); h != nil {
+							n += len(h.GetBucket()) + 2 // as scraped: the buckets, +Inf and _sum beside _count
+						}
+					}
+				}
+			}
+		}
+		return n
+	}
+	m := newUpstreamMetrics(label, false)
+	before := count()
+	m.request(OutcomeOK, 20*time.Millisecond)
+	m.attempt(OutcomeOK)
+	got := count()
+	// requests_total, attempts_total, the duration histogram, pool_in_flight
+	want := before + 2 + len(durationBuckets) + 3
+	if got != want {
+		t.Fatalf("an upstream that answered ok once has %d series, want %d", got, want)
+	}
+	if got > 40 {
+		t.Fatalf("%d series for one ok upstream, over the ~40 of SPEC §8", got)
+	}
+	if n, _ := testutil.GatherAndCount(reg, "caddy_resilient_pool_wait_seconds"); n != 0 {
+		t.Errorf("pool_wait_seconds exists without max_conns")
 	}
 }

@@ -30,6 +30,7 @@ func acquireBreaker(cfg *Breaker, upstream string, logger *zap.Logger) *breaker 
 	key := upstream + "|" + cfg.key()
 	v, _, _ := breakers.LoadOrNew(key, func() (caddy.Destructor, error) {
 		b := newBreaker(cfg, upstream, key)
+		breakerAdded(upstream)
 		breakersByAddr.Lock()
 		breakersByAddr.m[upstream] = append(slices.Clip(breakersByAddr.m[upstream]), b)
 		breakersByAddr.Unlock()
@@ -64,6 +65,7 @@ func allBreakers() []*breaker {
 
 // Destruct implements caddy.Destructor: the registry let go of b.
 func (b *breaker) Destruct() error {
+	breakerRemoved(b.upstream)
 	breakersByAddr.Lock()
 	defer breakersByAddr.Unlock()
 	rest := slices.DeleteFunc(slices.Clone(breakersByAddr.m[b.upstream]), func(o *breaker) bool { return o == b })

@@ -16,7 +16,7 @@ type upstream struct {
 }
 
 func newUpstream(t *Transport, addr string) *upstream {
-	u := &upstream{addr: addr, slots: newSlots(t.Pool.MaxConns), m: newUpstreamMetrics(addr)}
+	u := &upstream{addr: addr, slots: newSlots(t.Pool.MaxConns), m: newUpstreamMetrics(addr, t.Pool.MaxConns > 0)}
 	if !t.Breaker.Disabled {
 		u.breaker = acquireBreaker(t.Breaker, addr, t.logger)
 	}
@@ -29,7 +29,7 @@ func newUpstream(t *Transport, addr string) *upstream {
 // takeSlot waits at most wait for a connection slot (see slots.acquire).
 func (u *upstream) takeSlot(ctx context.Context, wait time.Duration) error {
 	waited, err := u.slots.acquire(ctx, wait)
-	if u.slots != nil {
+	if u.m.poolWait != nil {
 		u.m.poolWait.Observe(waited.Seconds())
 	}
 	if err == nil {

@@ -101,11 +101,16 @@ func TestMetricsMoveAsDocumented(t *testing.T) {
 		{"caddy_resilient_attempts_total", map[string]string{"upstream": flaky.addr, "outcome": "upstream_status"}, 2},
 		{"caddy_resilient_retries_total", map[string]string{"upstream": flaky.addr, "reason": "503"}, 1},
 		{"caddy_resilient_retries_denied_total", map[string]string{"upstream": flaky.addr, "reason": "unsafe"}, 1},
-		{"caddy_resilient_retries_denied_total", map[string]string{"upstream": flaky.addr, "reason": "budget"}, 0},
+		// series are created when first used: none for what never happened
+		{"caddy_resilient_retries_denied_total", map[string]string{"upstream": flaky.addr, "reason": "budget"}, -1},
 		{"caddy_resilient_requests_total", map[string]string{"upstream": tripping.addr, "outcome": "upstream_status"}, 2},
 		{"caddy_resilient_requests_total", map[string]string{"upstream": tripping.addr, "outcome": "breaker_open"}, 1},
-		{"caddy_resilient_attempts_total", map[string]string{"upstream": tripping.addr, "outcome": "breaker_open"}, 0},
+		{"caddy_resilient_attempts_total", map[string]string{"upstream": tripping.addr, "outcome": "breaker_open"}, -1},
 		{"caddy_resilient_breaker_state", map[string]string{"upstream": tripping.addr}, 2},
+		// every upstream has a breaker_state from its first request on
+		{"caddy_resilient_breaker_state", map[string]string{"upstream": ok.addr}, 0},
+		{"caddy_resilient_breaker_state", map[string]string{"upstream": flaky.addr}, 0},
+		{"caddy_resilient_pool_wait_seconds_count", map[string]string{"upstream": ok.addr}, -1},
 		{"caddy_resilient_breaker_transitions_total", map[string]string{"upstream": tripping.addr, "to": "open"}, 1},
 		{"caddy_resilient_pool_in_flight", map[string]string{"upstream": ok.addr}, 0},
 		{"caddy_resilient_request_duration_seconds_count", map[string]string{"upstream": ok.addr, "outcome": "ok"}, 3},
@@ -113,6 +118,16 @@ func TestMetricsMoveAsDocumented(t *testing.T) {
 		if got := metricsValue(s, c.name, c.labels); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
+	}
+
+	series := 0
+	for _, line := range strings.Split(s, "\n") {
+		if strings.HasPrefix(line, "caddy_resilient_") && strings.Contains(line, `upstream="`+ok.addr+`"`) {
+			series++
+		}
+	}
+	if series == 0 || series > 40 {
+		t.Errorf("an upstream that only answered ok has %d series, want at most 40", series)
 	}
 
 	// recovery: half-open after open_for, one good probe closes it
