@@ -89,9 +89,9 @@ func (b *Breaker) provision() error {
 	}
 	b.failureStatus = b.failureStatus[:0]
 	for _, s := range b.FailureStatus {
-		sm, err := parseStatusMatch(s)
+		sm, err := parseFailureMatch(s)
 		if err != nil {
-			return fmt.Errorf("failure_status: %q is not a status code (100-599) or a class such as 5xx", s)
+			return fmt.Errorf("failure_status: %v", err)
 		}
 		b.failureStatus = append(b.failureStatus, sm)
 	}

@@ -81,6 +81,9 @@ func (t *Transport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "breaker":
 			t.Breaker, err = parseBreaker(d)
 		default:
+			if hint := blockHint(opt); hint != "" {
+				return d.Errf("unrecognized subdirective %s; did you mean `%s`?", opt, hint)
+			}
 			http = append(http, d.NextSegment()...)
 		}
 		if err != nil {
@@ -197,6 +200,11 @@ func parseTimeouts(d *caddyfile.Dispenser) (*Timeouts, error) {
 		}
 		v, err := duration(d, "timeouts", opt, true)
 		*f = v
+		if err == nil && (opt == "attempt" || opt == "total") {
+			if err := to.validate(); err != nil {
+				return d.Errf("timeouts: %v", err)
+			}
+		}
 		return err
 	})
 	return to, err
@@ -235,6 +243,9 @@ func parseRetry(d *caddyfile.Dispenser) (*Retry, error) {
 		switch opt {
 		case "attempts":
 			r.Attempts, err = integer(d, "retry", opt, 1)
+			if err == nil && r.Attempts > maxAttempts {
+				return d.Errf("retry: attempts must be from 1 to %d, got %d", maxAttempts, r.Attempts)
+			}
 		case "backoff":
 			args := d.RemainingArgs()
 			if len(args) != 2 {
@@ -260,7 +271,7 @@ func parseRetry(d *caddyfile.Dispenser) (*Retry, error) {
 				if _, ok := retryConditions[a]; ok {
 					continue
 				}
-				if _, err := parseStatusMatch(a); err != nil {
+				if _, err := parseFailureMatch(a); err != nil {
 					return d.Errf("retry: on: %v", err)
 				}
 			}
@@ -366,8 +377,8 @@ func parseBreaker(d *caddyfile.Dispenser) (*Breaker, error) {
 				return d.ArgErr()
 			}
 			for _, a := range args {
-				if _, err := parseStatusMatch(a); err != nil {
-					return d.Errf("breaker: failure_status: %q is not a status code (100-599) or a class such as 5xx", a)
+				if _, err := parseFailureMatch(a); err != nil {
+					return d.Errf("breaker: failure_status: %v", err)
 				}
 			}
 			b.FailureStatus = args
@@ -387,6 +398,54 @@ func parseBreaker(d *caddyfile.Dispenser) (*Breaker, error) {
 		return err
 	})
 	return b, err
+}
+
+// blocks are this transport's own subdirectives.
+var blocks = []string{"timeouts", "pool", "retry", "breaker"}
+
+// blockHints are names people write for our blocks.
+var blockHints = map[string]string{
+	"timeout": "timeouts", "retries": "retry", "retrying": "retry",
+	"circuit": "breaker", "circuit_breaker": "breaker", "circuitbreaker": "breaker", "cb": "breaker",
+	"pools": "pool", "connection_pool": "pool", "conn_pool": "pool",
+}
+
+// blockHint returns the block of ours that name most likely meant, or
+// "" when it is not close to one, or is a `transport http` option.
+func blockHint(name string) string {
+	if h, ok := blockHints[name]; ok {
+		return h
+	}
+	if strings.Contains(name, "_") || len(name) < 4 {
+		return "" // `transport http` options, or too short to tell
+	}
+	for _, b := range blocks {
+		if editDistance(name, b) <= 2 {
+			return b
+		}
+	}
+	return ""
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // isToken reports whether s is an RFC 9110 token, as methods and header

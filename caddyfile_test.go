@@ -295,7 +295,19 @@ func TestCaddyfileInvalid(t *testing.T) {
 		{"unknown in pool", "resilient {\n\tpool {\n\t\tmax_connections 5\n\t}\n}", 3, []string{"pool", "max_connections"}},
 		{"unknown in retry", "resilient {\n\tretry {\n\t\tattempt 3\n\t}\n}", 3, []string{"retry", "attempt"}},
 		{"unknown in breaker", "resilient {\n\tbreaker {\n\t\tratio 0.5\n\t}\n}", 3, []string{"breaker", "ratio"}},
-		{"unknown top level", "resilient {\n\tretry off\n\tretries 3\n}", 3, []string{"unrecognized subdirective", "retries"}},
+		{"unknown top level", "resilient {\n\tretry off\n\tretries 3\n}", 3, []string{"unrecognized subdirective", "retries", "did you mean", "retry"}},
+		{"misspelled breaker", "resilient {\n\tcircuit {\n\t\topen_for 5s\n\t}\n}", 2, []string{"circuit", "did you mean", "breaker"}},
+		{"misspelled timeouts", "resilient {\n\ttimeout {\n\t\tread 5s\n\t}\n}", 2, []string{"timeout", "did you mean", "timeouts"}},
+		{"misspelled retry", "resilient {\n\tretyr {\n\t\tattempts 2\n\t}\n}", 2, []string{"retyr", "did you mean", "retry"}},
+		{"on 2xx", "resilient {\n\tretry {\n\t\ton 2xx\n\t}\n}", 3, []string{"on", "2xx", "4xx and 5xx"}},
+		{"on 200", "resilient {\n\tretry {\n\t\ton 503 200\n\t}\n}", 3, []string{"on", "200"}},
+		{"on 399", "resilient {\n\tretry {\n\t\ton 399\n\t}\n}", 3, []string{"on", "399"}},
+		{"failure_status 200", "resilient {\n\tbreaker {\n\t\tfailure_status 200\n\t}\n}", 3, []string{"failure_status", "200"}},
+		{"failure_status 3xx", "resilient {\n\tbreaker {\n\t\tfailure_status 500 3xx\n\t}\n}", 3, []string{"failure_status", "3xx"}},
+		{"attempts 11", "resilient {\n\tretry {\n\t\tattempts 11\n\t}\n}", 3, []string{"attempts", "11", "10"}},
+		{"attempts 1000000", "resilient {\n\tretry {\n\t\tattempts 1000000\n\t}\n}", 3, []string{"attempts", "1000000"}},
+		{"attempt longer than total", "resilient {\n\ttimeouts {\n\t\tattempt 60s\n\t\ttotal 10s\n\t}\n}", 4, []string{"attempt", "total", "1m0s", "10s"}},
+		{"total shorter than attempt", "resilient {\n\ttimeouts {\n\t\ttotal 10s\n\t\tattempt 60s\n\t}\n}", 4, []string{"attempt", "total"}},
 		{"repeated option in a block", "resilient {\n\tretry {\n\t\tattempts 2\n\t\tattempts 3\n\t}\n}", 4, []string{"attempts", "already specified"}},
 		{"repeated option in timeouts", "resilient {\n\ttimeouts {\n\t\tread 1s\n\t\tread 2s\n\t}\n}", 4, []string{"read", "already specified"}},
 		{"repeated retry", "resilient {\n\tretry {\n\t\tattempts 2\n\t}\n\tretry off\n}", 5, []string{"retry", "already specified"}},
@@ -519,6 +531,12 @@ func TestCaddyfileValidateJSON(t *testing.T) {
 		{`{"pool":{"max_conns":-1}}`, []string{"pool", "max_conns", "-1"}},
 		{`{"pool":{"idle_timeout":"-1s"}}`, []string{"pool", "idle_timeout"}},
 		{`{"retry":{"tries":3}}`, []string{"tries"}},
+		{`{"retry":{"on":["2xx"]}}`, []string{"retry", "on", "2xx"}},
+		{`{"retry":{"on":["503","200"]}}`, []string{"retry", "on", "200"}},
+		{`{"breaker":{"failure_status":["200"]}}`, []string{"breaker", "failure_status", "200"}},
+		{`{"retry":{"attempts":1000000}}`, []string{"retry", "attempts", "1000000"}},
+		{`{"timeouts":{"attempt":"60s","total":"10s"}}`, []string{"timeouts", "attempt", "total"}},
+		{`{"timeouts":{"attempt":"60s","total":"30s"}}`, []string{"timeouts", "attempt", "total"}},
 	} {
 		t.Run(tc.json, func(t *testing.T) {
 			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
@@ -543,6 +561,25 @@ func TestCaddyfileValidateJSON(t *testing.T) {
 			t.Fatalf("loading %s: %v", raw, err)
 		}
 	})
+	// a default never contradicts a bound written out
+	for raw, want := range map[string][2]time.Duration{
+		`{"timeouts":{"total":"5s"}}`:    {5 * time.Second, 5 * time.Second},
+		`{"timeouts":{"attempt":"45s"}}`: {45 * time.Second, 45 * time.Second},
+		`{"timeouts":{"total":-1}}`:      {10 * time.Second, -1},
+	} {
+		t.Run(raw, func(t *testing.T) {
+			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+			defer cancel()
+			mod, err := ctx.LoadModuleByID("http.reverse_proxy.transport.resilient", json.RawMessage(raw))
+			if err != nil {
+				t.Fatalf("loading %s: %v", raw, err)
+			}
+			to := mod.(*Transport).Timeouts
+			if got := [2]time.Duration{time.Duration(to.Attempt), time.Duration(to.Total)}; got != want {
+				t.Fatalf("attempt, total = %v, want %v", got, want)
+			}
+		})
+	}
 }
 
 // TestCaddyfileProvisionSpecExampleIsDefault checks that the SPEC §3

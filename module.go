@@ -157,9 +157,11 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 }
 
 // Validate checks the configuration once Provision put the defaults in
-// place. Every timeout is either a duration or off (negative), so the
-// timeouts need no check.
+// place.
 func (t *Transport) Validate() error {
+	if err := t.Timeouts.validate(); err != nil {
+		return fmt.Errorf("timeouts: %v", err)
+	}
 	if err := t.Pool.validate(); err != nil {
 		return fmt.Errorf("pool: %v", err)
 	}

@@ -178,7 +178,7 @@ func (r *Retry) provision() error {
 			}
 			continue
 		}
-		sm, err := parseStatusMatch(c)
+		sm, err := parseFailureMatch(c)
 		if err != nil {
 			return fmt.Errorf("on: %v", err)
 		}
@@ -187,9 +187,13 @@ func (r *Retry) provision() error {
 	return nil
 }
 
+// maxAttempts bounds retry.attempts: past a handful, retries only
+// multiply the load on an upstream in trouble.
+const maxAttempts = 10
+
 func (r *Retry) validate() error {
-	if r.Attempts < 1 {
-		return fmt.Errorf("attempts must be >= 1, got %d", r.Attempts)
+	if r.Attempts < 1 || r.Attempts > maxAttempts {
+		return fmt.Errorf("attempts must be from 1 to %d, got %d", maxAttempts, r.Attempts)
 	}
 	if r.Backoff.First < 0 || r.Backoff.Max < 0 {
 		return fmt.Errorf("backoff waits must be > 0")
@@ -246,6 +250,21 @@ func parseStatusMatch(s string) (statusMatch, error) {
 		return 0, fmt.Errorf("%q is not a status code (100-599), a class such as 5xx, or one of connect_error, tls_error, reset, timeout", s)
 	}
 	return statusMatch(n), nil
+}
+
+// parseFailureMatch is parseStatusMatch for the statuses that mean the
+// upstream failed: only 4xx and 5xx. Retrying on 2xx would send every
+// successful request `attempts` times; counting one as a failure would
+// trip the breaker on a healthy upstream.
+func parseFailureMatch(s string) (statusMatch, error) {
+	sm, err := parseStatusMatch(s)
+	if err != nil {
+		return 0, err
+	}
+	if (sm < 10 && sm < 4) || (sm >= 10 && sm < 400) {
+		return 0, fmt.Errorf("%q is not a failure: only 4xx and 5xx statuses can be", s)
+	}
+	return sm, nil
 }
 
 func (m statusMatch) match(status int) bool {

@@ -2,6 +2,7 @@ package resilient
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -34,11 +35,13 @@ type Timeouts struct {
 	Pool caddy.Duration `json:"pool,omitempty"`
 
 	// How long one attempt may take, from its start to response headers.
-	// Default: `10s`.
+	// It may not be longer than total. Default: `10s`, or total when that
+	// is shorter.
 	Attempt caddy.Duration `json:"attempt,omitempty"`
 
 	// How long the whole request may take, all attempts and backoff waits
-	// included, up to response headers. Default: `30s`.
+	// included, up to response headers. Default: `30s`, or attempt when
+	// that is longer.
 	Total caddy.Duration `json:"total,omitempty"`
 }
 
@@ -53,8 +56,27 @@ func (t *Timeouts) setDefaults() {
 	def(&t.Write, 10*time.Second)
 	def(&t.Read, 30*time.Second)
 	def(&t.Pool, time.Second)
-	def(&t.Attempt, 10*time.Second)
-	def(&t.Total, 30*time.Second)
+	// a default never contradicts a bound written out: an unset attempt
+	// bound is at most the total one, an unset total at least the attempt
+	attempt, total := 10*time.Second, 30*time.Second
+	if t.Total > 0 {
+		attempt = min(attempt, time.Duration(t.Total))
+	}
+	if t.Attempt > 0 {
+		total = max(total, time.Duration(t.Attempt))
+	}
+	def(&t.Attempt, attempt)
+	def(&t.Total, total)
+}
+
+// validate refuses an attempt bound longer than the total one: the
+// total would cut every attempt first, and the attempt bound would never
+// apply.
+func (t *Timeouts) validate() error {
+	if t.Attempt > 0 && t.Total > 0 && t.Attempt > t.Total {
+		return fmt.Errorf("attempt %v is longer than total %v", time.Duration(t.Attempt), time.Duration(t.Total))
+	}
+	return nil
 }
 
 // on returns d as a time.Duration, with 0 meaning "no bound".
