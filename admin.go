@@ -3,13 +3,16 @@ package resilient
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/sony/gobreaker/v2"
+	"go.uber.org/zap"
 )
 
 func init() {
@@ -51,7 +54,7 @@ func (adminBreakers) handleList(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet {
 		return adminMethodNotAllowed(w, http.MethodGet)
 	}
-	return adminWriteStatuses(w, allBreakers())
+	return adminWriteStatuses(w, "", allBreakers())
 }
 
 // handleAction answers POST /resilient/breakers/{reset,force_open,force_close}.
@@ -80,21 +83,56 @@ func (adminBreakers) handleAction(w http.ResponseWriter, r *http.Request) error 
 	case action == "force_open":
 		return adminError(http.StatusBadRequest, "force_open: missing for=<duration>, e.g. for=30s")
 	}
-	bs := lookupBreakers(upstream)
-	if len(bs) == 0 {
-		return adminError(http.StatusNotFound, "%s: no breaker for upstream %q", action, upstream)
+	if !validUpstream(upstream) {
+		return adminError(http.StatusBadRequest, "%s: upstream=%q is not a host:port", action, upstream)
 	}
-	for _, b := range bs {
-		switch action {
-		case "reset":
+	bs := lookupBreakers(upstream)
+	from := make([]string, len(bs))
+	for i, b := range bs {
+		from[i] = b.state()
+	}
+	switch action {
+	case "reset":
+		had := clearOverride(upstream)
+		if len(bs) == 0 && !had {
+			return adminError(http.StatusNotFound, "reset: no breaker or override for upstream %q", upstream)
+		}
+		for _, b := range bs {
 			b.reset()
-		case "force_open":
-			b.force(forceOpen, d)
-		case "force_close":
-			b.force(forceClosed, d)
+		}
+		if len(bs) == 0 {
+			logPendingOverride(upstream, "breaker override lifted")
+		}
+	case "force_open", "force_close":
+		mode := forceOpen
+		if action == "force_close" {
+			mode = forceClosed
+		}
+		if _, ok := setOverride(upstream, mode, d); !ok {
+			return adminError(http.StatusTooManyRequests, "%s: overrides are held for %d upstreams no breaker has seen; reset some first", action, maxOverrides)
+		}
+		for i, b := range bs {
+			b.forced(from[i], mode, d)
+		}
+		if len(bs) == 0 {
+			fields := []zap.Field{zap.String("override", overrideName(mode))}
+			if d > 0 {
+				fields = append(fields, zap.Duration("for", d))
+			}
+			logPendingOverride(upstream, "breaker forced", fields...)
 		}
 	}
-	return adminWriteStatuses(w, bs)
+	return adminWriteStatuses(w, upstream, bs)
+}
+
+// validUpstream reports whether s is a dial address: host:port.
+func validUpstream(s string) bool {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil || host == "" || strings.ContainsAny(host, "/ ") {
+		return false
+	}
+	n, err := strconv.Atoi(port)
+	return err == nil && n > 0 && n < 65536
 }
 
 func adminMethodNotAllowed(w http.ResponseWriter, allow string) error {
@@ -108,11 +146,21 @@ func adminError(status int, format string, args ...any) error {
 	return caddy.APIError{HTTPStatus: status, Err: fmt.Errorf(format, args...)}
 }
 
-func adminWriteStatuses(w http.ResponseWriter, bs []*breaker) error {
+// adminWriteStatuses answers with the status of bs; and, for the
+// upstream only (every upstream when ""), of the overrides held for
+// upstreams no breaker has seen yet.
+func adminWriteStatuses(w http.ResponseWriter, only string, bs []*breaker) error {
 	now := time.Now()
 	out := make([]breakerStatus, 0, len(bs))
 	for _, b := range bs {
 		out = append(out, b.status(now))
+	}
+	if only == "" || len(bs) == 0 {
+		for _, c := range pendingOverrides(now) {
+			if only == "" || c.addr == only {
+				out = append(out, pendingStatus(c, now))
+			}
+		}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	if err := json.NewEncoder(w).Encode(out); err != nil {
@@ -121,10 +169,29 @@ func adminWriteStatuses(w http.ResponseWriter, bs []*breaker) error {
 	return nil
 }
 
+// pendingStatus shows the override of an upstream that no breaker has
+// seen: its state is what requests will get.
+func pendingStatus(c *overrideCell, now time.Time) breakerStatus {
+	s := breakerStatus{Upstream: c.addr, State: "closed"}
+	if o, _ := c.current(now); o != nil {
+		s.State = overrideName(o.mode)
+		s.Override = &overrideStatus{State: overrideName(o.mode), BreakerState: "closed"}
+		if !o.until.IsZero() {
+			until := o.until
+			s.Override.Until = &until
+		}
+	}
+	return s
+}
+
 // breakerStatus is one breaker as the admin API shows it.
 type breakerStatus struct {
 	// Upstream is the dial address (host:port).
 	Upstream string `json:"upstream"`
+	// Seen is false for an upstream that has an override but has not
+	// carried traffic yet: no breaker exists for it so far, and the
+	// override applies to the first one as soon as it does.
+	Seen bool `json:"seen"`
 	// State is what requests see: closed, half_open or open, operator
 	// overrides included.
 	State string `json:"state"`
@@ -135,8 +202,9 @@ type breakerStatus struct {
 	OpenUntil *time.Time `json:"open_until,omitempty"`
 	// Override is the operator override in force, if any.
 	Override *overrideStatus `json:"override,omitempty"`
-	// Settings are the breaker's settings, defaults applied.
-	Settings breakerSettings `json:"settings"`
+	// Settings are the breaker's settings, defaults applied; absent for
+	// an upstream not seen yet.
+	Settings *breakerSettings `json:"settings,omitempty"`
 }
 
 type breakerCounts struct {
@@ -171,21 +239,13 @@ type breakerSettings struct {
 // status returns the breaker as the admin API shows it.
 func (b *breaker) status(now time.Time) breakerStatus {
 	cb := b.cur.Load().cb
-	own := cb.State() // brings the window up to date first
-	c := cb.Counts()
+	own := cb.State() // brings the breaker up to date first
 	cfg := b.cfg
 	s := breakerStatus{
 		Upstream: b.upstream,
+		Seen:     true,
 		State:    b.state(),
-		Counts: breakerCounts{
-			Requests:             c.Requests,
-			Successes:            c.TotalSuccesses,
-			Failures:             c.TotalFailures,
-			Excluded:             c.TotalExclusions,
-			ConsecutiveSuccesses: c.ConsecutiveSuccesses,
-			ConsecutiveFailures:  c.ConsecutiveFailures,
-		},
-		Settings: breakerSettings{
+		Settings: &breakerSettings{
 			FailureRatio:        cfg.FailureRatio,
 			MinRequests:         cfg.MinRequests,
 			ConsecutiveFailures: *cfg.ConsecutiveFailures,
@@ -196,7 +256,28 @@ func (b *breaker) status(now time.Time) breakerStatus {
 			SlowCall:            time.Duration(cfg.SlowCall).String(),
 		},
 	}
-	if own == gobreaker.StateOpen {
+	switch own {
+	case gobreaker.StateClosed:
+		// the window decides when it trips
+		wc := b.win.counts()
+		s.Counts = breakerCounts{
+			Requests:            wc.results() + wc.excluded,
+			Successes:           wc.successes,
+			Failures:            wc.failures,
+			Excluded:            wc.excluded,
+			ConsecutiveFailures: wc.consecutiveFailures,
+		}
+	case gobreaker.StateHalfOpen:
+		c := cb.Counts()
+		s.Counts = breakerCounts{
+			Requests:             c.Requests,
+			Successes:            c.TotalSuccesses,
+			Failures:             c.TotalFailures,
+			Excluded:             c.TotalExclusions,
+			ConsecutiveSuccesses: c.ConsecutiveSuccesses,
+			ConsecutiveFailures:  c.ConsecutiveFailures,
+		}
+	case gobreaker.StateOpen:
 		t := time.Unix(0, b.openUntil.Load())
 		s.OpenUntil = &t
 	}

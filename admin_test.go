@@ -171,7 +171,9 @@ func TestAdminRejectsBadInput(t *testing.T) {
 		{http.MethodPost, "/resilient/breakers/force_open?upstream=" + addr + "&for=soon", http.StatusBadRequest},
 		{http.MethodPost, "/resilient/breakers/force_open?upstream=" + addr + "&for=-5s", http.StatusBadRequest},
 		{http.MethodPost, "/resilient/breakers/force_open?upstream=" + addr + "&for=0s", http.StatusBadRequest},
-		{http.MethodPost, "/resilient/breakers/force_open?upstream=nowhere.test:1&for=1s", http.StatusNotFound},
+		{http.MethodPost, "/resilient/breakers/force_open?upstream=nowhere.test&for=1s", http.StatusBadRequest},
+		{http.MethodPost, "/resilient/breakers/force_open?upstream=nowhere.test:99999&for=1s", http.StatusBadRequest},
+		{http.MethodPost, "/resilient/breakers/reset?upstream=nowhere.test:1", http.StatusNotFound},
 		{http.MethodPost, "/resilient/breakers/force_close?upstream=" + addr + "&for=x", http.StatusBadRequest},
 		{http.MethodPost, "/resilient/breakers/force_close?for=1s", http.StatusBadRequest},
 	} {
@@ -181,7 +183,7 @@ func TestAdminRejectsBadInput(t *testing.T) {
 		}
 	}
 	for _, b := range lookupBreakers(addr) {
-		if b.state() != "closed" || b.ov.Load() != nil {
+		if b.state() != "closed" || b.ov.ov.Load() != nil {
 			t.Errorf("bad input changed a breaker: %s", b.state())
 		}
 	}

@@ -138,7 +138,7 @@ func (b *Breaker) isFailureStatus(status int) bool {
 // pool, count neither way.
 func (b *Breaker) isFailure(o Outcome, status int, took time.Duration) (failure, excluded bool) {
 	switch o {
-	case OutcomeCanceled, OutcomeBreakerOpen, OutcomePoolTimeout:
+	case OutcomeCanceled, OutcomeBreakerOpen, OutcomePoolTimeout, OutcomeRateLimited:
 		return false, true
 	case OutcomeOK, OutcomeUpstreamStatus:
 		if b.isFailureStatus(status) {
@@ -166,7 +166,7 @@ type breaker struct {
 	win      *window
 	cur      atomic.Pointer[generation]
 	logger   atomic.Pointer[zap.Logger]
-	ov       atomic.Pointer[override] // nil: none
+	ov       *overrideCell // the operator's override of its upstream
 
 	// Written by the gobreaker hooks of the current generation, under
 	// its lock; read anywhere.
@@ -186,21 +186,6 @@ type generation struct {
 	n  uint64
 }
 
-// override is an operator's decision from the admin API; it wins over
-// the breaker's own state until it ends or a reset lifts it.
-type override struct {
-	mode  forceMode
-	until time.Time // zero: until reset
-}
-
-type forceMode uint8
-
-const (
-	forceNone forceMode = iota
-	forceOpen
-	forceClosed
-)
-
 // errExcluded tells gobreaker a result counts neither way.
 var errExcluded = errors.New("excluded")
 
@@ -212,7 +197,7 @@ var errFailure = errors.New("failure")
 var errLateFailure = errors.New("late failure")
 
 func newBreaker(cfg *Breaker, upstream, key string) *breaker {
-	b := &breaker{upstream: upstream, key: key, cfg: cfg, win: newWindow(time.Duration(cfg.Window))}
+	b := &breaker{upstream: upstream, key: key, cfg: cfg, win: newWindow(time.Duration(cfg.Window)), ov: acquireOverride(upstream)}
 	b.cur.Store(b.newGeneration(1))
 	return b
 }
@@ -338,27 +323,19 @@ func (b *breaker) state() string {
 
 // override returns the operator override in force at now.
 func (b *breaker) override(now time.Time) (forceMode, time.Time) {
-	o := b.ov.Load()
-	if o == nil {
-		return forceNone, time.Time{}
+	o, ended := b.ov.current(now)
+	if ended != nil {
+		b.notify("breaker override ended", overrideName(ended.mode), b.state())
 	}
-	if !o.until.IsZero() && !now.Before(o.until) {
-		if b.ov.CompareAndSwap(o, nil) {
-			b.notify("breaker override ended", overrideName(o.mode), b.state())
-		}
+	if o == nil {
 		return forceNone, time.Time{}
 	}
 	return o.mode, o.until
 }
 
-// force sets an operator override for d (0: until reset).
-func (b *breaker) force(mode forceMode, d time.Duration) {
-	from := b.state()
-	o := &override{mode: mode}
-	if d > 0 {
-		o.until = time.Now().Add(d)
-	}
-	b.ov.Store(o)
+// forced logs and records that the operator set an override on b's
+// upstream; from is b's state before it.
+func (b *breaker) forced(from string, mode forceMode, d time.Duration) {
 	fields := []zap.Field{zap.String("override", overrideName(mode))}
 	if d > 0 {
 		fields = append(fields, zap.Duration("for", d))
@@ -366,8 +343,9 @@ func (b *breaker) force(mode forceMode, d time.Duration) {
 	b.notify("breaker forced", from, b.state(), fields...)
 }
 
-// reset closes the breaker with clear counts and lifts any override.
-// Results still due from requests let through before are dropped.
+// reset closes the breaker with clear counts. Results still due from
+// requests let through before are dropped. The override of its
+// upstream, if any, is the operator's to lift (see clearOverride).
 func (b *breaker) reset() {
 	from := b.state()
 	b.cur.Store(b.newGeneration(b.cur.Load().n + 1))
@@ -375,18 +353,7 @@ func (b *breaker) reset() {
 	b.cbState.Store(int32(gobreaker.StateClosed))
 	b.openUntil.Store(0)
 	b.tripCounts.Store(nil)
-	b.ov.Store(nil)
-	b.notify("breaker reset", from, "closed")
-}
-
-func overrideName(m forceMode) string {
-	switch m {
-	case forceOpen:
-		return "open"
-	case forceClosed:
-		return "closed"
-	}
-	return "none"
+	b.notify("breaker reset", from, b.state())
 }
 
 // openLeft is how long the breaker stays open on its own, as of now.

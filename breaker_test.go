@@ -32,10 +32,23 @@ func breakerConfig(t *testing.T, set func(*Breaker)) *Breaker {
 
 func breakerInt(n int) *int { return &n }
 
+// breakerForce gives b's upstream an override, as the admin API does.
+func breakerForce(t *testing.T, b *breaker, mode forceMode, d time.Duration) {
+	t.Helper()
+	from := b.state()
+	if _, ok := setOverride(b.upstream, mode, d); !ok {
+		t.Fatal("override refused")
+	}
+	t.Cleanup(func() { clearOverride(b.upstream) })
+	b.forced(from, mode, d)
+}
+
 // breakerFor returns a breaker outside the registry.
 func breakerFor(t *testing.T, set func(*Breaker)) *breaker {
 	t.Helper()
-	return newBreaker(breakerConfig(t, set), "upstream.test:443", t.Name())
+	// an address of its own: overrides are kept per address, for the
+	// whole process
+	return newBreaker(breakerConfig(t, set), t.Name()+".test:443", t.Name())
 }
 
 // breakerSend lets one request through b and reports it, as the
@@ -299,7 +312,7 @@ func TestBreakerRejects(t *testing.T) {
 
 func TestBreakerForceOpenAndClose(t *testing.T) {
 	b := breakerFor(t, func(c *Breaker) { c.ConsecutiveFailures = breakerInt(1) })
-	b.force(forceOpen, 60*time.Millisecond)
+	breakerForce(t, b, forceOpen, 60*time.Millisecond)
 	breakerExpectState(t, b, "open")
 	_, wait, ok := b.allow()
 	if ok || wait <= 0 || wait > 60*time.Millisecond {
@@ -310,7 +323,7 @@ func TestBreakerForceOpenAndClose(t *testing.T) {
 	breakerSend(t, b, true)
 	breakerExpectState(t, b, "open")
 
-	b.force(forceClosed, 0)
+	breakerForce(t, b, forceClosed, 0)
 	breakerExpectState(t, b, "closed")
 	for i := 0; i < 3; i++ {
 		breakerSend(t, b, true) // neither refused nor counted
@@ -318,8 +331,9 @@ func TestBreakerForceOpenAndClose(t *testing.T) {
 	if mode, _ := b.override(time.Now()); mode != forceClosed {
 		t.Fatal("force_close without a duration must last until reset")
 	}
+	clearOverride(b.upstream) // the admin API's reset
 	b.reset()
-	if b.ov.Load() != nil {
+	if b.ov.ov.Load() != nil {
 		t.Error("reset left the override")
 	}
 	breakerExpectState(t, b, "closed")
@@ -328,7 +342,7 @@ func TestBreakerForceOpenAndClose(t *testing.T) {
 
 func TestBreakerForceOpenWaitCoversItsOwnOpenPeriod(t *testing.T) {
 	b := breakerTripped(t, 3*time.Second, 1)
-	b.force(forceOpen, 50*time.Millisecond)
+	breakerForce(t, b, forceOpen, 50*time.Millisecond)
 	if _, wait, _ := b.allow(); wait < 2900*time.Millisecond {
 		t.Errorf("wait %v: the breaker itself stays open for about 3s", wait)
 	}
@@ -353,7 +367,7 @@ func TestBreakerStateChangesAreLoggedAtWarn(t *testing.T) {
 	b := breakerTripped(t, 40*time.Millisecond, 1)
 	b.logger.Store(zap.New(core))
 	metrics.once.Do(initMetrics)
-	closedBefore := testutil.ToFloat64(metrics.breakerChanges.WithLabelValues(upstreamLabel("upstream.test:443"), "closed"))
+	closedBefore := testutil.ToFloat64(metrics.breakerChanges.WithLabelValues(upstreamLabel(b.upstream), "closed"))
 
 	breakerWaitHalfOpen(t, b)
 	breakerSend(t, b, false)
@@ -364,17 +378,17 @@ func TestBreakerStateChangesAreLoggedAtWarn(t *testing.T) {
 		t.Fatalf("%d state change entries, want 2 (open>half_open, half_open>closed)", len(entries))
 	}
 	last := entries[1].ContextMap()
-	if last["upstream"] != "upstream.test:443" || last["from"] != "half_open" || last["to"] != "closed" {
+	if last["upstream"] != b.upstream || last["from"] != "half_open" || last["to"] != "closed" {
 		t.Errorf("entry %v", last)
 	}
 	if c, _ := last["counts"].(map[string]any); c["successes"] != uint32(1) {
 		t.Errorf("counts %v, want the one successful probe", last["counts"])
 	}
-	closed := testutil.ToFloat64(metrics.breakerChanges.WithLabelValues(upstreamLabel("upstream.test:443"), "closed"))
+	closed := testutil.ToFloat64(metrics.breakerChanges.WithLabelValues(upstreamLabel(b.upstream), "closed"))
 	if closed != closedBefore+1 {
 		t.Errorf("breaker_transitions_total{to=closed} went from %v to %v, want +1", closedBefore, closed)
 	}
-	if got := testutil.ToFloat64(metrics.breakerState.WithLabelValues(upstreamLabel("upstream.test:443"))); got != 0 {
+	if got := testutil.ToFloat64(metrics.breakerState.WithLabelValues(upstreamLabel(b.upstream))); got != 0 {
 		t.Errorf("breaker_state = %v after closing, want 0", got)
 	}
 }
@@ -492,10 +506,6 @@ func TestBreakerLingersNoLongerThanItsStateMatters(t *testing.T) {
 	breakerSend(t, b, true)
 	if d := b.linger(time.Now()); d <= 20*time.Millisecond || d > 200*time.Millisecond {
 		t.Errorf("open: linger %v, want the rest of open_for", d)
-	}
-	b.force(forceOpen, time.Second)
-	if d := b.linger(time.Now()); d <= 200*time.Millisecond {
-		t.Errorf("forced open: linger %v, want the rest of the override", d)
 	}
 }
 

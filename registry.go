@@ -66,6 +66,7 @@ func allBreakers() []*breaker {
 // Destruct implements caddy.Destructor: the registry let go of b.
 func (b *breaker) Destruct() error {
 	breakerRemoved(b.upstream)
+	b.ov.release()
 	breakersByAddr.Lock()
 	defer breakersByAddr.Unlock()
 	rest := slices.DeleteFunc(slices.Clone(breakersByAddr.m[b.upstream]), func(o *breaker) bool { return o == b })
@@ -94,9 +95,5 @@ func (b *breaker) release() {
 func (b *breaker) drop() { _, _ = breakers.Delete(b.key) }
 
 func (b *breaker) linger(now time.Time) time.Duration {
-	d := max(time.Duration(b.cfg.Window), b.openLeft(now))
-	if o := b.ov.Load(); o != nil && o.mode == forceOpen {
-		d = max(d, o.until.Sub(now))
-	}
-	return d
+	return max(time.Duration(b.cfg.Window), b.openLeft(now))
 }
