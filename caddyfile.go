@@ -318,8 +318,8 @@ func parseRetry(d *caddyfile.Dispenser) (*Retry, error) {
 				return d.Errf("retry: budget ratio must be a number from 0 to 1000, got %q", args[0])
 			}
 			floor, err2 := strconv.Atoi(args[1])
-			if err2 != nil || floor < 0 {
-				return d.Errf("retry: budget min_per_second must be an integer >= 0, got %q", args[1])
+			if err2 != nil || floor < 0 || floor > maxMinPerSecond {
+				return d.Errf("retry: budget min_per_second must be an integer from 0 to %d, got %q", maxMinPerSecond, args[1])
 			}
 			r.Budget = &Budget{Ratio: &ratio, MinPerSecond: &floor}
 		case "max_body":

@@ -277,6 +277,7 @@ func TestCaddyfileInvalid(t *testing.T) {
 		{"budget with one number", "resilient {\n\tretry {\n\t\tbudget 0.2\n\t}\n}", 3, []string{"budget", "1 arguments"}},
 		{"budget negative ratio", "resilient {\n\tretry {\n\t\tbudget -0.5 10\n\t}\n}", 3, []string{"budget", "-0.5"}},
 		{"budget garbage floor", "resilient {\n\tretry {\n\t\tbudget 0.2 many\n\t}\n}", 3, []string{"budget", "many"}},
+		{"budget floor too high", "resilient {\n\tretry {\n\t\tbudget 0.2 5000\n\t}\n}", 3, []string{"budget", "5000", "1000"}},
 		{"retry_after garbage", "resilient {\n\tretry {\n\t\tretry_after soon\n\t}\n}", 3, []string{"retry_after", "soon"}},
 		{"max_body 0", "resilient {\n\tretry {\n\t\tmax_body 0\n\t}\n}", 3, []string{"max_body", "0"}},
 		{"max_body garbage", "resilient {\n\tretry {\n\t\tmax_body lots\n\t}\n}", 3, []string{"max_body", "lots"}},

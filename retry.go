@@ -213,8 +213,8 @@ func (r *Retry) validate() error {
 	if ratio := *r.Budget.Ratio; !validRatio(ratio) {
 		return fmt.Errorf("budget: ratio must be from 0 to 1000, got %v", ratio)
 	}
-	if *r.Budget.MinPerSecond < 0 {
-		return fmt.Errorf("budget: min_per_second must be >= 0, got %d", *r.Budget.MinPerSecond)
+	if n := *r.Budget.MinPerSecond; n < 0 || n > maxMinPerSecond {
+		return fmt.Errorf("budget: min_per_second must be from 0 to %d, got %d", maxMinPerSecond, n)
 	}
 	if r.MaxBody < 0 {
 		return fmt.Errorf("max_body must be > 0, got %d", r.MaxBody)
@@ -371,23 +371,29 @@ func isDigits(s string) bool {
 	return s != ""
 }
 
-// budget counts requests and retries to one upstream over a rolling
-// window of 10 one-second buckets: retries may take ratio x the
-// requests of the window, plus perSecond each second.
+// budget counts requests and retries to one upstream: over a rolling
+// window of 10 one-second buckets, retries may take ratio x the requests
+// of the window, plus perSecond in any one second (a sliding second, so
+// that a second boundary does not let twice as many through).
 type budget struct {
 	ratio     float64
-	perSecond int64
+	perSecond int
 
 	mu      sync.Mutex
 	buckets [budgetWindow]budgetBucket
+	floor   []int64 // when the last perSecond floor retries went (unix nanos), a ring
+	next    int     // the oldest of them
 }
 
 const budgetWindow = 10
 
+// maxMinPerSecond bounds budget.min_per_second, which the budget keeps a
+// timestamp for each of.
+const maxMinPerSecond = 1000
+
 type budgetBucket struct {
 	sec      int64
 	requests int64
-	floor    int64 // retries let through by the per-second floor
 	ratio    int64 // retries let through by the ratio
 }
 
@@ -395,7 +401,8 @@ func newBudget(b *Budget) *budget {
 	if b == nil || b.Disabled {
 		return nil
 	}
-	return &budget{ratio: *b.Ratio, perSecond: int64(*b.MinPerSecond)}
+	n := *b.MinPerSecond
+	return &budget{ratio: *b.Ratio, perSecond: n, floor: make([]int64, n)}
 }
 
 func (b *budget) bucket(now time.Time) *budgetBucket {
@@ -417,6 +424,21 @@ func (b *budget) request(now time.Time) {
 	b.mu.Unlock()
 }
 
+// takeFloor lets a retry through on the per-second floor if fewer than
+// perSecond went in the last second. Called with mu held.
+func (b *budget) takeFloor(now time.Time) bool {
+	if b.perSecond == 0 {
+		return false
+	}
+	n := now.UnixNano()
+	if oldest := b.floor[b.next]; oldest != 0 && n-oldest < int64(time.Second) {
+		return false
+	}
+	b.floor[b.next] = n
+	b.next = (b.next + 1) % b.perSecond
+	return true
+}
+
 // count counts a retry the budget does not get to refuse: one paced by
 // the upstream's own Retry-After. It still uses up the budget's room
 // for other retries.
@@ -426,11 +448,8 @@ func (b *budget) count(now time.Time) {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	cur := b.bucket(now)
-	if cur.floor < b.perSecond {
-		cur.floor++
-	} else {
-		cur.ratio++
+	if !b.takeFloor(now) {
+		b.bucket(now).ratio++
 	}
 }
 
@@ -442,9 +461,7 @@ func (b *budget) allow(now time.Time) bool {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	cur := b.bucket(now)
-	if cur.floor < b.perSecond {
-		cur.floor++
+	if b.takeFloor(now) {
 		return true
 	}
 	var requests, retries int64
@@ -456,7 +473,7 @@ func (b *budget) allow(now time.Time) bool {
 		}
 	}
 	if float64(retries+1) <= b.ratio*float64(requests) {
-		cur.ratio++
+		b.bucket(now).ratio++
 		return true
 	}
 	return false

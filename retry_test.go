@@ -101,6 +101,26 @@ func TestBudgetRatioPlusFloor(t *testing.T) {
 	}
 }
 
+func TestBudgetFloorIsPerSlidingSecond(t *testing.T) {
+	zero, floor := 0.0, 10
+	b := newBudget(&Budget{Ratio: &zero, MinPerSecond: &floor})
+	// ten just before a second boundary, and ten just after it would be
+	// twenty in 20ms
+	t0 := time.Unix(1_000_000, 0).Add(990 * time.Millisecond)
+	n := 0
+	for i := 0; i < 40; i++ {
+		if b.allow(t0.Add(time.Duration(i) * time.Millisecond / 2)) {
+			n++
+		}
+	}
+	if n != 10 {
+		t.Fatalf("%d floor retries within 20ms across a second boundary, want 10", n)
+	}
+	if !b.allow(t0.Add(time.Second)) {
+		t.Fatal("a second later the floor is still spent")
+	}
+}
+
 func TestBudgetOff(t *testing.T) {
 	if b := newBudget(&Budget{Disabled: true}); b != nil || !b.allow(time.Now()) {
 		t.Fatal("a disabled budget must allow every retry")
