@@ -47,6 +47,9 @@ const (
 	OutcomeBreakerOpen
 	// OutcomePoolTimeout: no connection slot freed up in time; nothing was sent.
 	OutcomePoolTimeout
+	// OutcomeRateLimited: no rate-limit token in time, or the upstream
+	// asked for a pause; nothing was sent.
+	OutcomeRateLimited
 	// OutcomeCanceled: the client went away.
 	OutcomeCanceled
 
@@ -67,6 +70,7 @@ var outcomeNames = [numOutcomes]string{
 	OutcomeTotalTimeout:   "total_timeout",
 	OutcomeBreakerOpen:    "breaker_open",
 	OutcomePoolTimeout:    "pool_timeout",
+	OutcomeRateLimited:    "rate_limited",
 	OutcomeCanceled:       "canceled",
 }
 
@@ -100,6 +104,8 @@ func (o Outcome) StatusCode() int {
 		return http.StatusGatewayTimeout
 	case OutcomeBreakerOpen, OutcomePoolTimeout:
 		return http.StatusServiceUnavailable
+	case OutcomeRateLimited:
+		return http.StatusTooManyRequests
 	case OutcomeCanceled:
 		return 499
 	}
@@ -131,6 +137,7 @@ var (
 	ErrTotalTimeout   = errors.New("request timed out")
 	ErrBreakerOpen    = errors.New("upstream circuit breaker is open")
 	ErrPoolTimeout    = errors.New("no free connection slot for the upstream")
+	ErrRateLimited    = errors.New("upstream rate limit reached")
 	ErrCanceled       = errors.New("client canceled the request")
 )
 
@@ -146,6 +153,7 @@ var outcomeErrors = [numOutcomes]error{
 	OutcomeTotalTimeout:   ErrTotalTimeout,
 	OutcomeBreakerOpen:    ErrBreakerOpen,
 	OutcomePoolTimeout:    ErrPoolTimeout,
+	OutcomeRateLimited:    ErrRateLimited,
 	OutcomeCanceled:       ErrCanceled,
 }
 
@@ -161,7 +169,7 @@ type Error struct {
 	// Attempts is the number of attempts made (0 when nothing was sent).
 	Attempts int
 	// RetryAfter, when positive, is how long until a new request could
-	// succeed (set for breaker_open and pool_timeout).
+	// succeed (set for breaker_open, pool_timeout and rate_limited).
 	RetryAfter time.Duration
 	// NeverSent reports that no byte of the request reached the upstream.
 	NeverSent bool

@@ -1,6 +1,7 @@
 package resilient
 
 import (
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -31,7 +32,14 @@ func (ex *exchange) report(e *Error) {
 // or query string.
 func (ex *exchange) log(e *Error) {
 	lvl := zapcore.DebugLevel
-	if len(ex.tries) > 1 || ex.outcome != OutcomeOK {
+	var suppressed uint64
+	sampled := false
+	switch {
+	case ex.outcome.refusal():
+		// by the thousand per second when a provider is down: one a
+		// second at info, the rest at debug; the metrics count them all
+		lvl, suppressed, sampled = ex.up.refusals[refusalIndex(ex.outcome)].level(time.Now())
+	case len(ex.tries) > 1 || ex.outcome != OutcomeOK:
 		lvl = zapcore.InfoLevel
 	}
 	c := ex.t.logger.Check(lvl, "request")
@@ -67,7 +75,44 @@ func (ex *exchange) log(e *Error) {
 	if e != nil && e.Err != nil {
 		fields = append(fields, zap.String("error", e.Err.Error()))
 	}
+	if sampled {
+		fields = append(fields, zap.Uint64("suppressed", suppressed))
+	}
 	c.Write(fields...)
+}
+
+// refusal reports whether o turns a request away with nothing sent.
+func (o Outcome) refusal() bool {
+	return o == OutcomeBreakerOpen || o == OutcomePoolTimeout || o == OutcomeRateLimited
+}
+
+func refusalIndex(o Outcome) int {
+	switch o {
+	case OutcomePoolTimeout:
+		return 1
+	case OutcomeRateLimited:
+		return 2
+	}
+	return 0
+}
+
+// refusalLog samples the log entries of one kind of refusal of one
+// upstream: at most one a second at info, which carries how many went
+// to debug since.
+type refusalLog struct {
+	last       atomic.Int64 // unix nanos of the last info entry
+	suppressed atomic.Uint64
+}
+
+// level returns the level of the next entry, and for an info entry the
+// number suppressed since the last one.
+func (r *refusalLog) level(now time.Time) (zapcore.Level, uint64, bool) {
+	n, last := now.UnixNano(), r.last.Load()
+	if n-last >= int64(time.Second) && r.last.CompareAndSwap(last, n) {
+		return zapcore.InfoLevel, r.suppressed.Swap(0), true
+	}
+	r.suppressed.Add(1)
+	return zapcore.DebugLevel, 0, false
 }
 
 type tries []try

@@ -13,6 +13,8 @@ type upstream struct {
 	breaker *breaker // nil when the breaker is off
 	budget  *budget  // nil when retries or the budget are off
 	m       *upstreamMetrics
+	// log sampling of breaker_open, pool_timeout and rate_limited
+	refusals [3]refusalLog
 }
 
 func newUpstream(t *Transport, addr string) *upstream {
