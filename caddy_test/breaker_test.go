@@ -505,6 +505,7 @@ func adminCall(t *testing.T, method, path string, out any) int {
 // adminBreaker is a breaker as GET /resilient/breakers shows it.
 type adminBreaker struct {
 	Upstream string `json:"upstream"`
+	Seen     bool   `json:"seen"`
 	State    string `json:"state"`
 	Counts   struct {
 		Requests int `json:"requests"`

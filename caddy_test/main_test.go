@@ -200,7 +200,9 @@ func expect(t *testing.T, res *http.Response, status int, outcome string) {
 
 // logEntry is one request entry of the transport's log.
 type logEntry struct {
+	Level      string  `json:"level"`
 	Msg        string  `json:"msg"`
+	Suppressed *uint64 `json:"suppressed"`
 	Upstream   string  `json:"upstream"`
 	Method     string  `json:"method"`
 	Path       string  `json:"path"`
