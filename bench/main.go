@@ -72,6 +72,7 @@ type options struct {
 	out       string
 	profile   bool
 	keep      bool
+	seed      uint64
 }
 
 func mainCode() int {
@@ -83,6 +84,7 @@ func mainCode() int {
 	flag.StringVar(&o.out, "out", "bench/results/latest.json", "where to write the JSON results")
 	flag.BoolVar(&o.profile, "profile", false, "CPU-profile the Caddy setups during each run, through the admin endpoint's /debug/pprof/profile, into profiles/ beside -out (the profiler costs a little throughput)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (configs and proxy logs)")
+	flag.Uint64Var(&o.seed, "seed", 1, "seed of the upstream's fault draws; repetition r uses seed+r-1, the same for every setup")
 	flag.Parse()
 	repeatSet := false
 	flag.Visit(func(f *flag.Flag) { repeatSet = repeatSet || f.Name == "repeat" })
@@ -128,7 +130,7 @@ func run(ctx context.Context, o options, kids *children) error {
 	} else {
 		defer os.RemoveAll(work)
 	}
-	e := &env{root: root, work: work, caddy: filepath.Join(work, "caddy"), children: kids, keep: o.keep}
+	e := &env{root: root, work: work, caddy: filepath.Join(work, "caddy"), children: kids, keep: o.keep, seed: o.seed}
 
 	fmt.Fprintln(os.Stderr, "building ./cmd/caddy ...")
 	build := exec.CommandContext(ctx, "go", "build", "-o", e.caddy, "./cmd/caddy")

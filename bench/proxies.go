@@ -76,7 +76,8 @@ type env struct {
 	nginx    string // "" when not installed
 	haproxy  string // "" when not installed
 	children *children
-	keep     bool // keep the work directory, with each run's samples
+	keep     bool   // keep the work directory, with each run's samples
+	seed     uint64 // of the first repetition's fault draws
 }
 
 // startProxy starts setup in front of upstream with sc's configuration

@@ -18,6 +18,7 @@ func (e *env) runOne(ctx context.Context, sc *scenario, setup string, rep int, p
 		return nil, err
 	}
 	defer up.close()
+	up.seed = e.seed + uint64(rep)
 	dir := filepath.Join(e.work, "runs", fmt.Sprintf("%s-%s-%d", sc.ID, setup, rep+1))
 	p, err := e.startProxy(ctx, setup, sc, up.addr, dir)
 	if err != nil {
@@ -90,6 +91,7 @@ func (e *env) runOne(ctx context.Context, sc *scenario, setup string, rep int, p
 	foreign := (cpu1.busy - cpu0.busy) - (cpu1.self - cpu0.self) - proxyCPU
 	for _, res := range out {
 		res.Rep = rep + 1
+		res.Seed = up.seed
 		// CPU the proxy spent per client request: steadier than
 		// throughput on a shared machine
 		res.Extra["proxy_cpu_us_per_req"] = float64(proxyCPU/time.Microsecond) / float64(len(samples))

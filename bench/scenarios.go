@@ -173,14 +173,15 @@ func scenarios(quick bool) []*scenario {
 				"(retries POST only with `Idempotency-Key`, or when it never left).",
 		},
 		{
-			ID: "S6", Title: "10% of requests get 429 with Retry-After: 1 on their first try; 100 req/s",
+			ID: "S6", Title: "every request gets 429 with Retry-After: 1 on its first try; 100 req/s",
 			Setups: baseline, Track: true, Diag: true,
 			Load:   loadSpec{Rate: 100, Duration: d(3 * time.Second), Timeout: 5 * time.Second},
 			Warmup: warm,
-			Faults: faults{P429: 0.10, RetryAfter: time.Second},
+			Faults: faults{P429: 1, RetryAfter: time.Second},
 			Knobs:  knobs{Retry: true, RetryStatus: []int{429, 503}},
 			Doc: "Baselines are told to retry 429 (Caddy `lb_retry_match`, nginx `http_429`; HAProxy 2.6 has no 429 in " +
-				"`retry-on`, so it passes 429 on). Resilient: defaults (429 retried, Retry-After honoured up to 10s).",
+				"`retry-on`, so it passes 429 on). Resilient: defaults (429 retried, Retry-After honoured up to 10s; " +
+				"a retry paced by Retry-After is counted by the retry budget but not refused by it).",
 		},
 		{
 			ID: "S7", Title: "upstream failing 100% (503); 200 req/s",

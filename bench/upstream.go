@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"log"
 	"math/rand/v2"
@@ -57,6 +59,10 @@ type upstream struct {
 
 	faults atomic.Pointer[faults]
 	track  bool // keep per-id arrivals
+	// seed of the fault draws: a request's faults depend on the seed,
+	// its id and which arrival of it this is, so every setup of a
+	// repetition meets the same faults, and repetitions differ
+	seed uint64
 
 	mu    sync.Mutex
 	ln    net.Listener // nil while refusing
@@ -106,6 +112,32 @@ func (u *upstream) connState(c net.Conn, s http.ConnState) {
 }
 
 func (u *upstream) setFaults(f faults) { u.faults.Store(&f) }
+
+// draw returns a number in [0, 1) for the kind-th fault of the idx-th
+// arrival of request id: fixed by the seed, so the same for every setup
+// of a repetition. Requests without an id draw at random.
+func (u *upstream) draw(id string, idx int, kind uint64) float64 {
+	if id == "" {
+		return rand.Float64()
+	}
+	h := fnv.New64a()
+	var b [24]byte
+	binary.LittleEndian.PutUint64(b[0:], u.seed)
+	binary.LittleEndian.PutUint64(b[8:], uint64(idx))
+	binary.LittleEndian.PutUint64(b[16:], kind)
+	h.Write(b[:])
+	h.Write([]byte(id))
+	// FNV alone keeps ids that differ in their last byte close; the
+	// finalizer of MurmurHash3 spreads them, so that faults stay
+	// independent from one request to the next
+	x := h.Sum64()
+	x ^= x >> 33
+	x *= 0xff51afd7ed558ccd
+	x ^= x >> 33
+	x *= 0xc4ceb3fe1a85ec53
+	x ^= x >> 33
+	return float64(x>>11) / (1 << 53)
+}
 
 func (u *upstream) port() int {
 	_, p, _ := net.SplitHostPort(u.addr)
@@ -238,13 +270,13 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case f.Status != 0:
 		a.Status = f.Status
 		http.Error(w, "failing", f.Status)
-	case f.P429 > 0 && first && rand.Float64() < f.P429:
+	case f.P429 > 0 && first && u.draw(id, idx, 1) < f.P429:
 		a.Status, a.RetryAfter = http.StatusTooManyRequests, f.RetryAfter
 		w.Header().Set("Retry-After", strconv.Itoa(int(f.RetryAfter/time.Second)))
 		http.Error(w, "slow down", http.StatusTooManyRequests)
-	case r.Method == http.MethodPost && f.PReset > 0 && rand.Float64() < f.PReset:
+	case r.Method == http.MethodPost && f.PReset > 0 && u.draw(id, idx, 2) < f.PReset:
 		resetConn(w)
-	case f.P503 > 0 && rand.Float64() < f.P503:
+	case f.P503 > 0 && u.draw(id, idx, 3) < f.P503:
 		a.Status = http.StatusServiceUnavailable
 		http.Error(w, "try again", http.StatusServiceUnavailable)
 	default:
