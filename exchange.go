@@ -75,6 +75,7 @@ type attemptResult struct {
 
 func newExchange(t *Transport, req *http.Request) *exchange {
 	ex := &exchange{t: t, req: req, up: t.upstreamFor(req), start: time.Now()}
+	ex.up.begin(ex.start)
 	ex.repl, _ = req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	ex.tries = ex.triesBuf[:0]
 	if d := on(t.Timeouts.Total); d > 0 {
@@ -379,6 +380,7 @@ func (ex *exchange) done(e *Error) {
 	}
 	ex.log(e)
 	ex.up.m.request(ex.outcome, ex.took)
+	ex.up.done()
 }
 
 // attempts counts the tries that were let through to the upstream.

@@ -113,12 +113,11 @@ func upstreamLabel(addr string) string {
 	if l, ok := metrics.labels[addr]; ok {
 		return l
 	}
-	l := addr
 	if len(metrics.labels) >= maxUpstreamLabels {
-		l = "other"
+		return "other" // not remembered: the map stays bounded too
 	}
-	metrics.labels[addr] = l
-	return l
+	metrics.labels[addr] = addr
+	return addr
 }
 
 // upstreamMetrics holds the metric children of one upstream. Each is
@@ -163,7 +162,9 @@ func (m *upstreamMetrics) deniedRetry(d denial) {
 }
 
 // lazyCounter is a counter child resolved on first use.
-type lazyCounter struct{ p atomic.Pointer[prometheus.Counter] }
+type lazyCounter struct {
+	p atomic.Pointer[prometheus.Counter]
+}
 
 func (l *lazyCounter) get(vec *prometheus.CounterVec, labels ...string) prometheus.Counter {
 	if c := l.p.Load(); c != nil {
@@ -175,7 +176,9 @@ func (l *lazyCounter) get(vec *prometheus.CounterVec, labels ...string) promethe
 }
 
 // lazyObserver is a histogram child resolved on first use.
-type lazyObserver struct{ p atomic.Pointer[prometheus.Observer] }
+type lazyObserver struct {
+	p atomic.Pointer[prometheus.Observer]
+}
 
 func (l *lazyObserver) get(vec *prometheus.HistogramVec, labels ...string) prometheus.Observer {
 	if o := l.p.Load(); o != nil {

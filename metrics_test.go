@@ -41,17 +41,18 @@ func TestRegisterMetricsTwice(t *testing.T) {
 			t.Fatalf("registration %d: %v", i+1, err)
 		}
 	}
-	m := newUpstreamMetrics("metrics-test:1", false)
+	label := fmt.Sprintf("metrics-test-%d:1", time.Now().UnixNano()) // fresh under -count
+	m := newUpstreamMetrics(label, false)
 	m.request(OutcomeBreakerOpen, time.Millisecond)
 	m.retried(OutcomeUpstreamStatus, 503)
 	m.retried(OutcomeReset, 0)
-	if got := testutil.ToFloat64(metrics.requests.WithLabelValues("metrics-test:1", "breaker_open")); got != 1 {
+	if got := testutil.ToFloat64(metrics.requests.WithLabelValues(label, "breaker_open")); got != 1 {
 		t.Errorf("requests_total{outcome=breaker_open} = %v, want 1", got)
 	}
-	if got := testutil.ToFloat64(metrics.retries.WithLabelValues("metrics-test:1", "503")); got != 1 {
+	if got := testutil.ToFloat64(metrics.retries.WithLabelValues(label, "503")); got != 1 {
 		t.Errorf("retries_total{reason=503} = %v, want 1", got)
 	}
-	if got := testutil.ToFloat64(metrics.retries.WithLabelValues("metrics-test:1", "reset")); got != 1 {
+	if got := testutil.ToFloat64(metrics.retries.WithLabelValues(label, "reset")); got != 1 {
 		t.Errorf("retries_total{reason=reset} = %v, want 1", got)
 	}
 	n, err := testutil.GatherAndCount(reg, "caddy_resilient_requests_total")
@@ -65,7 +66,7 @@ func TestUpstreamSeriesAreCreatedOnFirstUse(t *testing.T) {
 	if err := registerMetrics(reg); err != nil {
 		t.Fatal(err)
 	}
-	const label = "metrics-lazy:1"
+	label := fmt.Sprintf("metrics-lazy-%d:1", time.Now().UnixNano()) // fresh under -count
 	count := func() int {
 		mfs, err := reg.Gather()
 		if err != nil {

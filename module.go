@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -54,7 +53,7 @@ type Transport struct {
 	Breaker *Breaker `json:"breaker,omitempty"`
 
 	logger    *zap.Logger
-	upstreams *sync.Map // dial address -> *upstream
+	upstreams *upstreamTable
 	untraced  bool      // HTTP/3: net/http/httptrace sees nothing, so nothing counts as never sent
 	h2c       bool      // cleartext connections speak HTTP/2
 }
@@ -71,7 +70,7 @@ func (Transport) CaddyModule() caddy.ModuleInfo {
 // and wires the phase timeouts and pool settings into it.
 func (t *Transport) Provision(ctx caddy.Context) error {
 	t.logger = ctx.Logger()
-	t.upstreams = new(sync.Map)
+	t.upstreams = newUpstreamTable(t)
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %v", err)
 	}
@@ -179,10 +178,7 @@ func (t *Transport) Validate() error {
 // through Provision.
 func (t *Transport) Cleanup() error {
 	if t.upstreams != nil {
-		t.upstreams.Range(func(_, v any) bool {
-			v.(*upstream).release()
-			return true
-		})
+		t.upstreams.close()
 	}
 	return t.HTTPTransport.Cleanup()
 }
@@ -211,15 +207,7 @@ func (t *Transport) upstreamFor(req *http.Request) *upstream {
 	if di, ok := reverseproxy.GetDialInfo(req.Context()); ok {
 		addr = di.Address
 	}
-	if v, ok := t.upstreams.Load(addr); ok {
-		return v.(*upstream)
-	}
-	u := newUpstream(t, addr)
-	if v, loaded := t.upstreams.LoadOrStore(addr, u); loaded {
-		u.release()
-		return v.(*upstream)
-	}
-	return u
+	return t.upstreams.get(addr)
 }
 
 // Interface guards
