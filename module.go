@@ -54,8 +54,8 @@ type Transport struct {
 
 	logger    *zap.Logger
 	upstreams *upstreamTable
-	untraced  bool      // HTTP/3: net/http/httptrace sees nothing, so nothing counts as never sent
-	h2c       bool      // cleartext connections speak HTTP/2
+	untraced  bool // HTTP/3: net/http/httptrace sees nothing, so nothing counts as never sent
+	h2c       bool // cleartext connections speak HTTP/2
 }
 
 // CaddyModule returns the Caddy module information.
