@@ -120,7 +120,7 @@ func TestAdminActsOnEveryBreakerOfTheUpstream(t *testing.T) {
 		}
 	}
 	for _, br := range []*breaker{a, b} {
-		if _, wait, ok := br.allow(); ok || wait < 29*time.Second {
+		if _, wait, ok := br.allow(nil); ok || wait < 29*time.Second {
 			t.Errorf("forced open: allowed %v, wait %v", ok, wait)
 		}
 	}
@@ -135,7 +135,7 @@ func TestAdminActsOnEveryBreakerOfTheUpstream(t *testing.T) {
 			t.Errorf("after force_close: %+v %+v", s, s.Override)
 		}
 	}
-	if _, _, ok := a.allow(); !ok {
+	if _, _, ok := a.allow(nil); !ok {
 		t.Error("forced closed, yet the tripped breaker refused a request")
 	}
 

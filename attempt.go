@@ -12,43 +12,40 @@ import (
 	"time"
 )
 
-// attemptTrace follows one attempt through its phases with
-// net/http/httptrace: it moves the watchdog from phase to phase, times
-// the phases for the log, and knows whether any byte of the request
-// reached the socket.
-type attemptTrace struct {
-	w            *watchdog
-	write, read  time.Duration
-	start        time.Time
-	h2c          bool // plain connections speak HTTP/2
-	flags        atomic.Uint32
-	conn         atomic.Pointer[countingConn]
-	tlsConn      atomic.Pointer[tls.Conn] // conn's TLS layer, if any
-	baseWritten  atomic.Int64
-	connectNanos atomic.Int64 // TCP connect
-	tlsNanos     atomic.Int64
-	gotConnNanos atomic.Int64 // since start
-	wroteNanos   atomic.Int64 // since start
-	headersNanos atomic.Int64 // since start
-	tlsStartAt   atomic.Int64
-	connStartAt  atomic.Int64
+// attempt is one try of an exchange: its phase timeouts, what
+// net/http/httptrace tells of it, its breaker ticket and how it ended.
+// The first attempt of an exchange lives inside the exchange; a retry
+// gets a fresh one, since net/http may still report on an earlier try
+// (the end of its request write, say) after it was given up.
+type attempt struct {
+	ct  httptrace.ClientTrace
+	w   watchdog
+	tk  ticket // the breaker's, when it was closed (see breaker.allow)
+	res attemptResult
+
+	write, read time.Duration
+	start       time.Time
+	h2c         bool // plain connections speak HTTP/2
+	flags       atomic.Uint32
+	conn        atomic.Pointer[countingConn]
+	tlsConn     atomic.Pointer[tls.Conn] // conn's TLS layer, if any
+	baseWritten atomic.Int64
+	gotConnAt   atomic.Int64 // since start
+	wroteAt     atomic.Int64 // since start
+	headersAt   atomic.Int64 // since start
 }
 
 const (
 	flagGotConn uint32 = 1 << iota
-	flagInTLS
 	flagWroteRequest
 	flagReused
-	flagDialTimeout
 	flagResent
 )
 
-func (a *attemptTrace) set(f uint32)                        { a.flags.Or(f) }
-func (a *attemptTrace) has(f uint32) bool                   { return a.flags.Load()&f != 0 }
-func (a *attemptTrace) gotConn() bool                       { return a.has(flagGotConn) }
-func (a *attemptTrace) inTLS() bool                         { return a.has(flagInTLS) }
-func (a *attemptTrace) since() int64                        { return int64(time.Since(a.start)) }
-func (a *attemptTrace) phase(n *atomic.Int64) time.Duration { return time.Duration(n.Load()) }
+func (a *attempt) set(f uint32)      { a.flags.Or(f) }
+func (a *attempt) has(f uint32) bool { return a.flags.Load()&f != 0 }
+func (a *attempt) gotConn() bool     { return a.has(flagGotConn) }
+func (a *attempt) since() int64      { return int64(time.Since(a.start)) }
 
 // errResent is the cause an attempt is canceled with when net/http
 // set out to send the request again on another connection after the
@@ -56,40 +53,16 @@ func (a *attemptTrace) phase(n *atomic.Int64) time.Duration { return time.Durati
 // decided on, so it is stopped, and the attempt ends as a reset.
 var errResent = errors.New("connection closed after the request was sent")
 
-func (a *attemptTrace) clientTrace() *httptrace.ClientTrace {
-	return &httptrace.ClientTrace{
-		DNSDone: func(info httptrace.DNSDoneInfo) {
-			if info.Err != nil && isTimeout(info.Err) {
-				a.set(flagDialTimeout)
-			}
-		},
-		ConnectStart: func(string, string) {
-			a.connStartAt.CompareAndSwap(0, a.since())
-		},
-		ConnectDone: func(_, _ string, err error) {
-			if err == nil {
-				a.connectNanos.Store(a.since() - a.connStartAt.Load())
-			} else if isTimeout(err) {
-				// Caddy's DialError hides the cause from errors.As
-				a.set(flagDialTimeout)
-			}
-		},
-		TLSHandshakeStart: func() {
-			a.tlsStartAt.Store(a.since())
-			a.set(flagInTLS)
-		},
-		TLSHandshakeDone: func(_ tls.ConnectionState, err error) {
-			if err == nil {
-				a.tlsNanos.Store(a.since() - a.tlsStartAt.Load())
-				a.flags.And(^flagInTLS)
-			}
-		},
-		GotConn:      a.onGotConn,
-		WroteRequest: a.onWroteRequest,
-	}
+// trace sets up the hooks the attempt needs, and only those: each one is
+// an allocation per attempt, and connect hooks would add net/http's
+// own tracing of the dial.
+func (a *attempt) trace() *httptrace.ClientTrace {
+	a.ct.GotConn = a.onGotConn
+	a.ct.WroteRequest = a.onWroteRequest
+	return &a.ct
 }
 
-func (a *attemptTrace) onGotConn(info httptrace.GotConnInfo) {
+func (a *attempt) onGotConn(info httptrace.GotConnInfo) {
 	cc := unwrapCountingConn(info.Conn)
 	if a.gotConn() && a.resending() {
 		// net/http's own retry of a request that already went out on a
@@ -101,7 +74,7 @@ func (a *attemptTrace) onGotConn(info httptrace.GotConnInfo) {
 		a.w.abort(errResent)
 		return
 	}
-	a.gotConnNanos.Store(a.since())
+	a.gotConnAt.Store(a.since())
 	if cc != nil {
 		a.baseWritten.Store(cc.written.Load())
 		a.conn.Store(cc)
@@ -112,7 +85,6 @@ func (a *attemptTrace) onGotConn(info httptrace.GotConnInfo) {
 	if info.Reused {
 		f |= flagReused
 	}
-	a.flags.And(^flagInTLS)
 	a.set(f)
 	a.w.enterBeforeHeaders(causeWrite, a.write)
 }
@@ -122,7 +94,7 @@ func (a *attemptTrace) onGotConn(info httptrace.GotConnInfo) {
 // bytes of it. HTTP/2 retries only streams the server refused or never
 // saw (REFUSED_STREAM, GOAWAY), and a connection that got nothing of the
 // request leaves nothing to duplicate.
-func (a *attemptTrace) resending() bool {
+func (a *attempt) resending() bool {
 	cc := a.conn.Load()
 	if cc == nil || cc.written.Load() == a.baseWritten.Load() {
 		return false
@@ -133,8 +105,8 @@ func (a *attemptTrace) resending() bool {
 	return !a.h2c
 }
 
-func (a *attemptTrace) onWroteRequest(info httptrace.WroteRequestInfo) {
-	a.wroteNanos.Store(a.since())
+func (a *attempt) onWroteRequest(info httptrace.WroteRequestInfo) {
+	a.wroteAt.Store(a.since())
 	a.set(flagWroteRequest)
 	if info.Err == nil {
 		// from here to the final response headers: interim 1xx answers
@@ -144,8 +116,8 @@ func (a *attemptTrace) onWroteRequest(info httptrace.WroteRequestInfo) {
 }
 
 // headers notes that the final response headers arrived.
-func (a *attemptTrace) headers() {
-	a.headersNanos.Store(a.since())
+func (a *attempt) headers() {
+	a.headersAt.Store(a.since())
 	a.w.headersDone()
 }
 
@@ -153,7 +125,7 @@ func (a *attemptTrace) headers() {
 // request on the wire: it never got a connection, or the connection it
 // got saw no write from it. Errors that say so on their own (HTTP/2
 // REFUSED_STREAM) count too.
-func (a *attemptTrace) neverSent(err error) bool {
+func (a *attempt) neverSent(err error) bool {
 	if a.has(flagResent) {
 		return false
 	}
@@ -168,12 +140,12 @@ func (a *attemptTrace) neverSent(err error) bool {
 }
 
 // phases returns the per-phase timing of the attempt for the log.
-func (a *attemptTrace) phases() phaseTimes {
-	p := phaseTimes{
-		connect: a.phase(&a.connectNanos),
-		tls:     a.phase(&a.tlsNanos),
+func (a *attempt) phases() phaseTimes {
+	var p phaseTimes
+	got, wrote, hdrs := a.gotConnAt.Load(), a.wroteAt.Load(), a.headersAt.Load()
+	if !a.has(flagReused) {
+		p.connect = time.Duration(got) // dial, and TLS handshake if any
 	}
-	got, wrote, hdrs := a.gotConnNanos.Load(), a.wroteNanos.Load(), a.headersNanos.Load()
 	if got > 0 && wrote >= got {
 		p.write = time.Duration(wrote - got)
 	}
@@ -185,7 +157,7 @@ func (a *attemptTrace) phases() phaseTimes {
 
 // phaseTimes is how long each phase of an attempt took.
 type phaseTimes struct {
-	connect, tls, write, wait time.Duration
+	connect, write, wait time.Duration
 }
 
 // countingConn counts the bytes written to an upstream connection, so an
@@ -231,49 +203,32 @@ func unwrapCountingConn(c net.Conn) *countingConn {
 	return cc
 }
 
-// attemptBody wraps the body of the response an attempt returned. It
-// enforces the read timeout as the longest silence while the body
-// streams, notices a body the upstream cut short, and finishes the
-// request (slot, log, placeholders) once the body is closed.
-//
-// The silence is watched lazily: Read only notes when it started, and a
-// timer that wakes once per read timeout checks whether the read in
-// progress has gone on too long. Time spent waiting for the client (when
-// nobody is reading) never counts.
-type attemptBody struct {
+// responseBody wraps the body of the final answer. It enforces the read
+// timeout as the longest silence while the body streams (on the
+// attempt's watchdog), notices a body the upstream cut short, and
+// finishes the exchange (slot, log, placeholders) once it is closed.
+type responseBody struct {
 	rc     io.ReadCloser
-	w      *watchdog
-	read   time.Duration
-	cancel context.CancelCauseFunc
+	ex     *exchange
+	a      *attempt
+	watch  bool            // the read bound is on
 	client context.Context // the client's request: its end is no cut
-	done   func(end Outcome)
-
-	timer    *time.Timer
-	reading  atomic.Int64 // when the Read in progress began (unix nanos); 0 between reads
-	timedOut atomic.Bool
-	cut      atomic.Bool // a read failed on the upstream's side
-	closed   atomic.Bool
+	cut    atomic.Bool     // a read failed on the upstream's side
+	closed atomic.Bool
 }
 
-func newAttemptBody(rc io.ReadCloser, at *attemptResult, read time.Duration, client context.Context, done func(Outcome)) *attemptBody {
-	b := &attemptBody{rc: rc, w: at.w, read: read, cancel: at.cancel, client: client, done: done}
-	if read > 0 {
-		b.timer = time.AfterFunc(read, b.check)
-	}
-	return b
-}
-
-func (b *attemptBody) Read(p []byte) (int, error) {
-	if b.read > 0 {
-		b.reading.Store(time.Now().UnixNano())
+func (b *responseBody) Read(p []byte) (int, error) {
+	w := &b.a.w
+	if b.watch {
+		w.bodyReadBegin()
 	}
 	n, err := b.rc.Read(p)
-	if b.read > 0 {
-		b.reading.Store(0)
+	if b.watch {
+		w.bodyReadEnd()
 	}
 	if err != nil && err != io.EOF {
 		switch {
-		case b.timedOut.Load():
+		case w.idleFire.Load():
 			err = &Error{Outcome: OutcomeReadTimeout, Err: err}
 		case b.client.Err() == nil:
 			// short of its Content-Length, a broken chunk, a reset:
@@ -284,45 +239,24 @@ func (b *attemptBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// check runs on the timer: it cuts a read that has waited longer than
-// the read timeout, or looks again later.
-func (b *attemptBody) check() {
-	if b.closed.Load() {
-		return
-	}
-	began := b.reading.Load()
-	if began == 0 {
-		b.timer.Reset(b.read)
-		return
-	}
-	if left := time.Duration(began + int64(b.read) - time.Now().UnixNano()); left > 0 {
-		b.timer.Reset(left)
-		return
-	}
-	b.timedOut.Store(true)
-	b.cancel(causeRead)
-}
-
-// Close implements io.Closer; the first call finishes the request.
-func (b *attemptBody) Close() error {
+// Close implements io.Closer; the first call finishes the exchange.
+func (b *responseBody) Close() error {
 	err := b.rc.Close()
 	if !b.closed.CompareAndSwap(false, true) {
 		return err
 	}
-	if b.timer != nil {
-		b.timer.Stop()
-	}
 	// the watchdog no longer bounds anything: stop it and let the
 	// attempt's context go
-	b.w.stop()
-	b.cancel(nil)
+	w := &b.a.w
+	w.stop()
+	w.cancel(nil)
 	end := OutcomeOK
 	switch {
-	case b.timedOut.Load():
+	case w.idleFire.Load():
 		end = OutcomeReadTimeout
 	case b.cut.Load():
 		end = OutcomeReset
 	}
-	b.done(end)
+	b.ex.bodyClosed(b.a, end)
 	return err
 }

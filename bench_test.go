@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -133,11 +134,21 @@ func benchTransport(b *testing.B, method string, parallel bool, build benchBuild
 		// cancelable, as the context of a request net/http serves is
 		cancelCtx, cancelReq := context.WithCancel(context.Background())
 		defer cancelReq()
-		reqCtx := context.WithValue(cancelCtx, caddy.ReplacerCtxKey, caddy.NewReplacer())
+		// the replacer is used as Caddy uses it around a round trip: the
+		// server adds its HTTP variables, the reverse proxy sets the
+		// upstream's before the transport runs and the latency after
+		repl := caddy.NewReplacer()
+		repl.Map(func(string) (any, bool) { return nil, false })
+		for _, k := range upstreamPlaceholders {
+			repl.Set("http.reverse_proxy.upstream."+k, target.Host)
+		}
+		reqCtx := context.WithValue(cancelCtx, caddy.ReplacerCtxKey, repl)
 		reqCtx = context.WithValue(reqCtx, caddyhttp.ServerCtxKey, server)
 		var rb io.Reader
 		if method == http.MethodPost {
-			rb = strings.NewReader(body)
+			// as Caddy hands a client's body over: a reader net/http
+			// does not know to be in memory
+			rb = clientBody{strings.NewReader(body)}
 		}
 		req, err := http.NewRequestWithContext(reqCtx, method, "http://"+target.Host+"/bench", rb)
 		if err != nil {
@@ -146,10 +157,14 @@ func benchTransport(b *testing.B, method string, parallel bool, build benchBuild
 		if method == http.MethodPost {
 			req.Header.Set("Idempotency-Key", "k-1")
 		}
+		t0 := time.Now()
 		res, err := rt.RoundTrip(req)
 		if err != nil {
 			return err
 		}
+		d := time.Since(t0)
+		repl.Set("http.reverse_proxy.upstream.latency", d)
+		repl.Set("http.reverse_proxy.upstream.latency_ms", d.Seconds()*1e3)
 		_, _ = io.Copy(io.Discard, res.Body)
 		res.Body.Close()
 		if res.StatusCode != http.StatusOK {
@@ -182,3 +197,13 @@ func benchTransport(b *testing.B, method string, parallel bool, build benchBuild
 		}
 	})
 }
+
+// clientBody stands for the body of a request Caddy's server read: not
+// one of the in-memory readers net/http treats specially.
+type clientBody struct{ io.Reader }
+
+func (clientBody) Close() error { return nil }
+
+// upstreamPlaceholders are the ones Caddy's reverse proxy sets for each
+// upstream it tries, before the round trip.
+var upstreamPlaceholders = []string{"address", "hostport", "host", "port", "requests", "max_requests", "fails"}

@@ -43,6 +43,9 @@ type bodySource struct {
 	cur       *bodyReader
 	ended     bool // the exchange is over: closing the last reader closes the client's body
 	closed    bool // the client's body was closed
+	readers   int  // handed out so far
+
+	first bodyReader // the first attempt's, inline
 }
 
 // errBodyMoved is what an attempt that was given up reads: a later
@@ -55,22 +58,33 @@ var errBodyMoved = errors.New("request body moved to a later attempt")
 var errBodyLost = errors.New("request body over max_body: cannot be sent again")
 
 func newBodySource(body io.ReadCloser, contentLength, limit int64, paused *atomic.Int64) *bodySource {
-	s := &bodySource{body: body, limit: limit, paused: paused}
+	s := new(bodySource)
+	s.init(body, contentLength, limit, paused)
+	return s
+}
+
+// init sets up s, which may sit inside another struct.
+func (s *bodySource) init(body io.ReadCloser, contentLength, limit int64, paused *atomic.Int64) {
+	s.body, s.limit, s.paused = body, limit, paused
 	s.keeping = limit > 0 && contentLength <= limit
 	if s.keeping && contentLength > 0 {
 		s.kept = make([]byte, 0, contentLength)
 	}
-	return s
 }
 
 // reader returns the body as the next attempt sends it: the copy, then
 // the rest of the client's body. Earlier readers stop working. w, when
 // not nil, is told when a read waits for the client.
 func (s *bodySource) reader(w *watchdog) *bodyReader {
-	r := &bodyReader{s: s, w: w}
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := &s.first
+	if s.readers > 0 {
+		r = new(bodyReader)
+	}
+	s.readers++
+	*r = bodyReader{s: s, w: w}
 	s.cur = r
-	s.mu.Unlock()
 	return r
 }
 

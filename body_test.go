@@ -179,7 +179,8 @@ func TestBodySourceClientWaitDoesNotCountTowardTheBounds(t *testing.T) {
 	var paused atomic.Int64
 	src := newBodySource(pr, -1, 0, &paused)
 	cancelled := make(chan error, 1)
-	w := newWatchdog(func(cause error) { cancelled <- cause }, time.Now().Add(50*time.Millisecond), time.Time{})
+	w := new(watchdog)
+	w.init(func(cause error) { cancelled <- cause }, time.Now().Add(50*time.Millisecond), time.Time{})
 	defer w.stop()
 	r := src.reader(w)
 	go func() {

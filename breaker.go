@@ -192,8 +192,9 @@ var errExcluded = errors.New("excluded")
 // errFailure tells gobreaker a result is a failure.
 var errFailure = errors.New("failure")
 
-// errLateFailure tells gobreaker about an answer that counted as a
-// success and then failed (its body cut short); the window has it already.
+// errLateFailure tells gobreaker about a failure the window has counted
+// already: of an attempt admitted while closed, or an answer that counted
+// as a success and then failed (its body cut short).
 var errLateFailure = errors.New("late failure")
 
 func newBreaker(cfg *Breaker, upstream, key string) *breaker {
@@ -312,17 +313,29 @@ func (b *breaker) state() string {
 	if b == nil {
 		return "closed"
 	}
-	switch mode, _ := b.override(time.Now()); mode {
+	switch mode, _ := b.override(time.Time{}); mode {
 	case forceOpen:
 		return "open"
 	case forceClosed:
 		return "closed"
 	}
+	if gobreaker.State(b.cbState.Load()) == gobreaker.StateClosed {
+		// only a failure reported through gobreaker moves it on, and
+		// that updates cbState: no need to take gobreaker's lock
+		return "closed"
+	}
 	return stateName(b.cur.Load().cb.State())
 }
 
-// override returns the operator override in force at now.
+// override returns the operator override in force at now (zero: the
+// time is read only when there is an override).
 func (b *breaker) override(now time.Time) (forceMode, time.Time) {
+	if b.ov.ov.Load() == nil {
+		return forceNone, time.Time{}
+	}
+	if now.IsZero() {
+		now = time.Now()
+	}
 	o, ended := b.ov.current(now)
 	if ended != nil {
 		b.notify("breaker override ended", overrideName(ended.mode), b.state())
@@ -386,23 +399,30 @@ func (b *breaker) rejects() bool {
 // reports nothing.
 type ticket struct {
 	b        *breaker
-	done     func(error)
-	epoch    uint64 // the window's, at admission
-	probe    uint64 // the half-open period it probes; 0 when not a probe
+	g        *generation
+	done     func(error) // gobreaker's; nil when admitted on the closed fast path
+	epoch    uint64      // the window's, at admission
+	probe    uint64      // the half-open period it probes; 0 when not a probe
 	reported atomic.Bool
 	guarded  bool
 	cleanup  runtime.Cleanup
 }
 
-// allow asks whether a request may go to the upstream. When it may not,
-// it returns how long until the breaker lets requests through again.
-func (b *breaker) allow() (*ticket, time.Duration, bool) {
+// allow asks whether a request may go to the upstream; into, when not
+// nil, is where a ticket may be kept (the attempt holds one inline).
+// When it may not, it returns how long until the breaker lets requests
+// through again.
+//
+// A closed breaker admits without asking gobreaker: whether it trips is
+// the window's call, so gobreaker hears of failures only (see report),
+// and a healthy request takes no lock of it.
+func (b *breaker) allow(into *ticket) (*ticket, time.Duration, bool) {
 	if b == nil {
 		return nil, 0, true
 	}
-	now := time.Now()
-	switch mode, until := b.override(now); mode {
+	switch mode, until := b.override(time.Time{}); mode {
 	case forceOpen:
+		now := time.Now()
 		b.rejected.Add(1)
 		wait := b.openLeft(now)
 		if !until.IsZero() {
@@ -416,17 +436,24 @@ func (b *breaker) allow() (*ticket, time.Duration, bool) {
 	}
 	g := b.cur.Load()
 	epoch := b.win.current()
+	if gobreaker.State(b.cbState.Load()) == gobreaker.StateClosed {
+		if into == nil {
+			into = new(ticket)
+		}
+		*into = ticket{b: b, g: g, epoch: epoch}
+		return into, 0, true
+	}
 	done, err := g.cb.Allow()
 	if err != nil {
 		b.rejected.Add(1)
-		wait := b.openLeft(now)
+		wait := b.openLeft(time.Now())
 		if errors.Is(err, gobreaker.ErrTooManyRequests) || wait <= 0 {
 			// half-open with its probes in flight: they answer soon
 			wait = time.Second
 		}
 		return nil, wait, false
 	}
-	t := &ticket{b: b, done: done, epoch: epoch}
+	t := &ticket{b: b, g: g, done: done, epoch: epoch}
 	if gobreaker.State(b.cbState.Load()) != gobreaker.StateHalfOpen {
 		return t, 0, true
 	}
@@ -449,7 +476,18 @@ func (t *ticket) report(failure, excluded bool) {
 		t.cleanup.Stop()
 	}
 	b := t.b
-	b.win.record(t.epoch, failure, excluded)
+	recorded := b.win.record(t.epoch, failure, excluded)
+	if t.done == nil {
+		// admitted while closed: gobreaker needs to hear of a failure
+		// only, to trip on the window's say; not of one from before a
+		// change of state or a reset
+		if failure && recorded && b.cur.Load() == t.g {
+			if done, err := t.g.cb.Allow(); err == nil {
+				done(errLateFailure)
+			}
+		}
+		return
+	}
 	var err error
 	switch {
 	case excluded:

@@ -55,7 +55,7 @@ func breakerFor(t *testing.T, set func(*Breaker)) *breaker {
 // transport does: a success is settled once its answer is over.
 func breakerSend(t *testing.T, b *breaker, failure bool) {
 	t.Helper()
-	tk, _, ok := b.allow()
+	tk, _, ok := b.allow(nil)
 	if !ok {
 		t.Fatalf("request rejected; breaker %s", b.state())
 	}
@@ -150,7 +150,7 @@ func TestBreakerExcludedResultsCountNeitherWay(t *testing.T) {
 	b := breakerFor(t, func(c *Breaker) { c.ConsecutiveFailures = breakerInt(2) })
 	breakerSend(t, b, true)
 	for i := 0; i < 10; i++ {
-		tk, _, _ := b.allow()
+		tk, _, _ := b.allow(nil)
 		tk.report(false, true)
 	}
 	breakerSend(t, b, true) // still a run of two
@@ -195,7 +195,7 @@ func TestBreakerIsFailure(t *testing.T) {
 
 func TestBreakerOpenRejectsWithTimeUntilHalfOpen(t *testing.T) {
 	b := breakerTripped(t, 3*time.Second, 1)
-	tk, wait, ok := b.allow()
+	tk, wait, ok := b.allow(nil)
 	if ok || tk != nil {
 		t.Fatal("an open breaker let a request through")
 	}
@@ -224,12 +224,12 @@ func TestRetryAfterSeconds(t *testing.T) {
 func TestBreakerHalfOpenLimitsProbesAndClosesAfterThatManySuccesses(t *testing.T) {
 	b := breakerTripped(t, 40*time.Millisecond, 2)
 	breakerWaitHalfOpen(t, b)
-	p1, _, ok1 := b.allow()
-	p2, _, ok2 := b.allow()
+	p1, _, ok1 := b.allow(nil)
+	p2, _, ok2 := b.allow(nil)
 	if !ok1 || !ok2 {
 		t.Fatal("half-open breaker refused its probes")
 	}
-	if _, wait, ok := b.allow(); ok || wait != time.Second {
+	if _, wait, ok := b.allow(nil); ok || wait != time.Second {
 		t.Fatalf("third request: allowed %v, wait %v; want refused, retry in 1s", ok, wait)
 	}
 	if !b.rejects() {
@@ -249,7 +249,7 @@ func TestBreakerHalfOpenFailureReopens(t *testing.T) {
 	breakerSend(t, b, false)
 	breakerSend(t, b, true)
 	breakerExpectState(t, b, "open")
-	if _, wait, ok := b.allow(); ok || wait <= 0 || wait > 40*time.Millisecond {
+	if _, wait, ok := b.allow(nil); ok || wait <= 0 || wait > 40*time.Millisecond {
 		t.Errorf("after a failed probe: allowed %v, wait %v; want refused for the rest of open_for", ok, wait)
 	}
 }
@@ -257,8 +257,8 @@ func TestBreakerHalfOpenFailureReopens(t *testing.T) {
 func TestBreakerCanceledProbeFreesItsSlot(t *testing.T) {
 	b := breakerTripped(t, 40*time.Millisecond, 1)
 	breakerWaitHalfOpen(t, b)
-	p, _, _ := b.allow()
-	if _, _, ok := b.allow(); ok {
+	p, _, _ := b.allow(nil)
+	if _, _, ok := b.allow(nil); ok {
 		t.Fatal("second probe let through with half_open_requests 1")
 	}
 	p.report(false, true) // the client went away
@@ -270,7 +270,7 @@ func TestBreakerLostProbeIsReclaimed(t *testing.T) {
 	b := breakerTripped(t, 40*time.Millisecond, 1)
 	breakerWaitHalfOpen(t, b)
 	func() {
-		if _, _, ok := b.allow(); !ok {
+		if _, _, ok := b.allow(nil); !ok {
 			t.Fatal("probe refused")
 		}
 		// its ticket is dropped without a call
@@ -305,7 +305,7 @@ func TestBreakerRejects(t *testing.T) {
 		t.Error("half-open breaker with a probe to spare rejects: it could never recover")
 	}
 	var nilBreaker *breaker
-	if _, _, ok := nilBreaker.allow(); !ok || nilBreaker.state() != "closed" {
+	if _, _, ok := nilBreaker.allow(nil); !ok || nilBreaker.state() != "closed" {
 		t.Error("breaker off must let everything through")
 	}
 }
@@ -314,7 +314,7 @@ func TestBreakerForceOpenAndClose(t *testing.T) {
 	b := breakerFor(t, func(c *Breaker) { c.ConsecutiveFailures = breakerInt(1) })
 	breakerForce(t, b, forceOpen, 60*time.Millisecond)
 	breakerExpectState(t, b, "open")
-	_, wait, ok := b.allow()
+	_, wait, ok := b.allow(nil)
 	if ok || wait <= 0 || wait > 60*time.Millisecond {
 		t.Fatalf("forced open: allowed %v, wait %v; want refused for the rest of 60ms", ok, wait)
 	}
@@ -343,14 +343,14 @@ func TestBreakerForceOpenAndClose(t *testing.T) {
 func TestBreakerForceOpenWaitCoversItsOwnOpenPeriod(t *testing.T) {
 	b := breakerTripped(t, 3*time.Second, 1)
 	breakerForce(t, b, forceOpen, 50*time.Millisecond)
-	if _, wait, _ := b.allow(); wait < 2900*time.Millisecond {
+	if _, wait, _ := b.allow(nil); wait < 2900*time.Millisecond {
 		t.Errorf("wait %v: the breaker itself stays open for about 3s", wait)
 	}
 }
 
 func TestBreakerResetClearsAndIgnoresOlderResults(t *testing.T) {
 	b := breakerFor(t, func(c *Breaker) { c.ConsecutiveFailures = breakerInt(1) })
-	old, _, _ := b.allow()
+	old, _, _ := b.allow(nil)
 	breakerSend(t, b, true)
 	breakerExpectState(t, b, "open")
 	b.reset()
@@ -520,7 +520,7 @@ func TestBreakerTicketsAreSafeForConcurrentUse(t *testing.T) {
 		go func() {
 			defer func() { done <- struct{}{} }()
 			for i := 0; i < 200; i++ {
-				if tk, _, ok := b.allow(); ok {
+				if tk, _, ok := b.allow(nil); ok {
 					tk.report(i%2 == 0, false)
 					n.Add(1)
 				}
@@ -532,7 +532,7 @@ func TestBreakerTicketsAreSafeForConcurrentUse(t *testing.T) {
 	for g := 0; g < 8; g++ {
 		<-done
 	}
-	if c := b.cur.Load().cb.Counts(); int64(c.TotalFailures+c.TotalSuccesses) != n.Load() {
-		t.Errorf("counted %d results, want %d", c.TotalFailures+c.TotalSuccesses, n.Load())
+	if c := b.win.counts(); int64(c.results()) != n.Load() || int64(c.failures) != n.Load()/2 {
+		t.Errorf("the window counted %d results, %d failures; want %d, %d", c.results(), c.failures, n.Load(), n.Load()/2)
 	}
 }

@@ -256,14 +256,14 @@ var (
 	causeTotal   = &timeoutCause{OutcomeTotalTimeout}
 )
 
-// classify names the outcome of a failed attempt from its error, what the
-// attempt's trace saw, and the cause its context was canceled with.
-func classify(err error, tr *attemptTrace, cause error) Outcome {
+// classify names the outcome of a failed attempt from its error, what
+// the attempt's trace saw, and the cause its context was canceled with.
+func classify(err error, a *attempt, cause error) Outcome {
 	var tc *timeoutCause
 	if errors.As(cause, &tc) {
 		return tc.outcome
 	}
-	if tr.has(flagResent) || errors.Is(cause, errResent) {
+	if a.has(flagResent) || errors.Is(cause, errResent) {
 		// the connection that carried the request closed without an
 		// answer, and net/http's re-send of it was stopped
 		return OutcomeReset
@@ -276,15 +276,17 @@ func classify(err error, tr *attemptTrace, cause error) Outcome {
 	if errors.Is(err, context.Canceled) {
 		return OutcomeCanceled
 	}
-	if isTLSError(err) || tr.inTLS() {
+	if isTLSError(err) {
 		if isTimeout(err) {
 			return OutcomeTLSTimeout
 		}
 		return OutcomeTLSError
 	}
 	var de reverseproxy.DialError
-	if errors.As(err, &de) || !tr.gotConn() {
-		if tr.has(flagDialTimeout) || isTimeout(err) {
+	if errors.As(err, &de) || !a.gotConn() {
+		// Caddy's DialError hides its cause from errors.As: its text
+		// still tells a timeout (DNS or connect)
+		if isTimeout(err) || strings.Contains(err.Error(), "timeout") {
 			return OutcomeConnectTimeout
 		}
 		return OutcomeConnectError

@@ -42,6 +42,12 @@ type exchange struct {
 	final    *attemptResult
 	outcome  Outcome
 	took     time.Duration // to response headers, or to the error
+
+	// kept inline, so that a healthy request costs one allocation for
+	// all of them
+	first   attempt
+	resp    responseBody
+	bodyBuf bodySource
 }
 
 // try is one attempt as the log shows it.
@@ -54,8 +60,8 @@ type try struct {
 }
 
 // attemptResult is how one attempt ended, and what it still holds when
-// it returned a response (its watchdog, context, pool slot and breaker
-// ticket).
+// it returned a response (its attempt: watchdog, context, pool slot and
+// breaker ticket).
 type attemptResult struct {
 	outcome    Outcome
 	status     int
@@ -68,8 +74,7 @@ type attemptResult struct {
 	retryAfter time.Duration
 	phases     phaseTimes
 
-	w      *watchdog
-	cancel context.CancelCauseFunc
+	a      *attempt
 	ticket *ticket
 }
 
@@ -99,9 +104,10 @@ func (ex *exchange) run() (*http.Response, error) {
 	// The breaker is asked before the body is touched: a request turned
 	// away leaves its body unread, so Caddy's lb_retries can send it,
 	// whole, to another upstream.
-	tk, openFor, ok := ex.up.breaker.allow()
+	tk, openFor, ok := ex.up.breaker.allow(&ex.first.tk)
 	if !ok {
-		at := &attemptResult{outcome: OutcomeBreakerOpen, retryAfter: openFor, neverSent: true}
+		at := &ex.first.res
+		*at = attemptResult{outcome: OutcomeBreakerOpen, retryAfter: openFor, neverSent: true}
 		ex.tries = append(ex.tries, try{outcome: at.outcome})
 		return ex.finish(nil, at)
 	}
@@ -110,11 +116,13 @@ func (ex *exchange) run() (*http.Response, error) {
 		if ex.t.Retry.Attempts > 1 {
 			limit = ex.t.Retry.MaxBody
 		}
-		ex.body = newBodySource(b, ex.req.ContentLength, limit, &ex.paused)
+		ex.body = &ex.bodyBuf
+		ex.body.init(b, ex.req.ContentLength, limit, &ex.paused)
 	}
 	var wait time.Duration
+	a := &ex.first
 	for {
-		res, at := ex.attempt(tk)
+		res, at := ex.attempt(a, tk)
 		ex.tries = append(ex.tries, try{outcome: at.outcome, status: at.status, took: at.took, wait: wait, admitted: at.admitted})
 		if at.admitted {
 			ex.up.m.attempt(at.outcome)
@@ -124,7 +132,8 @@ func (ex *exchange) run() (*http.Response, error) {
 			// decided before this answer is let go: when the breaker
 			// would refuse the retry, the answer goes to the client as
 			// the upstream gave it
-			tk, _, again = ex.up.breaker.allow()
+			a = new(attempt)
+			tk, _, again = ex.up.breaker.allow(&a.tk)
 			if !again {
 				deny = denyBreaker
 			}
@@ -140,7 +149,8 @@ func (ex *exchange) run() (*http.Response, error) {
 		ex.discard(res, at)
 		if err := ex.sleep(next); err != nil {
 			tk.report(false, true)
-			at = &attemptResult{outcome: OutcomeCanceled, err: err, neverSent: true}
+			at = &a.res
+			*at = attemptResult{outcome: OutcomeCanceled, err: err, neverSent: true}
 			return ex.finish(nil, at)
 		}
 		wait = next
@@ -151,10 +161,11 @@ func (ex *exchange) run() (*http.Response, error) {
 // went.
 func (ex *exchange) upgrade() (*http.Response, error) {
 	res, err := ex.t.HTTPTransport.RoundTrip(ex.req)
-	at := &attemptResult{took: time.Since(ex.start), admitted: true}
+	at := &ex.first.res
+	*at = attemptResult{took: time.Since(ex.start), admitted: true}
 	switch {
 	case err != nil:
-		tr := &attemptTrace{} // not traced: tell connect errors by their type
+		tr := &ex.first // not traced: tell connect errors by their type
 		var de reverseproxy.DialError
 		if !errors.As(err, &de) {
 			tr.set(flagGotConn)
@@ -185,10 +196,11 @@ func (ex *exchange) upgrade() (*http.Response, error) {
 // limit: asking again would make the gateway read as much again.
 const errHeaderTooLarge = "server response headers exceeded"
 
-// attempt makes one try with the breaker's ticket tk: pool slot, then
-// the round trip under the phase timeouts.
-func (ex *exchange) attempt(tk *ticket) (*http.Response, *attemptResult) {
-	at := &attemptResult{ticket: tk}
+// attempt makes try a with the breaker's ticket tk: pool slot, then the
+// round trip under the phase timeouts.
+func (ex *exchange) attempt(a *attempt, tk *ticket) (*http.Response, *attemptResult) {
+	at := &a.res
+	at.a, at.ticket = a, tk
 	start := time.Now()
 	totalAt := ex.totalDeadline()
 	poolWait, byTotal := on(ex.t.Timeouts.Pool), false
@@ -218,9 +230,10 @@ func (ex *exchange) attempt(tk *ticket) (*http.Response, *attemptResult) {
 	if d := on(ex.t.Timeouts.Attempt); d > 0 {
 		attemptAt = start.Add(d)
 	}
-	w := newWatchdog(cancel, attemptAt, totalAt)
-	tr := &attemptTrace{w: w, write: on(ex.t.Timeouts.Write), read: on(ex.t.Timeouts.Read), start: start, h2c: ex.t.h2c}
-	r := ex.req.WithContext(httptrace.WithClientTrace(ctx, tr.clientTrace()))
+	a.write, a.read, a.start, a.h2c = on(ex.t.Timeouts.Write), on(ex.t.Timeouts.Read), start, ex.t.h2c
+	w := &a.w
+	w.init(cancel, attemptAt, totalAt)
+	r := ex.req.WithContext(httptrace.WithClientTrace(ctx, a.trace()))
 	r.Header = ex.header
 	if ex.body != nil {
 		// no GetBody: net/http must not send the body again on its own
@@ -240,7 +253,7 @@ func (ex *exchange) attempt(tk *ticket) (*http.Response, *attemptResult) {
 	res, err := ex.t.HTTPTransport.RoundTrip(r)
 	at.took = time.Since(start)
 	if err == nil {
-		tr.headers()
+		a.headers()
 		switch fired := w.firedCause(); {
 		case fired != nil:
 			// a timer ran out just as the headers came: the context is gone
@@ -252,7 +265,7 @@ func (ex *exchange) attempt(tk *ticket) (*http.Response, *attemptResult) {
 			res, err = nil, errBadStatus
 		}
 	}
-	at.phases = tr.phases()
+	at.phases = a.phases()
 	if err != nil {
 		reported = true
 		var cause error
@@ -266,8 +279,8 @@ func (ex *exchange) attempt(tk *ticket) (*http.Response, *attemptResult) {
 		}
 		cancel(nil)
 		ex.up.freeSlot()
-		at.outcome, at.err = classify(err, tr, cause), cleanError(err)
-		at.neverSent = !ex.t.untraced && tr.neverSent(err)
+		at.outcome, at.err = classify(err, a, cause), cleanError(err)
+		at.neverSent = !ex.t.untraced && a.neverSent(err)
 		at.noRetry = strings.Contains(err.Error(), errHeaderTooLarge)
 		ex.sent = ex.sent || !at.neverSent
 		var excluded bool
@@ -284,7 +297,6 @@ func (ex *exchange) attempt(tk *ticket) (*http.Response, *attemptResult) {
 	}
 	at.failed, _ = ex.t.Breaker.isFailure(at.outcome, at.status, at.took)
 	tk.report(at.failed, false)
-	at.w, at.cancel = w, cancel
 	return res, at
 }
 
@@ -301,14 +313,15 @@ func (ex *exchange) discard(res *http.Response, at *attemptResult) {
 	if r := on(ex.t.Timeouts.Read); r > 0 {
 		bound = min(bound, r)
 	}
-	at.w.enter(causeRead, bound)
+	w := &at.a.w
+	w.enter(causeRead, bound)
 	_, _ = io.CopyN(io.Discard, res.Body, 64<<10)
 	res.Body.Close()
 	if !at.failed {
 		at.ticket.settle()
 	}
-	at.w.stop()
-	at.cancel(nil)
+	w.stop()
+	w.cancel(nil)
 	ex.up.freeSlot()
 }
 
@@ -354,23 +367,33 @@ func (ex *exchange) finish(res *http.Response, at *attemptResult) (*http.Respons
 		ex.body.end()
 	}
 	ex.report(nil)
-	res.Body = newAttemptBody(res.Body, at, on(ex.t.Timeouts.Read), ex.req.Context(), func(end Outcome) {
-		ex.up.freeSlot()
-		if end != OutcomeOK {
-			// the status is with the client already: the log entry and
-			// the metrics say how the body ended, and the breaker counts
-			// it as a failure
-			if !at.failed {
-				at.ticket.lateFailure()
-			}
-			ex.outcome = end
-			ex.report(nil)
-		} else if !at.failed {
-			at.ticket.settle()
-		}
-		ex.done(nil)
-	})
+	ex.resp = responseBody{rc: res.Body, ex: ex, a: at.a, client: ex.req.Context()}
+	if idle := on(ex.t.Timeouts.Read); idle > 0 {
+		ex.resp.watch = true
+		at.a.w.watchBody(idle)
+	}
+	res.Body = &ex.resp
 	return res, nil
+}
+
+// bodyClosed ends the exchange once the final answer's body is closed;
+// end says how the body ended. When it did not end well the status is
+// with the client already: the log entry and the metrics say how the
+// body ended, and the breaker counts it as a failure.
+func (ex *exchange) bodyClosed(a *attempt, end Outcome) {
+	ex.up.freeSlot()
+	at := &a.res
+	switch {
+	case end != OutcomeOK:
+		if !at.failed {
+			at.ticket.lateFailure()
+		}
+		ex.outcome = end
+		ex.report(nil)
+	case !at.failed:
+		at.ticket.settle()
+	}
+	ex.done(nil)
 }
 
 // done ends the request: placeholders, the log entry, the metrics.

@@ -15,10 +15,11 @@ func (ex *exchange) report(e *Error) {
 	if repl == nil {
 		return
 	}
-	repl.Set("http.resilient.outcome", ex.outcome.String())
+	// values boxed once, not on every request
+	repl.Set("http.resilient.outcome", outcomeValues[ex.outcome])
 	repl.Set("http.resilient.attempts", ex.attempts())
-	repl.Set("http.resilient.upstream", ex.up.addr)
-	repl.Set("http.resilient.breaker", ex.up.breaker.state())
+	repl.Set("http.resilient.upstream", ex.up.addrValue)
+	repl.Set("http.resilient.breaker", stateValue(ex.up.breaker.state()))
 	if e != nil {
 		repl.Set("http.resilient.error", e.cause())
 		if e.RetryAfter > 0 {
@@ -26,6 +27,18 @@ func (ex *exchange) report(e *Error) {
 		}
 	}
 }
+
+// outcomeValues are the outcomes' names, boxed for the replacer.
+var outcomeValues = func() (v [numOutcomes]any) {
+	for o := range v {
+		v[o] = Outcome(o).String()
+	}
+	return v
+}()
+
+var stateValues = map[string]any{"closed": "closed", "half_open": "half_open", "open": "open"}
+
+func stateValue(s string) any { return stateValues[s] }
 
 // log writes the request's one log entry: info when it was retried or
 // did not end ok, debug otherwise. It names no header value, credential
@@ -141,7 +154,6 @@ func (t try) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 // MarshalLogObject implements zapcore.ObjectMarshaler.
 func (p phaseTimes) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	enc.AddDuration("connect", p.connect)
-	enc.AddDuration("tls", p.tls)
 	enc.AddDuration("write", p.write)
 	enc.AddDuration("wait", p.wait)
 	return nil

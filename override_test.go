@@ -21,7 +21,7 @@ func TestOverrideGivenBeforeTrafficAppliesToTheFirstBreaker(t *testing.T) {
 
 	b := breakerAcquire(breakerConfig(t, nil), addr) // the first request comes
 	t.Cleanup(b.drop)
-	if _, wait, ok := b.allow(); ok || wait < 59*time.Second {
+	if _, wait, ok := b.allow(nil); ok || wait < 59*time.Second {
 		t.Fatalf("the first breaker of a forced-open upstream let a request through (wait %v)", wait)
 	}
 	rec, apiErr = adminCall(t, http.MethodGet, "/resilient/breakers")

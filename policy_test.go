@@ -110,7 +110,7 @@ func TestPolicySkipsUpstreamsWhoseBreakerIsOpen(t *testing.T) {
 	if got := pick(); got != "10.0.0.1:80" {
 		t.Fatalf("half-open with a probe to spare: picked %s; it must stay eligible to recover", got)
 	}
-	probe, _, _ := bs["10.0.0.1:80"].allow() // its one probe in flight
+	probe, _, _ := bs["10.0.0.1:80"].allow(nil) // its one probe in flight
 	breakerWaitHalfOpen(t, bs["10.0.0.2:80"])
 	if got := pick(); got != "10.0.0.2:80" {
 		t.Fatalf("half-open with its probe in flight: picked %s, want 10.0.0.2:80", got)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -88,9 +89,11 @@ func on(d caddy.Duration) time.Duration {
 }
 
 // watchdog enforces the phase timeouts of one attempt with a single
-// timer. Whichever bound runs out first (the current phase, the attempt
-// or the whole request) cancels the attempt's context with its own
-// cause, which names the outcome.
+// deadline in the process-wide scheduler (schedule.go). Whichever bound
+// runs out first (the current phase, the attempt or the whole request)
+// cancels the attempt's context with its own cause, which names the
+// outcome. Once the response headers are in, the same deadline watches
+// the longest silence while the body streams.
 //
 // Time the attempt spends waiting for the client to send more of its
 // body is the client's, not the upstream's: no bound runs out while a
@@ -98,23 +101,47 @@ func on(d caddy.Duration) time.Duration {
 // write, attempt and total deadlines afterwards.
 type watchdog struct {
 	mu      sync.Mutex
-	timer   *time.Timer
 	cancel  context.CancelCauseFunc
 	phase   *timeoutCause
 	phaseAt time.Time
 	attempt time.Time // zero once response headers arrived
 	total   time.Time // zero once response headers arrived
 	fired   error
-	waiting bool // a read from the client is in progress
-	headers bool // the final response headers arrived
+	waiting atomic.Bool // a read from the client is in progress
+	headers bool        // the final response headers arrived
+	armed   time.Time   // what the scheduler was asked to fire it at; zero: nothing
+
+	// guarded by the scheduler's lock
+	dueAt  time.Time
+	dueIdx int // its place in the scheduler's heap, plus one; 0: not in it
+
+	// The body's silence is watched lazily: a Read only notes when it
+	// began, and the deadline, coming once per idle bound, checks whether
+	// the read in progress has gone on too long. Time the client spends
+	// not reading never counts.
+	idle     time.Duration // the read bound while the body streams; 0: not watched
+	reading  atomic.Int64  // when the Read in progress began (unix nanos); 0 between reads
+	idleFire atomic.Bool   // the body went silent for too long
 }
 
-func newWatchdog(cancel context.CancelCauseFunc, attemptAt, totalAt time.Time) *watchdog {
-	w := &watchdog{cancel: cancel, attempt: attemptAt, total: totalAt}
+// init arms w for an attempt bounded by attemptAt and totalAt (zero:
+// none).
+func (w *watchdog) init(cancel context.CancelCauseFunc, attemptAt, totalAt time.Time) {
+	w.cancel, w.attempt, w.total = cancel, attemptAt, totalAt
 	if at, _ := w.next(); !at.IsZero() {
-		w.timer = time.AfterFunc(time.Until(at), w.fire)
+		w.armed = at
+		sched.set(w, at)
 	}
-	return w
+}
+
+// arm asks the scheduler to fire w at at (zero: not at all). Called
+// with mu held.
+func (w *watchdog) arm(at time.Time) {
+	if at.Equal(w.armed) {
+		return
+	}
+	w.armed = at
+	sched.set(w, at)
 }
 
 // enter starts a phase with its own bound d (0: none); nil ends the
@@ -153,24 +180,46 @@ func (w *watchdog) headersDone() {
 	w.headers = true
 	w.attempt, w.total = time.Time{}, time.Time{}
 	w.phase, w.phaseAt = nil, time.Time{}
-	w.reset()
+	// the deadline is left as it is: if it comes it finds nothing to
+	// do, and watching the body sets a new one; most answers end sooner
 	w.mu.Unlock()
 }
 
-// clientWait notes that a read from the client begins; it returns when.
-func (w *watchdog) clientWait() time.Time {
-	now := time.Now()
-	if w == nil {
-		return now
+// watchBody starts watching the response body for silences longer than
+// idle (0: none).
+func (w *watchdog) watchBody(idle time.Duration) {
+	if idle <= 0 {
+		return
 	}
 	w.mu.Lock()
-	w.waiting = true
-	if w.timer != nil {
-		w.timer.Stop()
+	defer w.mu.Unlock()
+	if w.fired != nil {
+		return
 	}
-	w.mu.Unlock()
-	return now
+	w.idle = idle
+	w.arm(time.Now().Add(idle))
 }
+
+// bodyReadBegin and bodyReadEnd bracket a Read of the response body.
+func (w *watchdog) bodyReadBegin() { w.reading.Store(time.Now().UnixNano()) }
+func (w *watchdog) bodyReadEnd()   { w.reading.Store(0) }
+
+// clientWait notes that a read from the client begins; it returns when.
+// It takes no lock: most reads find the client's bytes there already.
+func (w *watchdog) clientWait() time.Time {
+	if w != nil {
+		w.waiting.Store(true)
+	}
+	return time.Now()
+}
+
+// clientShort is a wait for the client too short to move the deadlines
+// for: the client's bytes were there, or nearly.
+const clientShort = 100 * time.Microsecond
+
+// waitRecheck is how soon a deadline that came while the client was
+// being waited for is looked at again.
+const waitRecheck = 100 * time.Millisecond
 
 // clientDone notes that the read from the client that began at since
 // is over, and moves the deadlines by the time it took, which it
@@ -180,8 +229,15 @@ func (w *watchdog) clientDone(since time.Time) time.Duration {
 	if w == nil {
 		return d
 	}
+	w.waiting.Store(false)
+	if d < clientShort {
+		return 0
+	}
 	w.mu.Lock()
-	w.waiting = false
+	defer w.mu.Unlock()
+	if w.headers {
+		return 0 // the bounds ended with the headers; the total one too
+	}
 	shift := func(t *time.Time) {
 		if !t.IsZero() {
 			*t = t.Add(d)
@@ -193,10 +249,6 @@ func (w *watchdog) clientDone(since time.Time) time.Duration {
 		shift(&w.phaseAt)
 	}
 	w.reset()
-	w.mu.Unlock()
-	if w.headers {
-		return 0 // the total bound was over already
-	}
 	return d
 }
 
@@ -212,15 +264,13 @@ func (w *watchdog) abort(cause error) {
 	w.cancel(cause)
 }
 
-// stop releases the timer. It reports the cause if the watchdog had
+// stop gives up w's deadline. It reports the cause if the watchdog had
 // already fired.
 func (w *watchdog) stop() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.timer != nil {
-		w.timer.Stop()
-	}
-	w.attempt, w.total, w.phase = time.Time{}, time.Time{}, nil
+	w.arm(time.Time{})
+	w.attempt, w.total, w.phase, w.idle = time.Time{}, time.Time{}, nil, 0
 	return w.fired
 }
 
@@ -245,36 +295,69 @@ func (w *watchdog) next() (time.Time, *timeoutCause) {
 	return at, cause
 }
 
-// reset arms the timer for the next deadline. Called with mu held.
+// reset asks the scheduler for the next deadline. Called with mu held.
 func (w *watchdog) reset() {
+	if w.idle > 0 {
+		return // the body's watch keeps the deadline
+	}
 	at, _ := w.next()
-	if at.IsZero() || w.fired != nil || w.waiting {
-		if w.timer != nil {
-			w.timer.Stop()
-		}
-		return
+	if w.fired != nil {
+		at = time.Time{}
 	}
-	if w.timer == nil {
-		w.timer = time.AfterFunc(time.Until(at), w.fire)
-		return
-	}
-	w.timer.Reset(time.Until(at))
+	w.arm(at)
 }
 
+// fire runs when the scheduler found w's deadline due.
 func (w *watchdog) fire() {
 	w.mu.Lock()
-	at, cause := w.next()
-	if cause == nil || w.fired != nil || w.waiting {
+	w.armed = time.Time{} // the scheduler let go of it
+	if w.fired != nil {
 		w.mu.Unlock()
 		return
 	}
-	if d := time.Until(at); d > 0 {
-		// the deadline moved since the timer was set
-		w.timer.Reset(d)
+	if w.idle > 0 {
+		w.checkBody()
+		return
+	}
+	at, cause := w.next()
+	if cause == nil {
+		w.mu.Unlock()
+		return
+	}
+	if w.waiting.Load() {
+		// the client is being waited for: its time does not count, and
+		// the deadlines move once it sent
+		w.arm(time.Now().Add(waitRecheck))
+		w.mu.Unlock()
+		return
+	}
+	if time.Until(at) > 0 {
+		// the deadline moved since it was asked for
+		w.arm(at)
 		w.mu.Unlock()
 		return
 	}
 	w.fired = cause
 	w.mu.Unlock()
 	w.cancel(cause)
+}
+
+// checkBody cuts a body read that has waited longer than the idle
+// bound, or looks again later. Called with mu held; it unlocks.
+func (w *watchdog) checkBody() {
+	began, now := w.reading.Load(), time.Now()
+	if began == 0 {
+		w.arm(now.Add(w.idle))
+		w.mu.Unlock()
+		return
+	}
+	if left := time.Duration(began + int64(w.idle) - now.UnixNano()); left > 0 {
+		w.arm(now.Add(left))
+		w.mu.Unlock()
+		return
+	}
+	w.idleFire.Store(true)
+	w.fired = causeRead
+	w.mu.Unlock()
+	w.cancel(causeRead)
 }

@@ -11,11 +11,12 @@ import (
 // upstream is what the transport keeps per upstream (dial address):
 // its connection slots, breaker, retry budget and metrics.
 type upstream struct {
-	addr    string
-	slots   slots
-	breaker *breaker // nil when the breaker is off
-	budget  *budget  // nil when retries or the budget are off
-	m       *upstreamMetrics
+	addr      string
+	addrValue any // addr, boxed once for the replacer
+	slots     slots
+	breaker   *breaker // nil when the breaker is off
+	budget    *budget  // nil when retries or the budget are off
+	m         *upstreamMetrics
 	// log sampling of breaker_open, pool_timeout and rate_limited
 	refusals [3]refusalLog
 
@@ -24,7 +25,7 @@ type upstream struct {
 }
 
 func newUpstream(t *Transport, addr string) *upstream {
-	u := &upstream{addr: addr, slots: newSlots(t.Pool.MaxConns), m: newUpstreamMetrics(addr, t.Pool.MaxConns > 0)}
+	u := &upstream{addr: addr, addrValue: addr, slots: newSlots(t.Pool.MaxConns), m: newUpstreamMetrics(addr, t.Pool.MaxConns > 0)}
 	if !t.Breaker.Disabled {
 		u.breaker = acquireBreaker(t.Breaker, addr, t.logger)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 )
 
 // upstreamTransport provisions a transport as Caddy would, with retries
@@ -22,6 +23,7 @@ func upstreamTransport(t *testing.T) *Transport {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tr.Cleanup() })
+	tr.logger = zap.NewNop() // 10,000 refusals need no log
 	return tr
 }
 

@@ -30,6 +30,9 @@ type window struct {
 	head    int64 // number (time / period) of the newest bucket
 	totals  windowBucket
 	run     uint32 // failures in a row, all within the window
+	// running tells, without the lock, whether run is above 0: most
+	// answers settle a run that is not there
+	running atomic.Bool
 }
 
 type windowBucket struct {
@@ -70,12 +73,13 @@ func (w *window) advance(now time.Time) *windowBucket {
 // current returns the epoch results should be recorded under.
 func (w *window) current() uint64 { return w.epoch.Load() }
 
-// record counts one result of epoch, unless the window was reset since.
-func (w *window) record(epoch uint64, failure, excluded bool) {
+// record counts one result of epoch, unless the window was reset since;
+// it reports whether it did.
+func (w *window) record(epoch uint64, failure, excluded bool) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if epoch != w.epoch.Load() {
-		return
+		return false
 	}
 	b := w.advance(w.clock())
 	switch {
@@ -87,23 +91,29 @@ func (w *window) record(epoch uint64, failure, excluded bool) {
 		b.runFailures++
 		w.totals.failures++
 		w.run++
+		w.running.Store(true)
 	default:
 		// the run of failures ends when the answer is over (settle), so
 		// an answer whose body is then cut short does not end it
 		b.successes++
 		w.totals.successes++
 	}
+	return true
 }
 
 // settle ends the run of failures: an answer recorded as a success in
 // epoch is over, and it was one.
 func (w *window) settle(epoch uint64) {
+	if !w.running.Load() {
+		return
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if epoch != w.epoch.Load() || w.run == 0 {
+	if epoch != w.epoch.Load() {
 		return
 	}
 	w.run = 0
+	w.running.Store(false)
 	for i := range w.buckets {
 		w.buckets[i].runFailures = 0
 	}
@@ -130,6 +140,7 @@ func (w *window) amend(epoch uint64) bool {
 	b.runFailures++
 	w.totals.failures++
 	w.run++
+	w.running.Store(true)
 	return true
 }
 

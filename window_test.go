@@ -42,7 +42,7 @@ func TestWindowBusyUpstreamWithBackgroundErrorsNeverTrips(t *testing.T) {
 		} else {
 			streak = 0
 		}
-		tk, _, ok := b.allow()
+		tk, _, ok := b.allow(nil)
 		if !ok {
 			t.Fatalf("result %d: the breaker refused a busy upstream with 10%% errors (state %s)", i, b.state())
 		}
@@ -126,7 +126,7 @@ func TestWindowSlowFailureCountsHoweverLongItTook(t *testing.T) {
 	})
 	var hung []*ticket
 	for i := 0; i < 2; i++ {
-		tk, _, ok := b.allow()
+		tk, _, ok := b.allow(nil)
 		if !ok {
 			t.Fatalf("attempt %d refused", i+1)
 		}
@@ -142,7 +142,7 @@ func TestWindowSlowFailureCountsHoweverLongItTook(t *testing.T) {
 func TestWindowLateFailureOfACutBodyCounts(t *testing.T) {
 	b, _ := windowBreaker(t, func(c *Breaker) { c.ConsecutiveFailures = breakerInt(2) })
 	for i := 0; i < 2; i++ {
-		tk, _, _ := b.allow()
+		tk, _, _ := b.allow(nil)
 		tk.report(false, false) // headers were fine
 		breakerExpectState(t, b, "closed")
 		tk.lateFailure() // then the body was cut short
@@ -155,7 +155,7 @@ func TestWindowLateFailureOfACutBodyCounts(t *testing.T) {
 
 func TestWindowResultsFromBeforeAStateChangeAreDropped(t *testing.T) {
 	b, _ := windowBreaker(t, func(c *Breaker) { c.ConsecutiveFailures = breakerInt(1) })
-	old, _, _ := b.allow()
+	old, _, _ := b.allow(nil)
 	breakerSend(t, b, true)
 	breakerExpectState(t, b, "open")
 	b.reset()

@@ -1,0 +1,104 @@
+package resilient
+
+import (
+	"container/heap"
+	"sync"
+	"time"
+)
+
+// Every attempt has a watchdog with a deadline that almost never comes:
+// a healthy request ends long before its attempt bound. A runtime timer
+// per attempt would cost two allocations on every request; instead one
+// process-wide timer serves all watchdogs, through a heap of their
+// deadlines. It wakes for the earliest one; a watchdog that is done
+// leaves the heap, and the timer, if it was set for it, finds nothing
+// due and sets itself for the next.
+//
+// The scheduler is process-wide, not per transport: a watchdog may
+// outlive the config that started it (a reload lets requests finish).
+
+// sched is the process-wide scheduler.
+var sched = &scheduler{}
+
+type scheduler struct {
+	mu    sync.Mutex
+	due   deadlines
+	timer *time.Timer
+	next  time.Time // what the timer is set for; zero: not set
+}
+
+// deadlines is a min-heap of watchdogs by their deadline.
+type deadlines []*watchdog
+
+func (d deadlines) Len() int           { return len(d) }
+func (d deadlines) Less(i, j int) bool { return d[i].dueAt.Before(d[j].dueAt) }
+func (d deadlines) Swap(i, j int) {
+	d[i], d[j] = d[j], d[i]
+	d[i].dueIdx, d[j].dueIdx = i+1, j+1
+}
+func (d *deadlines) Push(x any) {
+	w := x.(*watchdog)
+	*d = append(*d, w)
+	w.dueIdx = len(*d)
+}
+func (d *deadlines) Pop() any {
+	old := *d
+	w := old[len(old)-1]
+	old[len(old)-1] = nil
+	*d = old[:len(old)-1]
+	w.dueIdx = 0
+	return w
+}
+
+// set makes w's fire run at at, or not at all when at is zero.
+func (s *scheduler) set(w *watchdog, at time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case at.IsZero():
+		if w.dueIdx > 0 {
+			heap.Remove(&s.due, w.dueIdx-1)
+		}
+		return
+	case w.dueIdx > 0:
+		w.dueAt = at
+		heap.Fix(&s.due, w.dueIdx-1)
+	default:
+		w.dueAt = at
+		heap.Push(&s.due, w)
+	}
+	if s.next.IsZero() || at.Before(s.next) {
+		s.arm(at)
+	}
+}
+
+// arm sets the timer for at. Called with mu held.
+func (s *scheduler) arm(at time.Time) {
+	s.next = at
+	d := time.Until(at)
+	if s.timer == nil {
+		s.timer = time.AfterFunc(d, s.run)
+		return
+	}
+	s.timer.Reset(d)
+}
+
+// run fires the watchdogs that are due, and sets the timer for the next.
+func (s *scheduler) run() {
+	var fire []*watchdog
+	s.mu.Lock()
+	now := time.Now()
+	s.next = time.Time{}
+	for len(s.due) > 0 && !s.due[0].dueAt.After(now) {
+		fire = append(fire, heap.Pop(&s.due).(*watchdog))
+	}
+	if len(s.due) > 0 {
+		s.arm(s.due[0].dueAt)
+	}
+	s.mu.Unlock()
+	// outside the lock: a watchdog takes its own lock, and sets itself
+	// anew if its deadline moved
+	for _, w := range fire {
+		w.fire()
+	}
+}
