@@ -527,9 +527,11 @@ func (t *ticket) lateFailure() {
 
 // retryAfterSeconds rounds d up to whole seconds, at least 1.
 func retryAfterSeconds(d time.Duration) string {
-	s := int64((d + time.Second - 1) / time.Second)
-	if s < 1 {
-		s = 1
-	}
-	return strconv.FormatInt(s, 10)
+	return strconv.FormatInt(retryAfterSecs(d), 10)
+}
+
+// retryAfterSecs is retryAfterSeconds as a number: boxed for the
+// replacer, a small one costs no allocation.
+func retryAfterSecs(d time.Duration) int64 {
+	return max(1, int64((d+time.Second-1)/time.Second))
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strconv"
@@ -236,9 +237,27 @@ func (e *Error) As(target any) bool {
 	return false
 }
 
-// handlerError wraps e for Caddy with the outcome's status code.
+// handlerError wraps e for Caddy with the outcome's status code. It is
+// built here rather than with caddyhttp.Error, whose stack trace of the
+// caller costs more than a refusal by an open breaker itself; the trace
+// would only ever name this function.
 func (e *Error) handlerError() error {
-	return caddyhttp.Error(e.Outcome.StatusCode(), e)
+	return caddyhttp.HandlerError{
+		ID:         errorID(),
+		StatusCode: e.Outcome.StatusCode(),
+		Err:        e,
+		Trace:      "resilient.(*Transport).RoundTrip",
+	}
+}
+
+// errorID returns an error ID as Caddy's are: 9 characters, one case.
+func errorID() string {
+	const dict = "abcdefghijkmnpqrstuvwxyz23456789"
+	var b [9]byte
+	for i, x := 0, rand.Uint64(); i < len(b); i, x = i+1, x>>5 {
+		b[i] = dict[x&31]
+	}
+	return string(b[:])
 }
 
 // timeoutCause is the cancellation cause of an attempt's context when

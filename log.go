@@ -21,9 +21,13 @@ func (ex *exchange) report(e *Error) {
 	repl.Set("http.resilient.upstream", ex.up.addrValue)
 	repl.Set("http.resilient.breaker", stateValue(ex.up.breaker.state()))
 	if e != nil {
-		repl.Set("http.resilient.error", e.cause())
+		if e.Err == nil {
+			repl.Set("http.resilient.error", causeValues[e.Outcome])
+		} else {
+			repl.Set("http.resilient.error", e.cause())
+		}
 		if e.RetryAfter > 0 {
-			repl.Set("http.resilient.retry_after", retryAfterSeconds(e.RetryAfter))
+			repl.Set("http.resilient.retry_after", retryAfterSecs(e.RetryAfter))
 		}
 	}
 }
@@ -32,6 +36,17 @@ func (ex *exchange) report(e *Error) {
 var outcomeValues = func() (v [numOutcomes]any) {
 	for o := range v {
 		v[o] = Outcome(o).String()
+	}
+	return v
+}()
+
+// causeValues are the messages of errors with no cause of their own
+// (breaker_open, pool_timeout, ...), boxed for the replacer.
+var causeValues = func() (v [numOutcomes]any) {
+	for o := range v {
+		if err := outcomeErrors[o]; err != nil {
+			v[o] = err.Error()
+		}
 	}
 	return v
 }()

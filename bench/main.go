@@ -10,6 +10,7 @@
 //	go run ./bench -scenarios S0 -profile   # also CPU-profile the Caddy setups (bench/results/profiles/)
 //	go tool pprof -top bench/results/profiles/S0-resilient-*.pprof
 //	go run ./bench -keep ...                # keep the configs, proxy logs and per-request samples
+//	go run ./bench -cost                    # only the cost ratios: micro-benchmarks, S0, refusals against respond 503
 //
 // nginx and HAProxy rows need `apt-get install nginx haproxy`; without
 // them they are skipped, with a note. Counting the refused connects of
@@ -73,6 +74,7 @@ type options struct {
 	profile   bool
 	keep      bool
 	seed      uint64
+	cost      bool
 }
 
 func mainCode() int {
@@ -84,6 +86,7 @@ func mainCode() int {
 	flag.StringVar(&o.out, "out", "bench/results/latest.json", "where to write the JSON results")
 	flag.BoolVar(&o.profile, "profile", false, "CPU-profile the Caddy setups during each run, through the admin endpoint's /debug/pprof/profile, into profiles/ beside -out (the profiler costs a little throughput)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (configs and proxy logs)")
+	flag.BoolVar(&o.cost, "cost", false, "measure only what the transport costs, as ratios: micro-benchmarks, S0 against transport http, and open-breaker refusals against respond 503 (-repeat rounds, default 3)")
 	flag.Uint64Var(&o.seed, "seed", 1, "seed of the upstream's fault draws; repetition r uses seed+r-1, the same for every setup")
 	flag.Parse()
 	repeatSet := false
@@ -137,6 +140,9 @@ func run(ctx context.Context, o options, kids *children) error {
 	build.Dir, build.Stdout, build.Stderr = root, os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		return fmt.Errorf("go build ./cmd/caddy: %v", err)
+	}
+	if o.cost {
+		return e.runCost(ctx, o.repeat, os.Stdout)
 	}
 	var skipped []string
 	if p, err := exec.LookPath("nginx"); err == nil {
