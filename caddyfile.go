@@ -42,6 +42,13 @@ import (
 //			max_body <size>
 //		}
 //		breaker off
+//		rate_limit {
+//			rate             <n>/s|<n>/m|<n>/h
+//			burst            <n>
+//			max_wait         <duration>
+//			key              <placeholder>
+//			obey_retry_after on|off
+//		}
 //		breaker {
 //			failure_ratio        <0..1>
 //			min_requests         <n>
@@ -64,7 +71,7 @@ func (t *Transport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
 		switch opt {
-		case "timeouts", "pool", "retry", "breaker":
+		case "timeouts", "pool", "retry", "breaker", "rate_limit":
 			if seen[opt] {
 				return d.Errf("%s already specified", opt)
 			}
@@ -80,6 +87,8 @@ func (t *Transport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			t.Retry, err = parseRetry(d)
 		case "breaker":
 			t.Breaker, err = parseBreaker(d)
+		case "rate_limit":
+			t.RateLimit, err = parseRateLimit(d)
 		default:
 			if hint := blockHint(opt); hint != "" {
 				return d.Errf("unrecognized subdirective %s; did you mean `%s`?", opt, hint)
@@ -401,13 +410,14 @@ func parseBreaker(d *caddyfile.Dispenser) (*Breaker, error) {
 }
 
 // blocks are this transport's own subdirectives.
-var blocks = []string{"timeouts", "pool", "retry", "breaker"}
+var blocks = []string{"timeouts", "pool", "retry", "breaker", "rate_limit"}
 
 // blockHints are names people write for our blocks.
 var blockHints = map[string]string{
 	"timeout": "timeouts", "retries": "retry", "retrying": "retry",
 	"circuit": "breaker", "circuit_breaker": "breaker", "circuitbreaker": "breaker", "cb": "breaker",
 	"pools": "pool", "connection_pool": "pool", "conn_pool": "pool",
+	"ratelimit": "rate_limit", "rate_limits": "rate_limit", "rate": "rate_limit", "throttle": "rate_limit", "quota": "rate_limit",
 }
 
 // blockHint returns the block of ours that name most likely meant, or
@@ -446,6 +456,68 @@ func editDistance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+func parseRateLimit(d *caddyfile.Dispenser) (*RateLimit, error) {
+	rl := new(RateLimit)
+	err := block(d, func(opt string) error {
+		var err error
+		switch opt {
+		case "rate":
+			v, err := oneArg(d, "rate_limit", opt)
+			if err != nil {
+				return err
+			}
+			if _, perr := parseRate(v); perr != nil {
+				return d.Errf("rate_limit: %v", perr)
+			}
+			rl.Rate = v
+		case "burst":
+			rl.Burst, err = integer(d, "rate_limit", opt, 1)
+		case "max_wait":
+			v, err := oneArg(d, "rate_limit", opt)
+			if err != nil {
+				return err
+			}
+			dur, perr := caddy.ParseDuration(v)
+			if perr != nil || dur < 0 {
+				return d.Errf("rate_limit: max_wait must be a duration >= 0 (0: never wait), got %q", v)
+			}
+			mw := caddy.Duration(dur)
+			rl.MaxWait = &mw
+		case "key":
+			v, err := oneArg(d, "rate_limit", opt)
+			if err != nil {
+				return err
+			}
+			if !strings.Contains(v, "{") {
+				return d.Errf("rate_limit: key must be a placeholder such as {http.request.header.X-Api-Key}, got %q", v)
+			}
+			rl.Key = v
+		case "obey_retry_after":
+			v, err := oneArg(d, "rate_limit", opt)
+			if err != nil {
+				return err
+			}
+			switch v {
+			case "on":
+				on := true
+				rl.ObeyRetryAfter = &on
+			case "off":
+				off := false
+				rl.ObeyRetryAfter = &off
+			default:
+				return d.Errf("rate_limit: obey_retry_after must be on or off, got %q", v)
+			}
+		default:
+			return d.Errf("rate_limit: unrecognized subdirective %s", opt)
+		}
+		return err
+	})
+	if err == nil && rl.Rate == "" {
+		return nil, d.Errf("rate_limit: rate is required, e.g. rate 100/s")
+	}
+	return rl, err
 }
 
 // isToken reports whether s is an RFC 9110 token, as methods and header

@@ -52,6 +52,25 @@ func TestCaddyfileValid(t *testing.T) {
 			want:  `{}`,
 		},
 		{
+			name: "rate_limit",
+			input: `resilient {
+				rate_limit {
+					rate 100/s
+					burst 10
+					max_wait 500ms
+					key {http.request.header.X-Tenant}
+					obey_retry_after off
+				}
+			}`,
+			want: `{"rate_limit":{"rate":"100/s","burst":10,"max_wait":500000000,
+				"key":"{http.request.header.X-Tenant}","obey_retry_after":false}}`,
+		},
+		{
+			name:  "rate_limit that never waits",
+			input: "resilient {\n\trate_limit {\n\t\trate 600/m\n\t\tmax_wait 0\n\t}\n}",
+			want:  `{"rate_limit":{"rate":"600/m","max_wait":0}}`,
+		},
+		{
 			name: "every timeout",
 			input: `resilient {
 				timeouts {
@@ -300,6 +319,17 @@ func TestCaddyfileInvalid(t *testing.T) {
 		{"misspelled breaker", "resilient {\n\tcircuit {\n\t\topen_for 5s\n\t}\n}", 2, []string{"circuit", "did you mean", "breaker"}},
 		{"misspelled timeouts", "resilient {\n\ttimeout {\n\t\tread 5s\n\t}\n}", 2, []string{"timeout", "did you mean", "timeouts"}},
 		{"misspelled retry", "resilient {\n\tretyr {\n\t\tattempts 2\n\t}\n}", 2, []string{"retyr", "did you mean", "retry"}},
+		{"rate_limit rate 0", "resilient {\n\trate_limit {\n\t\trate 0/s\n\t}\n}", 3, []string{"rate", "0/s", "zero"}},
+		{"rate_limit rate without unit", "resilient {\n\trate_limit {\n\t\trate 100\n\t}\n}", 3, []string{"rate", "100"}},
+		{"rate_limit rate per day", "resilient {\n\trate_limit {\n\t\trate 100/d\n\t}\n}", 3, []string{"rate", "100/d"}},
+		{"rate_limit without rate", "resilient {\n\trate_limit {\n\t\tburst 5\n\t}\n}", 4, []string{"rate_limit", "rate", "required"}},
+		{"rate_limit burst 0", "resilient {\n\trate_limit {\n\t\trate 1/s\n\t\tburst 0\n\t}\n}", 4, []string{"burst", "0"}},
+		{"rate_limit max_wait negative", "resilient {\n\trate_limit {\n\t\trate 1/s\n\t\tmax_wait -1s\n\t}\n}", 4, []string{"max_wait", "-1s"}},
+		{"rate_limit key not a placeholder", "resilient {\n\trate_limit {\n\t\trate 1/s\n\t\tkey tenant\n\t}\n}", 4, []string{"key", "tenant", "placeholder"}},
+		{"rate_limit obey maybe", "resilient {\n\trate_limit {\n\t\trate 1/s\n\t\tobey_retry_after maybe\n\t}\n}", 4, []string{"obey_retry_after", "maybe"}},
+		{"rate_limit unknown", "resilient {\n\trate_limit {\n\t\trate 1/s\n\t\tper_key yes\n\t}\n}", 4, []string{"rate_limit", "per_key"}},
+		{"rate_limit argument", "resilient {\n\trate_limit 100/s\n}", 2, []string{"rate_limit", "100/s"}},
+		{"misspelled rate_limit", "resilient {\n\tratelimit {\n\t\trate 1/s\n\t}\n}", 2, []string{"ratelimit", "did you mean", "rate_limit"}},
 		{"on 2xx", "resilient {\n\tretry {\n\t\ton 2xx\n\t}\n}", 3, []string{"on", "2xx", "4xx and 5xx"}},
 		{"on 200", "resilient {\n\tretry {\n\t\ton 503 200\n\t}\n}", 3, []string{"on", "200"}},
 		{"on 399", "resilient {\n\tretry {\n\t\ton 399\n\t}\n}", 3, []string{"on", "399"}},
@@ -538,6 +568,11 @@ func TestCaddyfileValidateJSON(t *testing.T) {
 		{`{"retry":{"attempts":1000000}}`, []string{"retry", "attempts", "1000000"}},
 		{`{"timeouts":{"attempt":"60s","total":"10s"}}`, []string{"timeouts", "attempt", "total"}},
 		{`{"timeouts":{"attempt":"60s","total":"30s"}}`, []string{"timeouts", "attempt", "total"}},
+		{`{"rate_limit":{}}`, []string{"rate_limit", "rate", "required"}},
+		{`{"rate_limit":{"rate":"0/s"}}`, []string{"rate_limit", "rate", "0/s"}},
+		{`{"rate_limit":{"rate":"1/s","burst":-1}}`, []string{"rate_limit", "burst", "-1"}},
+		{`{"rate_limit":{"rate":"1/s","max_wait":-5}}`, []string{"rate_limit", "max_wait"}},
+		{`{"rate_limit":{"rate":"1/s","key":"tenant"}}`, []string{"rate_limit", "key", "tenant"}},
 	} {
 		t.Run(tc.json, func(t *testing.T) {
 			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})

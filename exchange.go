@@ -32,6 +32,7 @@ type exchange struct {
 	// does not count
 	paused atomic.Int64
 	body   *bodySource // nil when the request has none
+	bkt    *bucket     // the rate-limit bucket; nil without rate_limit
 
 	tries    []try
 	triesBuf [3]try
@@ -121,21 +122,42 @@ func (ex *exchange) run() (*http.Response, error) {
 	}
 	var wait time.Duration
 	a := &ex.first
+	if b := ex.rateBucket(); b != nil {
+		// step 3a: a token for the first attempt, before the pool
+		if retryAfter, err := ex.awaitToken(b, ex.t.RateLimit.maxWait); retryAfter > 0 || err != nil {
+			tk.report(false, true)
+			return ex.refused(a, retryAfter, err)
+		}
+	}
 	for {
 		res, at := ex.attempt(a, tk)
 		ex.tries = append(ex.tries, try{outcome: at.outcome, status: at.status, took: at.took, wait: wait, admitted: at.admitted})
 		if at.admitted {
 			ex.up.m.attempt(at.outcome)
 		}
-		next, deny, again := ex.retryWait(res, at, time.Now())
+		now := time.Now()
+		ex.obeyRetryAfter(res, now)
+		next, deny, again := ex.retryWait(res, at, now)
+		var tok token
 		if again {
 			// decided before this answer is let go: when the breaker
-			// would refuse the retry, the answer goes to the client as
-			// the upstream gave it
+			// would refuse the retry, or no token could come in time,
+			// the answer goes to the client as the upstream gave it
 			a = new(attempt)
 			tk, _, again = ex.up.breaker.allow(&a.tk)
 			if !again {
 				deny = denyBreaker
+			}
+		}
+		if again && ex.bkt != nil {
+			var tw time.Duration
+			tok, tw, again = ex.bkt.take(now, ex.tokenBudget(now, next))
+			if again {
+				next = max(next, tw)
+				ex.up.m.rlWait.Observe(tw.Seconds())
+			} else {
+				tk.report(false, true)
+				deny = denyRateLimit
 			}
 		}
 		if !again {
@@ -148,12 +170,100 @@ func (ex *exchange) run() (*http.Response, error) {
 		ex.up.m.retried(at.outcome, at.status)
 		ex.discard(res, at)
 		if err := ex.sleep(next); err != nil {
+			tok.cancel()
 			tk.report(false, true)
 			at = &a.res
 			*at = attemptResult{outcome: OutcomeCanceled, err: err, neverSent: true}
 			return ex.finish(nil, at)
 		}
 		wait = next
+		if tok.void() {
+			// a pause came while the retry waited: its token no longer
+			// stands
+			if retryAfter, err := ex.awaitToken(ex.bkt, ex.t.RateLimit.maxWait); retryAfter > 0 || err != nil {
+				tk.report(false, true)
+				return ex.refused(a, retryAfter, err)
+			}
+		}
+	}
+}
+
+// rateBucket returns the token bucket of the request (nil without
+// rate_limit), keeping it for its retries.
+func (ex *exchange) rateBucket() *bucket {
+	l := ex.up.limiter
+	if l == nil {
+		return nil
+	}
+	v := ""
+	if l.cfg.Key != "" && ex.repl != nil {
+		v = ex.repl.ReplaceAll(l.cfg.Key, "")
+	}
+	ex.bkt = l.bucketFor(v)
+	return ex.bkt
+}
+
+// tokenBudget is how long from now a retry that waits wait anyway may
+// wait for its token: max_wait beyond its own wait, never past total.
+func (ex *exchange) tokenBudget(now time.Time, wait time.Duration) time.Duration {
+	d := wait + ex.t.RateLimit.maxWait
+	if totalAt := ex.totalDeadline(); !totalAt.IsZero() {
+		d = min(d, totalAt.Sub(now))
+	}
+	return d
+}
+
+// awaitToken waits for a token of b, at most maxWait and never past the
+// total deadline. It returns when a token would be there if none can
+// come in time, or the client's error if it left while waiting (its
+// place is given back).
+func (ex *exchange) awaitToken(b *bucket, maxWait time.Duration) (time.Duration, error) {
+	giveUp := time.Now().Add(maxWait)
+	for {
+		now := time.Now()
+		limit := giveUp.Sub(now)
+		if totalAt := ex.totalDeadline(); !totalAt.IsZero() {
+			limit = min(limit, totalAt.Sub(now))
+		}
+		tok, wait, ok := b.take(now, max(0, limit))
+		if !ok {
+			return max(wait, time.Nanosecond), nil
+		}
+		ex.up.m.rlWait.Observe(wait.Seconds())
+		if err := ex.sleep(wait); err != nil {
+			tok.cancel()
+			return 0, err
+		}
+		if !tok.void() {
+			return 0, nil
+		}
+		// a pause came while it waited: take a token anew
+	}
+}
+
+// refused ends a request that got no rate-limit token: rate_limited,
+// with when a token would be there; or canceled, when the client left
+// while it waited.
+func (ex *exchange) refused(a *attempt, retryAfter time.Duration, err error) (*http.Response, error) {
+	at := &a.res
+	*at = attemptResult{outcome: OutcomeRateLimited, retryAfter: retryAfter, neverSent: true}
+	if err != nil {
+		*at = attemptResult{outcome: OutcomeCanceled, err: err, neverSent: true}
+	}
+	ex.tries = append(ex.tries, try{outcome: at.outcome})
+	return ex.finish(nil, at)
+}
+
+// obeyRetryAfter pauses the request's token bucket when the upstream
+// answered 429 or 503 with a Retry-After: every request to it (of that
+// key) waits until then, or ends rate_limited.
+func (ex *exchange) obeyRetryAfter(res *http.Response, now time.Time) {
+	if ex.bkt == nil || res == nil || !ex.t.RateLimit.obey ||
+		(res.StatusCode != http.StatusTooManyRequests && res.StatusCode != http.StatusServiceUnavailable) {
+		return
+	}
+	if ra, ok := parseRetryAfter(res.Header.Get("Retry-After"), now); ok && ra > 0 {
+		ex.bkt.pause(now.Add(min(ra, maxPause)))
 	}
 }
 

@@ -35,6 +35,7 @@ var metrics = struct {
 	breakerChanges *prometheus.CounterVec
 	inFlight       *prometheus.GaugeVec
 	poolWait       *prometheus.HistogramVec
+	rateLimitWait  *prometheus.HistogramVec
 
 	mu     sync.Mutex
 	labels map[string]string // upstream address -> label value
@@ -81,6 +82,11 @@ func initMetrics() {
 		Help:    "Time spent waiting for a connection slot, for upstreams with pool.max_conns.",
 		Buckets: waitBuckets,
 	}, up)
+	metrics.rateLimitWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: ns, Subsystem: sub, Name: "rate_limit_wait_seconds",
+		Help:    "Time attempts waited for a rate-limit token, for upstreams with rate_limit.",
+		Buckets: waitBuckets,
+	}, up)
 }
 
 // registerMetrics registers the collectors into the config's registry;
@@ -93,7 +99,7 @@ func registerMetrics(reg *prometheus.Registry) error {
 	for _, c := range []prometheus.Collector{
 		metrics.requests, metrics.attempts, metrics.retries, metrics.retriesDenied,
 		metrics.duration, metrics.breakerState, metrics.breakerChanges,
-		metrics.inFlight, metrics.poolWait,
+		metrics.inFlight, metrics.poolWait, metrics.rateLimitWait,
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
@@ -133,14 +139,18 @@ type upstreamMetrics struct {
 	retries  sync.Map // reason string -> prometheus.Counter
 	inFlight prometheus.Gauge
 	poolWait prometheus.Observer // nil without max_conns
+	rlWait   prometheus.Observer // nil without rate_limit
 }
 
-func newUpstreamMetrics(addr string, pooled bool) *upstreamMetrics {
+func newUpstreamMetrics(addr string, pooled, limited bool) *upstreamMetrics {
 	metrics.once.Do(initMetrics)
 	m := &upstreamMetrics{label: upstreamLabel(addr)}
 	m.inFlight = metrics.inFlight.WithLabelValues(m.label)
 	if pooled {
 		m.poolWait = metrics.poolWait.WithLabelValues(m.label)
+	}
+	if limited {
+		m.rlWait = metrics.rateLimitWait.WithLabelValues(m.label)
 	}
 	return m
 }

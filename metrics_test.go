@@ -42,7 +42,7 @@ func TestRegisterMetricsTwice(t *testing.T) {
 		}
 	}
 	label := fmt.Sprintf("metrics-test-%d:1", time.Now().UnixNano()) // fresh under -count
-	m := newUpstreamMetrics(label, false)
+	m := newUpstreamMetrics(label, false, false)
 	m.request(OutcomeBreakerOpen, time.Millisecond)
 	m.retried(OutcomeUpstreamStatus, 503)
 	m.retried(OutcomeReset, 0)
@@ -87,7 +87,7 @@ func TestUpstreamSeriesAreCreatedOnFirstUse(t *testing.T) {
 		}
 		return n
 	}
-	m := newUpstreamMetrics(label, false)
+	m := newUpstreamMetrics(label, false, false)
 	before := count()
 	m.request(OutcomeOK, 20*time.Millisecond)
 	m.attempt(OutcomeOK)

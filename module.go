@@ -52,6 +52,10 @@ type Transport struct {
 	// Circuit breaker, one per upstream. Default: see Breaker (on).
 	Breaker *Breaker `json:"breaker,omitempty"`
 
+	// Outbound rate limit, one token bucket per upstream (and key).
+	// Default: none; see RateLimit.
+	RateLimit *RateLimit `json:"rate_limit,omitempty"`
+
 	logger    *zap.Logger
 	upstreams *upstreamTable
 	untraced  bool // HTTP/3: net/http/httptrace sees nothing, so nothing counts as never sent
@@ -95,6 +99,11 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 	}
 	if err := t.Breaker.provision(); err != nil {
 		return fmt.Errorf("breaker: %v", err)
+	}
+	if t.RateLimit != nil {
+		if err := t.RateLimit.provision(); err != nil {
+			return fmt.Errorf("rate_limit: %v", err)
+		}
 	}
 
 	// Our connect and tls timeouts, and the pool's idle settings, feed the
@@ -169,6 +178,11 @@ func (t *Transport) Validate() error {
 	}
 	if err := t.Breaker.validate(); err != nil {
 		return fmt.Errorf("breaker: %v", err)
+	}
+	if t.RateLimit != nil {
+		if err := t.RateLimit.validate(); err != nil {
+			return fmt.Errorf("rate_limit: %v", err)
+		}
 	}
 	return nil
 }

@@ -9,13 +9,14 @@ import (
 )
 
 // upstream is what the transport keeps per upstream (dial address):
-// its connection slots, breaker, retry budget and metrics.
+// its connection slots, breaker, retry budget, rate limiter and metrics.
 type upstream struct {
 	addr      string
 	addrValue any // addr, boxed once for the replacer
 	slots     slots
 	breaker   *breaker // nil when the breaker is off
 	budget    *budget  // nil when retries or the budget are off
+	limiter   *limiter // nil without rate_limit
 	m         *upstreamMetrics
 	// log sampling of breaker_open, pool_timeout and rate_limited
 	refusals [3]refusalLog
@@ -25,7 +26,11 @@ type upstream struct {
 }
 
 func newUpstream(t *Transport, addr string) *upstream {
-	u := &upstream{addr: addr, addrValue: addr, slots: newSlots(t.Pool.MaxConns), m: newUpstreamMetrics(addr, t.Pool.MaxConns > 0)}
+	u := &upstream{addr: addr, addrValue: addr, slots: newSlots(t.Pool.MaxConns),
+		m: newUpstreamMetrics(addr, t.Pool.MaxConns > 0, t.RateLimit != nil)}
+	if t.RateLimit != nil {
+		u.limiter = acquireLimiter(t.RateLimit, addr)
+	}
 	if !t.Breaker.Disabled {
 		u.breaker = acquireBreaker(t.Breaker, addr, t.logger)
 	}
@@ -53,10 +58,13 @@ func (u *upstream) freeSlot() {
 	u.m.inFlight.Dec()
 }
 
-// release lets go of the shared breaker.
+// release lets go of the shared breaker and limiter.
 func (u *upstream) release() {
 	if u.breaker != nil {
 		u.breaker.release()
+	}
+	if u.limiter != nil {
+		u.limiter.release()
 	}
 }
 
@@ -176,7 +184,7 @@ func (tb *upstreamTable) drop(addr string, u *upstream) {
 	tb.n.Add(-1)
 	if b := u.breaker; b != nil && b.state() == "closed" {
 		b.drop()
-		return
+		u.breaker = nil
 	}
 	u.release()
 }

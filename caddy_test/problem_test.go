@@ -82,6 +82,7 @@ func TestEgressProblemJSON(t *testing.T) {
 		route("/silent", silent.Addr().String(), "timeouts {\n read 100ms\n }\n retry off") +
 		route("/failing", failing.addr, "breaker {\n consecutive_failures 1\n open_for 30s\n }\n retry off") +
 		route("/slow", slow.addr, "pool {\n max_conns 1\n }\n timeouts {\n pool 50ms\n }") +
+		route("/quota", failing.addr, "rate_limit {\n rate 1/m\n max_wait 0\n }\n breaker off\n retry off") +
 		"\n\timport problem\n}\n"
 	g := loadGateway(t, sites)
 
@@ -128,4 +129,14 @@ func TestEgressProblemJSON(t *testing.T) {
 	}
 	release <- struct{}{}
 	<-done
+
+	g.get("/quota") // takes the one token of the minute
+	res, body = g.get("/quota")
+	p = readProblem(t, res, body)
+	if res.StatusCode != 429 || p.Outcome != "rate_limited" || p.Attempts != 0 {
+		t.Errorf("rate_limited: %d %+v", res.StatusCode, p)
+	}
+	if ra, err := strconv.Atoi(res.Header.Get("Retry-After")); err != nil || ra < 30 || ra > 60 {
+		t.Errorf("rate_limited Retry-After %q, want when the next token comes: up to 60s", res.Header.Get("Retry-After"))
+	}
 }
