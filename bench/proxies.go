@@ -20,11 +20,12 @@ const (
 	setupCaddyHTTP   = "caddy-http"          // Caddy, transport http (+ lb_retries where a scenario retries)
 	setupResilient   = "resilient"           // Caddy, transport resilient
 	setupResilientNB = "resilient-nobreaker" // transport resilient with `breaker off` (budget only)
+	setupResilientRL = "resilient-ratelimit" // transport resilient with the scenario's rate_limit
 	setupNginx       = "nginx"
 	setupHAProxy     = "haproxy"
 )
 
-var allSetups = []string{setupCaddyHTTP, setupResilient, setupResilientNB, setupNginx, setupHAProxy}
+var allSetups = []string{setupCaddyHTTP, setupResilient, setupResilientNB, setupResilientRL, setupNginx, setupHAProxy}
 
 // knobs is how the baseline proxies are configured in a scenario; the
 // resilient setup has its own Caddyfile block in the scenario instead.
@@ -93,7 +94,7 @@ func (e *env) startProxy(ctx context.Context, setup string, sc *scenario, upstre
 	p := &proxy{setup: setup, addr: "127.0.0.1:" + strconv.Itoa(port), dir: dir, log: filepath.Join(dir, "proxy.log")}
 	var cmd *exec.Cmd
 	switch setup {
-	case setupCaddyHTTP, setupResilient, setupResilientNB:
+	case setupCaddyHTTP, setupResilient, setupResilientNB, setupResilientRL:
 		adminPort, err := freePort()
 		if err != nil {
 			return nil, err
@@ -228,10 +229,13 @@ http://%s {
 			fmt.Fprintf(&b, "\t\t\tmax_conns_per_host %d\n", k.MaxConns)
 		}
 		b.WriteString("\t\t}\n")
-	case setupResilient, setupResilientNB:
+	case setupResilient, setupResilientNB, setupResilientRL:
 		block := sc.Resilient
-		if setup == setupResilientNB {
+		switch setup {
+		case setupResilientNB:
 			block = sc.ResilientNoBreaker
+		case setupResilientRL:
+			block = sc.ResilientRateLimit
 		}
 		b.WriteString("\t\ttransport resilient {\n")
 		for line := range strings.SplitSeq(strings.TrimSpace(block), "\n") {

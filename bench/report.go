@@ -118,8 +118,8 @@ func median(rs []*result) *summary {
 			}
 		}
 		switch k {
-		case "upstream_max_concurrency":
-			s.Extra[k] = slices.Max(v)
+		case "upstream_max_concurrency", "upstream_over_limit":
+			s.Extra[k] = slices.Max(v) // the worst run
 		case "got_429", "retried_429", "retried_early", "retried_within_100ms":
 			s.Extra[k] = sum(v) // events that must never happen: all of them
 		case "breaker_opened", "min_gap_ms":
@@ -215,6 +215,9 @@ func notes(s *summary) string {
 		if s.EmptyBodies > 0 {
 			parts = append(parts, fmt.Sprintf("POSTs re-sent with an empty body: %d", s.EmptyBodies))
 		}
+	case "S8":
+		parts = append(parts, fmt.Sprintf("429s to clients %.0f; upstream requests above its limit %.0f (worst run)",
+			x["client_429"], x["upstream_over_limit"]))
 	case "S6":
 		parts = append(parts, fmt.Sprintf("all reps: 429s %.0f, retried %.0f, before Retry-After %.0f, within 100ms %.0f",
 			x["got_429"], x["retried_429"], x["retried_early"], x["retried_within_100ms"]))
@@ -391,6 +394,22 @@ func evaluate(sums []*summary) []target {
 		if nb := find("S7", setupResilientNB); nb != nil {
 			detail += fmt.Sprintf(" (breaker off, budget only: %.3f)", nb.Amplification)
 			ok = ok && nb.Amplification <= 1.25
+		}
+		return ok, detail, true
+	})
+	add("S8", "with rate_limit: nothing above the provider's limit (every run), and fewer 429s to clients than any other row (median)", func() (bool, string, bool) {
+		rl := find("S8", setupResilientRL)
+		if rl == nil {
+			return notRun("S8")
+		}
+		ok := rl.Extra["upstream_over_limit"] == 0
+		detail := fmt.Sprintf("resilient-ratelimit: %.0f above the limit, %.0f 429s to clients, success %.2f%%",
+			rl.Extra["upstream_over_limit"], rl.Extra["client_429"], rl.SuccessPct)
+		for _, setup := range []string{setupCaddyHTTP, setupResilient, setupNginx, setupHAProxy} {
+			if o := find("S8", setup); o != nil {
+				detail += fmt.Sprintf("; %s: %.0f above, %.0f 429s", setup, o.Extra["upstream_over_limit"], o.Extra["client_429"])
+				ok = ok && rl.Extra["client_429"] < o.Extra["client_429"]
+			}
 		}
 		return ok, detail, true
 	})

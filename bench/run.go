@@ -20,7 +20,16 @@ func (e *env) runOne(ctx context.Context, sc *scenario, setup string, rep int, p
 	defer up.close()
 	up.seed = e.seed + uint64(rep)
 	dir := filepath.Join(e.work, "runs", fmt.Sprintf("%s-%s-%d", sc.ID, setup, rep+1))
-	p, err := e.startProxy(ctx, setup, sc, up.addr, dir)
+	upAddr := up.addr
+	var chaos *chaosUpstream
+	if sc.Chaos != "" {
+		if chaos, err = e.startChaos(ctx, sc.Chaos, filepath.Join(dir, "upstream")); err != nil {
+			return nil, err
+		}
+		defer e.children.kill(chaos.cmd)
+		upAddr = chaos.addr
+	}
+	p, err := e.startProxy(ctx, setup, sc, upAddr, dir)
 	if err != nil {
 		return nil, err
 	}
@@ -37,6 +46,13 @@ func (e *env) runOne(ctx context.Context, sc *scenario, setup string, rep int, p
 	}
 	up.resetCounts()
 	up.setFaults(sc.Faults)
+	var chaos0 chaosStats
+	if chaos != nil {
+		time.Sleep(1100 * time.Millisecond) // a fresh quota window, free of the warm-up
+		if chaos0, err = chaos.stats(ctx); err != nil {
+			return nil, err
+		}
+	}
 
 	start := time.Now().Add(20 * time.Millisecond)
 	var syns *synCounter
@@ -86,6 +102,14 @@ func (e *env) runOne(ctx context.Context, sc *scenario, setup string, rep int, p
 	}
 	r := &runData{sc: sc, setup: setup, samples: samples, elapsed: elapsed, start: start,
 		up: up.stats(), tl: tl, measured: sc.Load.Duration}
+	if chaos != nil {
+		c1, err := chaos.stats(ctx)
+		if err != nil {
+			return nil, err
+		}
+		r.up.Requests = int64(c1.Passed - chaos0.Passed + c1.Refused - chaos0.Refused)
+		r.overLimit = int(c1.Refused - chaos0.Refused)
+	}
 	out := analyze(r)
 	proxyCPU := cpu1.proxy - cpu0.proxy
 	foreign := (cpu1.busy - cpu0.busy) - (cpu1.self - cpu0.self) - proxyCPU

@@ -26,6 +26,11 @@ type scenario struct {
 	// ResilientNoBreaker the same for the resilient-nobreaker setup.
 	Resilient          string
 	ResilientNoBreaker string
+	ResilientRateLimit string
+	// Chaos, when set, makes the upstream a Caddy running this chaos
+	// block in front of `respond 200` instead of the harness's own (S8);
+	// the upstream's counts then come from chaos's stats.
+	Chaos string
 	// OpenFor and HalfOpen repeat the breaker settings of Resilient,
 	// for the probe count.
 	OpenFor  time.Duration
@@ -56,6 +61,8 @@ type runData struct {
 	up       upstreamStats
 	tl       timeline
 	measured time.Duration // the load's nominal duration
+	// overLimit is how many requests a chaos quota answered 429 (S8)
+	overLimit int
 }
 
 // connects counts the connect attempts to the upstream's port from
@@ -195,6 +202,21 @@ func scenarios(quick bool) []*scenario {
 			Doc: "Baselines retry 503 (3 tries). Resilient: defaults; resilient-nobreaker: `breaker off`, so only the " +
 				"retry budget (0.2 + 10/s) bounds the retries.",
 		},
+		{
+			ID: "S8", Title: "provider quota: 50 req/s allowed, 429 with Retry-After: 1 above it; 80 req/s offered",
+			Setups:             []string{setupCaddyHTTP, setupResilient, setupResilientRL, setupNginx, setupHAProxy},
+			Diag:               true,
+			Load:               loadSpec{Rate: 80, Duration: d(20 * time.Second), Timeout: 15 * time.Second},
+			Warmup:             loadSpec{Rate: 20, Duration: 250 * time.Millisecond, Timeout: 2 * time.Second},
+			Chaos:              "quota 50/s retry_after 1s",
+			Knobs:              knobs{Retry: true, RetryStatus: []int{429, 503}},
+			ResilientRateLimit: "rate_limit {\nrate 50/s\nburst 1\nmax_wait 1s\n}",
+			Doc: "The upstream is `chaos { quota 50/s retry_after 1s }` (fixed one-second windows) in front of " +
+				"`respond 200`, in a Caddy of its own. Baselines retry 429 and 503 as in S6. Resilient: defaults " +
+				"(429 retried after its Retry-After); resilient-ratelimit: `rate_limit { rate 50/s burst 1 max_wait 1s }` " +
+				"(burst 1: the default burst, one second of rate, could put up to twice the rate into one of a " +
+				"fixed-window provider's windows). \"above limit\" counts the requests the upstream answered 429.",
+		},
 	}
 }
 
@@ -295,8 +317,23 @@ func analyzeRow(r *runData, row string, samples []*sample, whole bool) *result {
 		analyzePool(r, samples, res)
 	case "S6":
 		analyzeRetryAfter(r, res)
+	case "S8":
+		analyzeQuota(r, samples, res)
 	}
 	return res
+}
+
+// analyzeQuota counts what a provider's quota saw (S8): the requests
+// above its limit, and the 429s that reached the clients.
+func analyzeQuota(r *runData, samples []*sample, res *result) {
+	res.Extra["upstream_over_limit"] = float64(r.overLimit)
+	n := 0
+	for _, s := range samples {
+		if s.Status == 429 {
+			n++
+		}
+	}
+	res.Extra["client_429"] = float64(n)
 }
 
 // analyzeBreaker measures how the breaker behaved once open: the
