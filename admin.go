@@ -103,6 +103,7 @@ func (adminBreakers) handleAction(w http.ResponseWriter, r *http.Request) error 
 		if len(bs) == 0 {
 			logPendingOverride(upstream, "breaker override lifted")
 		}
+		shareOverride(upstream, forceNone, 0, true)
 	case "force_open", "force_close":
 		mode := forceOpen
 		if action == "force_close" {
@@ -121,6 +122,7 @@ func (adminBreakers) handleAction(w http.ResponseWriter, r *http.Request) error 
 			}
 			logPendingOverride(upstream, "breaker forced", fields...)
 		}
+		shareOverride(upstream, mode, d, false)
 	}
 	return adminWriteStatuses(w, upstream, bs)
 }
@@ -175,7 +177,7 @@ func pendingStatus(c *overrideCell, now time.Time) breakerStatus {
 	s := breakerStatus{Upstream: c.addr, State: "closed"}
 	if o, _ := c.current(now); o != nil {
 		s.State = overrideName(o.mode)
-		s.Override = &overrideStatus{State: overrideName(o.mode), BreakerState: "closed"}
+		s.Override = &overrideStatus{State: overrideName(o.mode), From: overrideFrom(c), BreakerState: "closed"}
 		if !o.until.IsZero() {
 			until := o.until
 			s.Override.Until = &until
@@ -202,6 +204,9 @@ type breakerStatus struct {
 	OpenUntil *time.Time `json:"open_until,omitempty"`
 	// Override is the operator override in force, if any.
 	Override *overrideStatus `json:"override,omitempty"`
+	// Fleet is the state another instance of the fleet reached, which
+	// this breaker follows now, if any.
+	Fleet *fleetStatus `json:"fleet,omitempty"`
 	// Settings are the breaker's settings, defaults applied; absent for
 	// an upstream not seen yet.
 	Settings *breakerSettings `json:"settings,omitempty"`
@@ -219,10 +224,22 @@ type breakerCounts struct {
 type overrideStatus struct {
 	// State is the state forced: open or closed.
 	State string `json:"state"`
+	// From is "fleet" when another instance of the fleet gave it, else
+	// "local".
+	From string `json:"from"`
 	// Until is when the override ends; absent: at the next reset.
 	Until *time.Time `json:"until,omitempty"`
 	// BreakerState is the breaker's own state behind the override.
 	BreakerState string `json:"breaker_state"`
+}
+
+type fleetStatus struct {
+	// State is open or half_open.
+	State string `json:"state"`
+	// Until is when following it ends on its own.
+	Until time.Time `json:"until"`
+	// Origin is the ID of the instance that reached it.
+	Origin string `json:"origin"`
 }
 
 type breakerSettings struct {
@@ -282,12 +299,23 @@ func (b *breaker) status(now time.Time) breakerStatus {
 		s.OpenUntil = &t
 	}
 	if mode, until := b.override(now); mode != forceNone {
-		s.Override = &overrideStatus{State: overrideName(mode), BreakerState: stateName(own)}
+		s.Override = &overrideStatus{State: overrideName(mode), From: overrideFrom(b.ov), BreakerState: stateName(own)}
 		if !until.IsZero() {
 			s.Override.Until = &until
 		}
 	}
+	if rs := b.followed(now); rs != nil {
+		s.Fleet = &fleetStatus{State: rs.state, Until: rs.until, Origin: rs.origin}
+	}
 	return s
+}
+
+// overrideFrom says where the override of c came from.
+func overrideFrom(c *overrideCell) string {
+	if o := c.ov.Load(); o != nil && o.origin != "" {
+		return "fleet"
+	}
+	return "local"
 }
 
 // Interface guards

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-resilient/resilient/fleet"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/sony/gobreaker/v2"
 	"go.uber.org/zap"
@@ -167,6 +168,10 @@ type breaker struct {
 	cur      atomic.Pointer[generation]
 	logger   atomic.Pointer[zap.Logger]
 	ov       *overrideCell // the operator's override of its upstream
+	fleet    *fleetLink    // nil outside a fleet
+	// a state another instance of the fleet reached, which this breaker
+	// follows while it lasts; nil: none
+	remote atomic.Pointer[remoteState]
 
 	// Written by the gobreaker hooks of the current generation, under
 	// its lock; read anywhere.
@@ -260,6 +265,54 @@ func (b *breaker) onStateChange(from, to gobreaker.State) {
 		b.probeGen.Add(1)
 	}
 	b.notify("breaker state changed", stateName(from), stateName(to), zap.Object("counts", c))
+	if b.fleet != nil {
+		// the others follow; never blocks
+		s := fleet.BreakerState{Upstream: b.upstream, Settings: b.cfg.key(), State: stateName(to)}
+		if to == gobreaker.StateOpen {
+			s.Until = time.Unix(0, b.openUntil.Load())
+		}
+		b.fleet.member.PublishBreaker(s)
+	}
+}
+
+// follow makes the breaker follow a state another instance of its fleet
+// reached (nil: the fleet's breaker closed). While an open or half-open
+// state lasts, requests are turned away here too: only the instance
+// that tripped counted failures, and only it sends the probes.
+func (b *breaker) follow(rs *remoteState) {
+	from := b.state()
+	if rs != nil && rs.state == "half_open" {
+		// the probes are the other instance's; should its word never
+		// come, this one decides again after an open period
+		rs = &remoteState{state: rs.state, origin: rs.origin, until: time.Now().Add(time.Duration(b.cfg.OpenFor))}
+	}
+	old := b.remote.Swap(rs)
+	if old == nil && rs == nil {
+		return
+	}
+	to := b.state()
+	fields := []zap.Field{zap.String("fleet_origin", originOf(rs, old))}
+	b.notify("breaker state changed by the fleet", from, to, fields...)
+}
+
+func originOf(rs, old *remoteState) string {
+	if rs != nil {
+		return rs.origin
+	}
+	return old.origin
+}
+
+// followed returns the fleet's state this breaker follows now, if any.
+func (b *breaker) followed(now time.Time) *remoteState {
+	rs := b.remote.Load()
+	if rs == nil {
+		return nil
+	}
+	if !now.Before(rs.until) {
+		b.remote.CompareAndSwap(rs, nil)
+		return nil
+	}
+	return rs
 }
 
 // notify logs a change of the breaker's state at warn, and records it
@@ -318,6 +371,11 @@ func (b *breaker) state() string {
 		return "open"
 	case forceClosed:
 		return "closed"
+	}
+	if b.remote.Load() != nil {
+		if rs := b.followed(time.Now()); rs != nil {
+			return rs.state
+		}
 	}
 	if gobreaker.State(b.cbState.Load()) == gobreaker.StateClosed {
 		// only a failure reported through gobreaker moves it on, and
@@ -383,6 +441,9 @@ func (b *breaker) rejects() bool {
 	case forceClosed:
 		return false
 	}
+	if b.followed(time.Now()) != nil {
+		return true
+	}
 	cb := b.cur.Load().cb
 	switch cb.State() {
 	case gobreaker.StateOpen:
@@ -433,6 +494,13 @@ func (b *breaker) allow(into *ticket) (*ticket, time.Duration, bool) {
 		return nil, wait, false
 	case forceClosed:
 		return nil, 0, true
+	}
+	if b.remote.Load() != nil {
+		now := time.Now()
+		if rs := b.followed(now); rs != nil {
+			b.rejected.Add(1)
+			return nil, max(rs.until.Sub(now), time.Second), false
+		}
 	}
 	g := b.cur.Load()
 	epoch := b.win.current()

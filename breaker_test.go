@@ -415,7 +415,7 @@ func TestBreakerTripIsLoggedWithTheWindowsCounts(t *testing.T) {
 
 // breakerAcquire takes a registry reference for addr under cfg.
 func breakerAcquire(cfg *Breaker, addr string) *breaker {
-	return acquireBreaker(cfg, addr, nil)
+	return acquireBreaker(cfg, addr, nil, nil)
 }
 
 func breakerRefs(b *breaker) int {

@@ -71,7 +71,7 @@ func (t *Transport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
 		switch opt {
-		case "timeouts", "pool", "retry", "breaker", "rate_limit":
+		case "timeouts", "pool", "retry", "breaker", "rate_limit", "fleet":
 			if seen[opt] {
 				return d.Errf("%s already specified", opt)
 			}
@@ -89,6 +89,8 @@ func (t *Transport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			t.Breaker, err = parseBreaker(d)
 		case "rate_limit":
 			t.RateLimit, err = parseRateLimit(d)
+		case "fleet":
+			t.Fleet, err = parseFleet(d)
 		default:
 			if hint := blockHint(opt); hint != "" {
 				return d.Errf("unrecognized subdirective %s; did you mean `%s`?", opt, hint)
@@ -410,7 +412,7 @@ func parseBreaker(d *caddyfile.Dispenser) (*Breaker, error) {
 }
 
 // blocks are this transport's own subdirectives.
-var blocks = []string{"timeouts", "pool", "retry", "breaker", "rate_limit"}
+var blocks = []string{"timeouts", "pool", "retry", "breaker", "rate_limit", "fleet"}
 
 // blockHints are names people write for our blocks.
 var blockHints = map[string]string{
@@ -418,6 +420,7 @@ var blockHints = map[string]string{
 	"circuit": "breaker", "circuit_breaker": "breaker", "circuitbreaker": "breaker", "cb": "breaker",
 	"pools": "pool", "connection_pool": "pool", "conn_pool": "pool",
 	"ratelimit": "rate_limit", "rate_limits": "rate_limit", "rate": "rate_limit", "throttle": "rate_limit", "quota": "rate_limit",
+	"redis": "fleet", "cluster": "fleet",
 }
 
 // blockHint returns the block of ours that name most likely meant, or
@@ -518,6 +521,38 @@ func parseRateLimit(d *caddyfile.Dispenser) (*RateLimit, error) {
 		return nil, d.Errf("rate_limit: rate is required, e.g. rate 100/s")
 	}
 	return rl, err
+}
+
+func parseFleet(d *caddyfile.Dispenser) (*Fleet, error) {
+	f := new(Fleet)
+	err := block(d, func(opt string) error {
+		var err error
+		switch opt {
+		case "redis":
+			v, err := oneArg(d, "fleet", opt)
+			if err != nil {
+				return err
+			}
+			f.Redis = v
+			if verr := (&Fleet{Redis: v}).validate(); verr != nil {
+				return d.Errf("fleet: %v", verr)
+			}
+		case "prefix":
+			f.Prefix, err = oneArg(d, "fleet", opt)
+			if err == nil && !isToken(f.Prefix) {
+				return d.Errf("fleet: prefix must be a name without spaces or separators, got %q", f.Prefix)
+			}
+		case "timeout":
+			f.Timeout, err = duration(d, "fleet", opt, false)
+		default:
+			return d.Errf("fleet: unrecognized subdirective %s", opt)
+		}
+		return err
+	})
+	if err == nil && f.Redis == "" {
+		return nil, d.Errf("fleet: redis is required, e.g. redis redis://127.0.0.1:6379/0")
+	}
+	return f, err
 }
 
 // isToken reports whether s is an RFC 9110 token, as methods and header

@@ -66,6 +66,17 @@ func TestCaddyfileValid(t *testing.T) {
 				"key":"{http.request.header.X-Tenant}","obey_retry_after":false}}`,
 		},
 		{
+			name: "fleet",
+			input: `resilient {
+				fleet {
+					redis redis://:s3cret@10.0.0.5:6379/2
+					prefix payments
+					timeout 80ms
+				}
+			}`,
+			want: `{"fleet":{"redis":"redis://:s3cret@10.0.0.5:6379/2","prefix":"payments","timeout":80000000}}`,
+		},
+		{
 			name:  "rate_limit that never waits",
 			input: "resilient {\n\trate_limit {\n\t\trate 600/m\n\t\tmax_wait 0\n\t}\n}",
 			want:  `{"rate_limit":{"rate":"600/m","max_wait":0}}`,
@@ -329,6 +340,10 @@ func TestCaddyfileInvalid(t *testing.T) {
 		{"rate_limit obey maybe", "resilient {\n\trate_limit {\n\t\trate 1/s\n\t\tobey_retry_after maybe\n\t}\n}", 4, []string{"obey_retry_after", "maybe"}},
 		{"rate_limit unknown", "resilient {\n\trate_limit {\n\t\trate 1/s\n\t\tper_key yes\n\t}\n}", 4, []string{"rate_limit", "per_key"}},
 		{"rate_limit argument", "resilient {\n\trate_limit 100/s\n}", 2, []string{"rate_limit", "100/s"}},
+		{"fleet without redis", "resilient {\n\tfleet {\n\t\tprefix a\n\t}\n}", 4, []string{"fleet", "redis", "required"}},
+		{"fleet bad scheme", "resilient {\n\tfleet {\n\t\tredis http://10.0.0.5:6379\n\t}\n}", 3, []string{"fleet"}},
+		{"fleet timeout 0", "resilient {\n\tfleet {\n\t\tredis redis://127.0.0.1:6379\n\t\ttimeout 0\n\t}\n}", 4, []string{"timeout", "0"}},
+		{"fleet unknown", "resilient {\n\tfleet {\n\t\tredis redis://127.0.0.1:6379\n\t\tpassword x\n\t}\n}", 4, []string{"fleet", "password"}},
 		{"misspelled rate_limit", "resilient {\n\tratelimit {\n\t\trate 1/s\n\t}\n}", 2, []string{"ratelimit", "did you mean", "rate_limit"}},
 		{"on 2xx", "resilient {\n\tretry {\n\t\ton 2xx\n\t}\n}", 3, []string{"on", "2xx", "4xx and 5xx"}},
 		{"on 200", "resilient {\n\tretry {\n\t\ton 503 200\n\t}\n}", 3, []string{"on", "200"}},
@@ -375,6 +390,18 @@ func TestCaddyfileInvalid(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestCaddyfileFleetErrorsHideThePassword(t *testing.T) {
+	for _, url := range []string{"redis://:hunter2@10.0.0.5:99999/2", "redis://user:hunter2@/0", "rediss://:hunter2@host:6379/x"} {
+		_, err := cfUnmarshal("resilient {\n\tfleet {\n\t\tredis " + url + "\n\t}\n}")
+		if err == nil {
+			t.Fatalf("%s accepted", url)
+		}
+		if strings.Contains(err.Error(), "hunter2") {
+			t.Fatalf("the error shows the password: %v", err)
+		}
 	}
 }
 

@@ -32,7 +32,7 @@ type exchange struct {
 	// does not count
 	paused atomic.Int64
 	body   *bodySource // nil when the request has none
-	bkt    *bucket     // the rate-limit bucket; nil without rate_limit
+	bkt    tokens      // the rate-limit bucket; nil without rate_limit
 
 	tries    []try
 	triesBuf [3]try
@@ -190,7 +190,7 @@ func (ex *exchange) run() (*http.Response, error) {
 
 // rateBucket returns the token bucket of the request (nil without
 // rate_limit), keeping it for its retries.
-func (ex *exchange) rateBucket() *bucket {
+func (ex *exchange) rateBucket() tokens {
 	l := ex.up.limiter
 	if l == nil {
 		return nil
@@ -199,7 +199,7 @@ func (ex *exchange) rateBucket() *bucket {
 	if l.cfg.Key != "" && ex.repl != nil {
 		v = ex.repl.ReplaceAll(l.cfg.Key, "")
 	}
-	ex.bkt = l.bucketFor(v)
+	ex.bkt = l.tokensFor(v)
 	return ex.bkt
 }
 
@@ -217,7 +217,7 @@ func (ex *exchange) tokenBudget(now time.Time, wait time.Duration) time.Duration
 // total deadline. It returns when a token would be there if none can
 // come in time, or the client's error if it left while waiting (its
 // place is given back).
-func (ex *exchange) awaitToken(b *bucket, maxWait time.Duration) (time.Duration, error) {
+func (ex *exchange) awaitToken(b tokens, maxWait time.Duration) (time.Duration, error) {
 	giveUp := time.Now().Add(maxWait)
 	for {
 		now := time.Now()

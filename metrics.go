@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-resilient/resilient/fleet"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -101,6 +102,22 @@ func registerMetrics(reg *prometheus.Registry) error {
 		metrics.duration, metrics.breakerState, metrics.breakerChanges,
 		metrics.inFlight, metrics.poolWait, metrics.rateLimitWait,
 	} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// registerFleetMetrics registers the fleet's collectors too.
+func registerFleetMetrics(reg *prometheus.Registry) error {
+	if reg == nil {
+		return nil
+	}
+	for _, c := range fleet.Collectors() {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

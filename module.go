@@ -56,6 +56,10 @@ type Transport struct {
 	// Default: none; see RateLimit.
 	RateLimit *RateLimit `json:"rate_limit,omitempty"`
 
+	// Several gateways sharing what each learns, through Redis.
+	// Default: none; see Fleet.
+	Fleet *Fleet `json:"fleet,omitempty"`
+
 	logger    *zap.Logger
 	upstreams *upstreamTable
 	untraced  bool // HTTP/3: net/http/httptrace sees nothing, so nothing counts as never sent
@@ -103,6 +107,17 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 	if t.RateLimit != nil {
 		if err := t.RateLimit.provision(); err != nil {
 			return fmt.Errorf("rate_limit: %v", err)
+		}
+	}
+	if t.Fleet != nil {
+		if err := t.Fleet.validate(); err != nil {
+			return fmt.Errorf("fleet: %v", err)
+		}
+		if err := registerFleetMetrics(ctx.GetMetricsRegistry()); err != nil {
+			return fmt.Errorf("registering fleet metrics: %v", err)
+		}
+		if err := t.Fleet.join(t.logger); err != nil {
+			return fmt.Errorf("fleet: %v", err)
 		}
 	}
 
@@ -194,6 +209,9 @@ func (t *Transport) Cleanup() error {
 	if t.upstreams != nil {
 		t.upstreams.close()
 	}
+	if t.Fleet != nil {
+		t.Fleet.leave()
+	}
 	return t.HTTPTransport.Cleanup()
 }
 
@@ -213,6 +231,14 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return ex.upgrade()
 	}
 	return ex.run()
+}
+
+// fleetLink returns the transport's fleet membership, nil without one.
+func (t *Transport) fleetLink() *fleetLink {
+	if t.Fleet == nil {
+		return nil
+	}
+	return t.Fleet.link
 }
 
 // upstreamFor returns the state kept for the upstream req is going to.

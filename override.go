@@ -21,9 +21,10 @@ import (
 // override is an operator's decision; it wins over the breakers' own
 // state.
 type override struct {
-	mode  forceMode
-	until time.Time // zero: until reset
-	at    time.Time // when it was given
+	mode   forceMode
+	until  time.Time // zero: until reset
+	at     time.Time // when it was given
+	origin string    // the fleet instance it came from; "" when given here
 }
 
 type forceMode uint8
@@ -110,6 +111,12 @@ func (c *overrideCell) current(now time.Time) (o *override, ended *override) {
 // setOverride gives addr an override for d (0: until reset). It fails
 // when too many upstreams without breakers hold one.
 func setOverride(addr string, mode forceMode, d time.Duration) (*overrideCell, bool) {
+	return setOverrideFrom(addr, mode, d, "")
+}
+
+// setOverrideFrom is setOverride for an override that origin, another
+// instance of the fleet, gave.
+func setOverrideFrom(addr string, mode forceMode, d time.Duration, origin string) (*overrideCell, bool) {
 	overrides.Lock()
 	defer overrides.Unlock()
 	c := overrides.m[addr]
@@ -127,7 +134,7 @@ func setOverride(addr string, mode forceMode, d time.Duration) (*overrideCell, b
 		overrides.m[addr] = c
 	}
 	now := time.Now()
-	o := &override{mode: mode, at: now}
+	o := &override{mode: mode, at: now, origin: origin}
 	if d > 0 {
 		o.until = now.Add(d)
 	}

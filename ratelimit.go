@@ -106,6 +106,17 @@ func (rl *RateLimit) key() string {
 	return fmt.Sprintf("%v|%d|%s", float64(rl.limit), rl.Burst, rl.Key)
 }
 
+// tokens is a token bucket as the request path takes from it: this
+// instance's own, or the fleet's (see fleetBucket).
+type tokens interface {
+	// take reserves a token as of now, and returns how long until it is
+	// due. When it would be due later than maxWait, nothing is taken,
+	// ok is false and wait says when one would be there.
+	take(now time.Time, maxWait time.Duration) (tok token, wait time.Duration, ok bool)
+	// pause empties the bucket until until.
+	pause(until time.Time)
+}
+
 // bucket is one token bucket, on golang.org/x/time/rate, with a pause.
 //
 // x/time/rate must never be asked about a time earlier than one it was
@@ -135,9 +146,7 @@ type token struct {
 	epoch uint64
 }
 
-// take reserves a token as of now, and returns how long until it is
-// due. When it would be due later than maxWait, nothing is taken, ok is
-// false and wait says when one would be there.
+// take implements tokens.
 func (b *bucket) take(now time.Time, maxWait time.Duration) (tok token, wait time.Duration, ok bool) {
 	b.used.Store(now.UnixNano())
 	b.mu.Lock()
@@ -189,6 +198,20 @@ func (tok token) void() bool {
 	return tok.epoch != tok.b.epoch
 }
 
+// setRate changes the bucket's rate and size (a fleet instance's share
+// of the fleet's rate, as the number of live instances changes).
+func (b *bucket) setRate(now time.Time, limit rate.Limit, burst int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if limit == b.limit && burst == b.burst {
+		return
+	}
+	t := b.at(now)
+	b.lim.SetLimitAt(t, limit)
+	b.lim.SetBurstAt(t, burst)
+	b.limit, b.burst = limit, burst
+}
+
 // pause empties the bucket until until: no token is due before then,
 // and from then on the bucket refills at the rate, starting empty.
 func (b *bucket) pause(until time.Time) {
@@ -225,9 +248,11 @@ type limiter struct {
 	key      string // in the registry
 	upstream string
 	cfg      *RateLimit
+	fleet    *fleetLink // nil outside a fleet
 
 	mu      sync.RWMutex
 	buckets map[string]*bucket // by key value; "" without a key
+	shared  map[string]*fleetBucket
 }
 
 // limiters holds every limiter in use, across config reloads.
@@ -235,12 +260,41 @@ var limiters = caddy.NewUsagePool()
 
 // acquireLimiter returns the shared limiter of upstream under cfg; each
 // call must be paired with release.
-func acquireLimiter(cfg *RateLimit, upstream string) *limiter {
+func acquireLimiter(cfg *RateLimit, upstream string, fl *fleetLink) *limiter {
 	key := upstream + "|" + cfg.key()
+	if fl != nil {
+		key += "|" + fl.id
+	}
 	v, _, _ := limiters.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return &limiter{key: key, upstream: upstream, cfg: cfg, buckets: map[string]*bucket{}}, nil
+		return &limiter{key: key, upstream: upstream, cfg: cfg, fleet: fl,
+			buckets: map[string]*bucket{}, shared: map[string]*fleetBucket{}}, nil
 	})
 	return v.(*limiter)
+}
+
+// tokensFor returns the bucket requests with key value v take from: the
+// fleet's when in a fleet, else this instance's.
+func (l *limiter) tokensFor(v string) tokens {
+	if l.fleet == nil {
+		return l.bucketFor(v)
+	}
+	l.mu.RLock()
+	f := l.shared[v]
+	l.mu.RUnlock()
+	if f != nil {
+		return f
+	}
+	share := l.bucketFor(v)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if f = l.shared[v]; f == nil {
+		if len(l.shared) >= maxBuckets {
+			clear(l.shared) // they hold nothing of their own: the buckets are in Redis
+		}
+		f = newFleetBucket(l, v, share)
+		l.shared[v] = f
+	}
+	return f
 }
 
 // Destruct implements caddy.Destructor.

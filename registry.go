@@ -26,10 +26,18 @@ var breakersByAddr = struct {
 
 // acquireBreaker returns the shared breaker for upstream under cfg,
 // creating it on first use. Each call must be paired with release.
-func acquireBreaker(cfg *Breaker, upstream string, logger *zap.Logger) *breaker {
+func acquireBreaker(cfg *Breaker, upstream string, logger *zap.Logger, fl *fleetLink) *breaker {
 	key := upstream + "|" + cfg.key()
+	if fl != nil {
+		// a breaker follows at most one fleet
+		key += "|" + fl.id
+	}
 	v, _, _ := breakers.LoadOrNew(key, func() (caddy.Destructor, error) {
 		b := newBreaker(cfg, upstream, key)
+		if fl != nil {
+			b.fleet = fl
+			b.remote.Store(pendingRemote(fl, upstream, cfg.key()))
+		}
 		breakerAdded(upstream)
 		breakersByAddr.Lock()
 		breakersByAddr.m[upstream] = append(slices.Clip(breakersByAddr.m[upstream]), b)

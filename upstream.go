@@ -29,10 +29,10 @@ func newUpstream(t *Transport, addr string) *upstream {
 	u := &upstream{addr: addr, addrValue: addr, slots: newSlots(t.Pool.MaxConns),
 		m: newUpstreamMetrics(addr, t.Pool.MaxConns > 0, t.RateLimit != nil)}
 	if t.RateLimit != nil {
-		u.limiter = acquireLimiter(t.RateLimit, addr)
+		u.limiter = acquireLimiter(t.RateLimit, addr, t.fleetLink())
 	}
 	if !t.Breaker.Disabled {
-		u.breaker = acquireBreaker(t.Breaker, addr, t.logger)
+		u.breaker = acquireBreaker(t.Breaker, addr, t.logger, t.fleetLink())
 	}
 	if t.Retry.Attempts > 1 {
 		u.budget = newBudget(t.Retry.Budget)

@@ -1,0 +1,336 @@
+package resilient
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddy-resilient/resilient/fleet"
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/time/rate"
+)
+
+// Fleet makes several Caddy instances that share a Redis and a prefix
+// act as one gateway: a breaker that opens on one instance opens on all
+// of them, the rate limit holds for the fleet as a whole (a Retry-After
+// seen by one pauses all), and an operator's override given to one
+// instance applies to every one. Redis is never in the way: no request
+// waits on it longer than Timeout, and when it cannot answer each
+// instance goes on alone (its own breakers, a share of the rate) and
+// rejoins by itself. Off unless configured.
+type Fleet struct {
+	// The Redis server: redis:// or rediss:// (TLS), user:password@
+	// allowed, a database number as the path. The password is never
+	// logged or shown. Required.
+	Redis string `json:"redis,omitempty"`
+
+	// Instances with the same redis and prefix form one fleet.
+	// Default: `resilient`.
+	Prefix string `json:"prefix,omitempty"`
+
+	// How long one Redis operation may take; past it the instance acts
+	// alone. Default: `50ms`.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	link *fleetLink
+}
+
+func (f *Fleet) options() fleet.Options {
+	return fleet.Options{URL: f.Redis, Prefix: f.Prefix, Timeout: time.Duration(f.Timeout)}
+}
+
+func (f *Fleet) validate() error {
+	if f.Redis == "" {
+		return fmt.Errorf("redis is required, e.g. redis redis://127.0.0.1:6379/0")
+	}
+	if f.Timeout < 0 {
+		return fmt.Errorf("timeout must be > 0, got %v", time.Duration(f.Timeout))
+	}
+	return f.options().Validate()
+}
+
+// fleetLink is this process's membership of one fleet, as the breakers
+// and limiters of the transports in it use it.
+type fleetLink struct {
+	id      string // names the fleet in registry keys; no secret in it
+	member  *fleet.Member
+	timeout time.Duration
+	logger  *zap.Logger
+
+	stopBreakers, stopOverrides func()
+}
+
+// fleetID names a fleet without its URL's secrets.
+func fleetID(o fleet.Options) string {
+	sum := sha256.Sum256([]byte(o.URL + "\x00" + o.Prefix))
+	return hex.EncodeToString(sum[:8])
+}
+
+// join makes the transport a member of its fleet.
+func (f *Fleet) join(logger *zap.Logger) error {
+	opts := f.options()
+	m, err := fleet.Join(opts, logger)
+	if err != nil {
+		return err
+	}
+	timeout := time.Duration(f.Timeout)
+	if timeout <= 0 {
+		timeout = fleet.DefaultTimeout
+	}
+	l := &fleetLink{id: fleetID(opts), member: m, timeout: timeout, logger: logger}
+	l.stopBreakers = m.OnBreaker(l.followBreaker)
+	l.stopOverrides = m.OnOverride(l.followOverride)
+	fleetLinks.add(l)
+	f.link = l
+	return nil
+}
+
+// leave undoes join; it copes with a link never made.
+func (f *Fleet) leave() {
+	l := f.link
+	if l == nil {
+		return
+	}
+	f.link = nil
+	fleetLinks.remove(l)
+	l.stopBreakers()
+	l.stopOverrides()
+	l.member.Release()
+}
+
+// linkSet is a set of fleet links.
+type linkSet struct {
+	sync.Mutex
+	m map[*fleetLink]struct{}
+}
+
+// fleetLinks are the fleets this process is in, for the admin API to
+// share overrides with.
+var fleetLinks = &linkSet{m: map[*fleetLink]struct{}{}}
+
+func (fl *linkSet) add(l *fleetLink) {
+	fl.Lock()
+	fl.m[l] = struct{}{}
+	fl.Unlock()
+}
+
+func (fl *linkSet) remove(l *fleetLink) {
+	fl.Lock()
+	delete(fl.m, l)
+	fl.Unlock()
+}
+
+// members returns one link per distinct member.
+func (fl *linkSet) members() []*fleetLink {
+	fl.Lock()
+	defer fl.Unlock()
+	seen := map[*fleet.Member]bool{}
+	var out []*fleetLink
+	for l := range fl.m {
+		if !seen[l.member] {
+			seen[l.member] = true
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// remoteState is a breaker state another instance of the fleet
+// reached: while it lasts, this instance's breaker follows it.
+type remoteState struct {
+	state  string // open or half_open
+	until  time.Time
+	origin string
+}
+
+// followBreaker applies a state another instance published to the
+// breakers of this instance that have the same upstream and settings.
+// A breaker the upstream has none of yet takes it when it is made.
+func (l *fleetLink) followBreaker(s fleet.BreakerState) {
+	var rs *remoteState
+	switch s.State {
+	case fleet.StateOpen:
+		rs = &remoteState{state: "open", until: s.Until, origin: s.Origin}
+	case fleet.StateHalfOpen:
+		rs = &remoteState{state: "half_open", origin: s.Origin} // until set per breaker
+	}
+	key := l.id + "|" + s.Upstream + "|" + s.Settings
+	remoteStates.Lock()
+	if rs != nil && rs.state == "open" {
+		remoteStates.m[key] = rs
+	} else {
+		delete(remoteStates.m, key)
+	}
+	remoteStates.Unlock()
+	for _, b := range lookupBreakers(s.Upstream) {
+		if b.fleet == l && b.cfg.key() == s.Settings {
+			b.follow(rs)
+		}
+	}
+}
+
+// remoteStates are the open states of the fleet, kept for breakers made
+// after they came; by fleet, upstream and settings. They end by
+// themselves.
+var remoteStates = struct {
+	sync.Mutex
+	m map[string]*remoteState
+}{m: map[string]*remoteState{}}
+
+// pendingRemote returns the fleet's open state for a new breaker.
+func pendingRemote(l *fleetLink, upstream, settings string) *remoteState {
+	key := l.id + "|" + upstream + "|" + settings
+	remoteStates.Lock()
+	defer remoteStates.Unlock()
+	rs := remoteStates.m[key]
+	now := time.Now()
+	for k, s := range remoteStates.m { // drop the ended ones
+		if !now.Before(s.until) {
+			delete(remoteStates.m, k)
+		}
+	}
+	if rs == nil || !now.Before(rs.until) {
+		return nil
+	}
+	return rs
+}
+
+// followOverride applies an operator's override given to another
+// instance of the fleet.
+func (l *fleetLink) followOverride(o fleet.Override) {
+	switch o.Mode {
+	case fleet.ModeReset:
+		clearOverride(o.Upstream)
+		for _, b := range lookupBreakers(o.Upstream) {
+			b.reset()
+		}
+		return
+	case fleet.ModeForceOpen, fleet.ModeForceClose:
+		mode := forceOpen
+		if o.Mode == fleet.ModeForceClose {
+			mode = forceClosed
+		}
+		var d time.Duration
+		if !o.Until.IsZero() {
+			if d = time.Until(o.Until); d <= 0 {
+				return
+			}
+		}
+		bs := lookupBreakers(o.Upstream)
+		from := make([]string, len(bs))
+		for i, b := range bs {
+			from[i] = b.state()
+		}
+		if _, ok := setOverrideFrom(o.Upstream, mode, d, o.Origin); !ok {
+			return
+		}
+		for i, b := range bs {
+			b.forced(from[i], mode, d)
+		}
+	}
+}
+
+// shareOverride gives an override to every fleet this process is in;
+// it returns those it could not reach.
+func shareOverride(upstream string, mode forceMode, d time.Duration, reset bool) []error {
+	o := fleet.Override{Upstream: upstream, Mode: fleet.ModeForceOpen}
+	switch {
+	case reset:
+		o.Mode = fleet.ModeReset
+	case mode == forceClosed:
+		o.Mode = fleet.ModeForceClose
+	}
+	if d > 0 && !reset {
+		o.Until = time.Now().Add(d)
+	}
+	var errs []error
+	for _, l := range fleetLinks.members() {
+		ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
+		err := l.member.PublishOverride(ctx, o)
+		cancel()
+		if err != nil {
+			errs = append(errs, err)
+			if c := l.logger.Check(zapcore.WarnLevel, "override applied to this instance only: the fleet could not be told"); c != nil {
+				c.Write(zap.String("upstream", upstream), zap.Error(err))
+			}
+		}
+	}
+	return errs
+}
+
+// fleetBucket is the fleet's token bucket of one upstream (and key
+// value), in Redis: the rate holds for the fleet as a whole. When Redis
+// cannot answer within the timeout, the instance takes from a local
+// bucket at its share of the rate (the rate over the instances it last
+// saw live), and says so.
+type fleetBucket struct {
+	l     *limiter
+	key   string  // in Redis: a digest, as the key value may be a secret
+	share *bucket // the local fallback
+	alone atomic.Bool
+}
+
+func newFleetBucket(l *limiter, v string, share *bucket) *fleetBucket {
+	sum := sha256.Sum256([]byte(l.key + "\x00" + v))
+	return &fleetBucket{l: l, key: "tokens:" + hex.EncodeToString(sum[:16]), share: share}
+}
+
+func (f *fleetBucket) limit() fleet.Limit {
+	return fleet.Limit{Rate: float64(f.l.cfg.limit), Burst: f.l.cfg.Burst}
+}
+
+// take implements tokens.
+func (f *fleetBucket) take(now time.Time, maxWait time.Duration) (token, time.Duration, bool) {
+	link := f.l.fleet
+	ctx, cancel := context.WithTimeout(context.Background(), link.timeout)
+	wait, retryAfter, ok, err := link.member.Reserve(ctx, f.key, f.limit(), maxWait)
+	cancel()
+	if err == nil {
+		if f.alone.Swap(false) {
+			f.log(zapcore.InfoLevel, "rate limit: back on the fleet's bucket", nil)
+		}
+		if !ok {
+			return token{}, retryAfter, false
+		}
+		return token{}, wait, true
+	}
+	live := max(1, link.member.Live())
+	if !f.alone.Swap(true) {
+		f.log(zapcore.WarnLevel, "rate limit: the fleet's bucket did not answer; this instance takes its share alone", err,
+			zap.Int("live_instances", live))
+	}
+	cfg := f.l.cfg
+	f.share.setRate(now, cfg.limit/rate.Limit(live), max(1, cfg.Burst/live))
+	return f.share.take(now, maxWait)
+}
+
+// pause implements tokens: the pause holds for the whole fleet, and for
+// the local share should Redis be gone.
+func (f *fleetBucket) pause(until time.Time) {
+	f.share.pause(until)
+	link := f.l.fleet
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), link.timeout)
+		defer cancel()
+		if err := link.member.Pause(ctx, f.key, f.limit(), until); err != nil {
+			f.log(zapcore.WarnLevel, "rate limit: the fleet could not be told of a Retry-After pause", err)
+		}
+	}()
+}
+
+func (f *fleetBucket) log(lvl zapcore.Level, msg string, err error, fields ...zap.Field) {
+	logger := f.l.fleet.logger
+	if c := logger.Check(lvl, msg); c != nil {
+		fields = append(fields, zap.String("upstream", f.l.upstream))
+		if err != nil {
+			fields = append(fields, zap.Error(err))
+		}
+		c.Write(fields...)
+	}
+}
