@@ -119,4 +119,32 @@ func TestDemoBehavesAsTheREADMESays(t *testing.T) {
 		t.Error("/slow while another call is in flight: no 503 pool_timeout")
 	}
 	wg.Wait()
+
+	// eight calls at once to an API that allows 5 a second: the gateway
+	// sends it one, and answers the others 429 itself
+	statuses := map[int]int{}
+	for i := 0; i < 8; i++ {
+		res, _ := g.get("/quota")
+		statuses[res.StatusCode]++
+		if res.StatusCode == 429 && (outcome(res) != "rate_limited" || res.Header.Get("Retry-After") == "") {
+			t.Errorf("/quota refused: %s, Retry-After %q", outcome(res), res.Header.Get("Retry-After"))
+		}
+	}
+	if statuses[200] < 1 || statuses[429] < 1 || statuses[200]+statuses[429] != 8 {
+		t.Errorf("/quota: %v", statuses)
+	}
+	req, _ = http.NewRequest(http.MethodGet, "http://127.0.0.1:9005/", nil)
+	req.Header.Set("X-Chaos-Stats", "1")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stats struct {
+		Refused int `json:"quota_refused"`
+	}
+	json.NewDecoder(res.Body).Decode(&stats)
+	res.Body.Close()
+	if stats.Refused != 0 {
+		t.Errorf("the quota API refused %d calls: the gateway sent above its limit", stats.Refused)
+	}
 }
