@@ -35,6 +35,19 @@ func (a *arrivals) times() []time.Time {
 	return append([]time.Time(nil), a.at...)
 }
 
+// countingUpstream starts an upstream that notes every arrival and
+// answers 200.
+func countingUpstream(t *testing.T) (*arrivals, *upstream) {
+	a := new(arrivals)
+	return a, startUpstream(t, func(w http.ResponseWriter, r *http.Request) { a.note(r) })
+}
+
+// rateLimited loads a gateway to up whose transport has the given
+// rate_limit block body.
+func rateLimited(t *testing.T, up *upstream, block string) *gateway {
+	return loadGateway(t, proxySite(up.addr, "transport resilient {\n\t\t\trate_limit {\n"+block+"\n\t\t\t}\n\t\t}"))
+}
+
 // maxInWindow is the most arrivals within any span of length w.
 func maxInWindow(at []time.Time, w time.Duration) int {
 	best := 0
@@ -85,15 +98,10 @@ func count(statuses []int, status int) int {
 }
 
 func TestRateLimitUpstreamNeverSeesMoreThanTheRate(t *testing.T) {
-	a := new(arrivals)
-	up := startUpstream(t, func(w http.ResponseWriter, r *http.Request) { a.note(r) })
-	g := loadGateway(t, proxySite(up.addr, `transport resilient {
-			rate_limit {
-				rate 20/s
+	a, up := countingUpstream(t)
+	g := rateLimited(t, up, `				rate 20/s
 				burst 2
-				max_wait 1s
-			}
-		}`))
+				max_wait 1s`)
 	start := time.Now()
 	statuses := concurrently(t, g, 60)
 	elapsed := time.Since(start)
@@ -116,15 +124,10 @@ func TestRateLimitUpstreamNeverSeesMoreThanTheRate(t *testing.T) {
 }
 
 func TestRateLimitBoundedWaitsSpreadABurstInsteadOfRefusingIt(t *testing.T) {
-	a := new(arrivals)
-	up := startUpstream(t, func(w http.ResponseWriter, r *http.Request) { a.note(r) })
-	g := loadGateway(t, proxySite(up.addr, `transport resilient {
-			rate_limit {
-				rate 20/s
+	a, up := countingUpstream(t)
+	g := rateLimited(t, up, `				rate 20/s
 				burst 1
-				max_wait 2s
-			}
-		}`))
+				max_wait 2s`)
 	statuses := concurrently(t, g, 10)
 	if n := count(statuses, 200); n != 10 {
 		t.Fatalf("%d of 10 passed: with time to wait, a burst is spread, not refused", n)
@@ -240,16 +243,11 @@ func TestRateLimitRetryAfterPausesAllTrafficToTheUpstream(t *testing.T) {
 }
 
 func TestRateLimitPerKeyBucketsDoNotStarveEachOther(t *testing.T) {
-	a := new(arrivals)
-	up := startUpstream(t, func(w http.ResponseWriter, r *http.Request) { a.note(r) })
-	g := loadGateway(t, proxySite(up.addr, `transport resilient {
-			rate_limit {
-				rate 2/s
+	a, up := countingUpstream(t)
+	g := rateLimited(t, up, `				rate 2/s
 				burst 1
 				max_wait 0
-				key {http.request.header.X-Tenant}
-			}
-		}`))
+				key {http.request.header.X-Tenant}`)
 	noisy := concurrently(t, g, 8, "X-Tenant", "noisy")
 	if n := count(noisy, 200); n != 1 {
 		t.Fatalf("the noisy tenant got %d through at 2/s burst 1, no waiting", n)
@@ -266,15 +264,10 @@ func TestRateLimitPerKeyBucketsDoNotStarveEachOther(t *testing.T) {
 }
 
 func TestRateLimitClientThatLeavesWhileWaitingFreesItsPlace(t *testing.T) {
-	a := new(arrivals)
-	up := startUpstream(t, func(w http.ResponseWriter, r *http.Request) { a.note(r) })
-	g := loadGateway(t, proxySite(up.addr, `transport resilient {
-			rate_limit {
-				rate 2/s
+	a, up := countingUpstream(t)
+	g := rateLimited(t, up, `				rate 2/s
 				burst 1
-				max_wait 5s
-			}
-		}`))
+				max_wait 5s`)
 	res, _ := g.get("/") // takes the one token
 	expect(t, res, http.StatusOK, "ok")
 
