@@ -182,11 +182,16 @@ func (tb *upstreamTable) drop(addr string, u *upstream) {
 		return
 	}
 	tb.n.Add(-1)
-	if b := u.breaker; b != nil && b.state() == "closed" {
+	switch b := u.breaker; {
+	case b == nil:
+	case b.state() == "closed":
 		b.drop()
-		u.breaker = nil
+	default:
+		b.release()
 	}
-	u.release()
+	if u.limiter != nil {
+		u.limiter.release()
+	}
 }
 
 // close stops the sweeps and lets go of every upstream.
