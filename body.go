@@ -214,7 +214,7 @@ func (r *bodyReader) Read(p []byte) (int, error) {
 			if s.n+int64(n) > s.limit {
 				s.keeping, s.kept = false, nil
 			} else {
-				s.kept = append(s.kept, p[:n]...)
+				s.kept = appendBounded(s.kept, p[:n], s.limit)
 			}
 		}
 		s.n += int64(n)
@@ -246,4 +246,19 @@ func (r *bodyReader) Close() error {
 		s.closeClient()
 	}
 	return nil
+}
+
+// appendBounded appends b to kept, growing it to at most limit bytes of
+// capacity: the memory held for replay is bounded by max_body, where
+// append alone could double past it.
+func appendBounded(kept, b []byte, limit int64) []byte {
+	need := len(kept) + len(b)
+	if need > cap(kept) {
+		grown := int64(max(2*cap(kept), need, 512))
+		grown = min(grown, max(limit, int64(need)))
+		k := make([]byte, len(kept), grown)
+		copy(k, kept)
+		kept = k
+	}
+	return append(kept, b...)
 }

@@ -207,3 +207,24 @@ func TestBodySourceClientWaitDoesNotCountTowardTheBounds(t *testing.T) {
 		t.Fatal("the attempt bound never ran out once the client had sent")
 	}
 }
+
+func TestBodySourceCopyNeverHoldsMoreThanMaxBody(t *testing.T) {
+	const limit = 100 << 10
+	body := bytes.Repeat([]byte("x"), limit)
+	// unknown length, read in odd pieces
+	src := newBodySource(io.NopCloser(io.MultiReader(bytes.NewReader(body))), -1, limit, nil)
+	r := src.reader(nil)
+	buf := make([]byte, 3000)
+	for {
+		_, err := r.Read(buf)
+		if err != nil {
+			break
+		}
+		if c := cap(src.kept); c > limit {
+			t.Fatalf("the copy holds %d bytes of memory, over max_body %d", c, limit)
+		}
+	}
+	if !src.replayable() || len(src.kept) != limit {
+		t.Fatalf("kept %d bytes, replayable %v", len(src.kept), src.replayable())
+	}
+}
