@@ -97,6 +97,7 @@ func (adminBreakers) handleAction(w http.ResponseWriter, r *http.Request) error 
 		if len(bs) == 0 && !had {
 			return adminError(http.StatusNotFound, "reset: no breaker or override for upstream %q", upstream)
 		}
+		forgetRemote(upstream)
 		for _, b := range bs {
 			b.reset()
 		}

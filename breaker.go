@@ -291,6 +291,11 @@ func (b *breaker) follow(rs *remoteState) {
 		return
 	}
 	to := b.state()
+	if to == from {
+		// the same state again (a replay after Redis came back, say):
+		// no change to log or count
+		return
+	}
 	fields := []zap.Field{zap.String("fleet_origin", originOf(rs, old))}
 	b.notify("breaker state changed by the fleet", from, to, fields...)
 }
@@ -303,16 +308,33 @@ func originOf(rs, old *remoteState) string {
 }
 
 // followed returns the fleet's state this breaker follows now, if any.
+// A followed open state that runs out turns half-open, as the breaker
+// that reached it does: its probes are the other instance's, whose word
+// (open again, or closed) ends it; should that never come, this breaker
+// decides again after an open period, as with a half-open state
+// followed from the start.
 func (b *breaker) followed(now time.Time) *remoteState {
-	rs := b.remote.Load()
-	if rs == nil {
-		return nil
+	for {
+		rs := b.remote.Load()
+		if rs == nil || now.Before(rs.until) {
+			return rs
+		}
+		var next *remoteState
+		if rs.state == "open" {
+			next = &remoteState{state: "half_open", origin: rs.origin, until: rs.until.Add(time.Duration(b.cfg.OpenFor))}
+			if !now.Before(next.until) {
+				next = nil
+			}
+		}
+		if b.remote.CompareAndSwap(rs, next) {
+			to := stateName(gobreaker.State(b.cbState.Load()))
+			if next != nil {
+				to = next.state
+			}
+			b.notify("breaker state changed by the fleet", rs.state, to, zap.String("fleet_origin", rs.origin))
+			return next
+		}
 	}
-	if !now.Before(rs.until) {
-		b.remote.CompareAndSwap(rs, nil)
-		return nil
-	}
-	return rs
 }
 
 // notify logs a change of the breaker's state at warn, and records it
@@ -417,14 +439,24 @@ func (b *breaker) forced(from string, mode forceMode, d time.Duration) {
 // reset closes the breaker with clear counts. Results still due from
 // requests let through before are dropped. The override of its
 // upstream, if any, is the operator's to lift (see clearOverride).
+//
+// In a fleet, it stops following the state another instance reached,
+// and a breaker that was open or half-open of its own tells the fleet
+// it closed: a reset is given to every instance (see shareOverride), and
+// an open state kept in Redis would otherwise come back on a replay.
 func (b *breaker) reset() {
 	from := b.state()
+	own := gobreaker.State(b.cbState.Load())
 	b.cur.Store(b.newGeneration(b.cur.Load().n + 1))
 	b.win.reset()
 	b.cbState.Store(int32(gobreaker.StateClosed))
 	b.openUntil.Store(0)
 	b.tripCounts.Store(nil)
+	b.remote.Store(nil)
 	b.notify("breaker reset", from, b.state())
+	if b.fleet != nil && own != gobreaker.StateClosed {
+		b.fleet.member.PublishBreaker(fleet.BreakerState{Upstream: b.upstream, Settings: b.cfg.key(), State: fleet.StateClosed})
+	}
 }
 
 // openLeft is how long the breaker stays open on its own, as of now.

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -62,8 +63,6 @@ type fleetLink struct {
 	member  *fleet.Member
 	timeout time.Duration
 	logger  *zap.Logger
-
-	stopBreakers, stopOverrides func()
 }
 
 // fleetID names a fleet without its URL's secrets.
@@ -84,8 +83,6 @@ func (f *Fleet) join(logger *zap.Logger) error {
 		timeout = fleet.DefaultTimeout
 	}
 	l := &fleetLink{id: fleetID(opts), member: m, timeout: timeout, logger: logger}
-	l.stopBreakers = m.OnBreaker(l.followBreaker)
-	l.stopOverrides = m.OnOverride(l.followOverride)
 	fleetLinks.add(l)
 	f.link = l
 	return nil
@@ -99,31 +96,61 @@ func (f *Fleet) leave() {
 	}
 	f.link = nil
 	fleetLinks.remove(l)
-	l.stopBreakers()
-	l.stopOverrides()
 	l.member.Release()
 }
 
-// linkSet is a set of fleet links.
+// linkSet is a set of fleet links, and the fleet's messages their
+// members follow.
 type linkSet struct {
 	sync.Mutex
 	m map[*fleetLink]struct{}
+	// per member: its links, and how to stop following its messages
+	follow map[*fleet.Member]*following
+}
+
+type following struct {
+	links int
+	stop  func()
 }
 
 // fleetLinks are the fleets this process is in, for the admin API to
 // share overrides with.
-var fleetLinks = &linkSet{m: map[*fleetLink]struct{}{}}
+var fleetLinks = &linkSet{m: map[*fleetLink]struct{}{}, follow: map[*fleet.Member]*following{}}
 
+// add puts l in the set. The member's messages are followed from its
+// first link to its last, once whatever the number of transports in the
+// fleet, and across config reloads: they apply to the breakers of the
+// fleet, not of one transport (a reload keeps the breakers, and makes
+// new transports).
 func (fl *linkSet) add(l *fleetLink) {
 	fl.Lock()
+	defer fl.Unlock()
 	fl.m[l] = struct{}{}
-	fl.Unlock()
+	f := fl.follow[l.member]
+	if f == nil {
+		id := l.id
+		stopB := l.member.OnBreaker(func(s fleet.BreakerState) { followBreaker(id, s) })
+		stopO := l.member.OnOverride(followOverride)
+		f = &following{stop: func() { stopB(); stopO() }}
+		fl.follow[l.member] = f
+	}
+	f.links++
 }
 
 func (fl *linkSet) remove(l *fleetLink) {
 	fl.Lock()
 	delete(fl.m, l)
+	var stop func()
+	if f := fl.follow[l.member]; f != nil {
+		if f.links--; f.links == 0 {
+			delete(fl.follow, l.member)
+			stop = f.stop
+		}
+	}
 	fl.Unlock()
+	if stop != nil {
+		stop() // waits for a callback under way, which takes no lock of fl
+	}
 }
 
 // members returns one link per distinct member.
@@ -149,10 +176,11 @@ type remoteState struct {
 	origin string
 }
 
-// followBreaker applies a state another instance published to the
-// breakers of this instance that have the same upstream and settings.
-// A breaker the upstream has none of yet takes it when it is made.
-func (l *fleetLink) followBreaker(s fleet.BreakerState) {
+// followBreaker applies a state another instance of fleet id published
+// to the breakers of this instance in that fleet that have the same
+// upstream and settings. A breaker the upstream has none of yet takes
+// it when it is made.
+func followBreaker(id string, s fleet.BreakerState) {
 	var rs *remoteState
 	switch s.State {
 	case fleet.StateOpen:
@@ -160,7 +188,7 @@ func (l *fleetLink) followBreaker(s fleet.BreakerState) {
 	case fleet.StateHalfOpen:
 		rs = &remoteState{state: "half_open", origin: s.Origin} // until set per breaker
 	}
-	key := l.id + "|" + s.Upstream + "|" + s.Settings
+	key := id + "|" + s.Upstream + "|" + s.Settings
 	remoteStates.Lock()
 	if rs != nil && rs.state == "open" {
 		remoteStates.m[key] = rs
@@ -169,7 +197,7 @@ func (l *fleetLink) followBreaker(s fleet.BreakerState) {
 	}
 	remoteStates.Unlock()
 	for _, b := range lookupBreakers(s.Upstream) {
-		if b.fleet == l && b.cfg.key() == s.Settings {
+		if b.fleet != nil && b.fleet.id == id && b.cfg.key() == s.Settings {
 			b.follow(rs)
 		}
 	}
@@ -201,12 +229,25 @@ func pendingRemote(l *fleetLink, upstream, settings string) *remoteState {
 	return rs
 }
 
+// forgetRemote drops the fleet's open states of upstream kept for
+// breakers made later: an operator reset lifts them.
+func forgetRemote(upstream string) {
+	remoteStates.Lock()
+	defer remoteStates.Unlock()
+	for k := range remoteStates.m {
+		if _, rest, _ := strings.Cut(k, "|"); strings.HasPrefix(rest, upstream+"|") {
+			delete(remoteStates.m, k)
+		}
+	}
+}
+
 // followOverride applies an operator's override given to another
 // instance of the fleet.
-func (l *fleetLink) followOverride(o fleet.Override) {
+func followOverride(o fleet.Override) {
 	switch o.Mode {
 	case fleet.ModeReset:
 		clearOverride(o.Upstream)
+		forgetRemote(o.Upstream)
 		for _, b := range lookupBreakers(o.Upstream) {
 			b.reset()
 		}
