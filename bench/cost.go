@@ -204,16 +204,7 @@ func (e *env) costRefusals(ctx context.Context, rounds int, w io.Writer) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	cfg := fmt.Sprintf(`{
-	admin %s
-	persist_config off
-	auto_https off
-	grace_period 100ms
-}
-
-http://%s {
-	bind 127.0.0.1
-	reverse_proxy %s {
+	cfg := fmt.Sprintf(caddySite, admin, refused) + fmt.Sprintf(`	reverse_proxy %s {
 		transport resilient
 	}
 }
@@ -222,7 +213,7 @@ http://%s {
 	bind 127.0.0.1
 	respond 503
 }
-`, admin, refused, upstream, respond)
+`, upstream, respond)
 	path := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return err
@@ -274,7 +265,7 @@ http://%s {
 				target = respond
 			}
 			waitQuiet(ctx, 5*time.Second)
-			samples, _, elapsed := generate(ctx, target, spec, time.Now())
+			samples, _, elapsed := generate(ctx, []string{target}, spec, time.Now())
 			res := &result{}
 			lat := make([]time.Duration, 0, len(samples))
 			for _, s := range samples {

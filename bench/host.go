@@ -138,7 +138,9 @@ type cpuStat struct {
 // clockTick is USER_HZ, the unit of /proc CPU times on Linux.
 const clockTick = 10 * time.Millisecond
 
-func readCPU(pgid int) cpuStat {
+// readCPU reads the machine's CPU time, the harness's, and the proxy's:
+// the processes of the groups pgids.
+func readCPU(pgids ...int) cpuStat {
 	var c cpuStat
 	if b, err := os.ReadFile("/proc/stat"); err == nil {
 		line, _, _ := strings.Cut(string(b), "\n")
@@ -160,8 +162,8 @@ func readCPU(pgid int) cpuStat {
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
 		c.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	}
-	if pgid > 0 {
-		c.proxy = groupCPU(pgid)
+	for _, pgid := range pgids {
+		c.proxy += groupCPU(pgid)
 	}
 	return c
 }

@@ -39,6 +39,9 @@ type loadSpec struct {
 	Timeout time.Duration
 	// Mix picks the class of the i-th request. Default: every one a GET.
 	Mix func(i int) class
+	// Route picks the path the i-th request goes to, before its id.
+	// Default: /api/.
+	Route func(i int) string
 }
 
 // sample is one client request.
@@ -54,6 +57,8 @@ type sample struct {
 	Status   int    // 0: no response (transport error, client timeout)
 	Outcome  string // X-Resilient-Outcome, when the proxy sets it
 	Attempts int    // X-Resilient-Attempts, -1 when absent
+	Route    string // the path before the id
+	Gateway  int    // which of the targets it was sent to
 }
 
 func (s *sample) ok() bool { return s.Status >= 200 && s.Status < 300 }
@@ -71,22 +76,25 @@ func newClient() *http.Client {
 	}}
 }
 
-// generate drives load at target (host:port) as spec says, from start
-// on, and returns the samples, the start time, and how long sending
-// lasted.
-func generate(ctx context.Context, target string, spec loadSpec, start time.Time) ([]sample, time.Time, time.Duration) {
+// generate drives load at targets (host:port; request i goes to the
+// (i mod n)-th, round robin) as spec says, from start on, and returns the
+// samples, the start time, and how long sending lasted.
+func generate(ctx context.Context, targets []string, spec loadSpec, start time.Time) ([]sample, time.Time, time.Duration) {
 	c := newClient()
 	defer c.CloseIdleConnections()
 	if spec.Mix == nil {
 		spec.Mix = func(int) class { return classGet }
 	}
+	if spec.Route == nil {
+		spec.Route = func(int) string { return "/api/" }
+	}
 	if spec.Closed {
 		if d := time.Until(start); d > 0 {
 			time.Sleep(d)
 		}
-		return closedLoop(ctx, c, target, spec)
+		return closedLoop(ctx, c, targets, spec)
 	}
-	return openLoop(ctx, c, target, spec, start)
+	return openLoop(ctx, c, targets, spec, start)
 }
 
 // openLoop starts request i at start + i/rate. Its latency counts from
@@ -97,7 +105,7 @@ func generate(ctx context.Context, target string, spec loadSpec, start time.Time
 // epoll timeout), so the dispatcher wakes up to 1ms before a request is
 // due and sends it then: a request sent early has its latency counted
 // from when it was sent instead, and one sent late from when it was due.
-func openLoop(ctx context.Context, c *http.Client, target string, spec loadSpec, start time.Time) ([]sample, time.Time, time.Duration) {
+func openLoop(ctx context.Context, c *http.Client, targets []string, spec loadSpec, start time.Time) ([]sample, time.Time, time.Duration) {
 	n := int(spec.Rate * spec.Duration.Seconds())
 	samples := make([]sample, n)
 	interval := float64(time.Second) / spec.Rate
@@ -120,7 +128,7 @@ dispatch:
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			samples[i] = do(ctx, c, target, spec, i, start, intended)
+			samples[i] = do(ctx, c, targets, spec, i, start, intended)
 		}()
 	}
 	elapsed := time.Since(start)
@@ -130,7 +138,7 @@ dispatch:
 
 // closedLoop runs Concurrency workers, each sending its next request as
 // soon as the previous one is answered, for Duration.
-func closedLoop(ctx context.Context, c *http.Client, target string, spec loadSpec) ([]sample, time.Time, time.Duration) {
+func closedLoop(ctx context.Context, c *http.Client, targets []string, spec loadSpec) ([]sample, time.Time, time.Duration) {
 	start := time.Now()
 	end := start.Add(spec.Duration)
 	per := make([][]sample, spec.Concurrency)
@@ -145,7 +153,7 @@ func closedLoop(ctx context.Context, c *http.Client, target string, spec loadSpe
 				if !now.Before(end) {
 					break
 				}
-				out = append(out, do(ctx, c, target, spec, i, start, now))
+				out = append(out, do(ctx, c, targets, spec, i, start, now))
 			}
 			per[w] = out
 		}()
@@ -163,14 +171,15 @@ func closedLoop(ctx context.Context, c *http.Client, target string, spec loadSpe
 var postPad = strings.Repeat("p", 200)
 
 // do sends request i and waits for its whole answer.
-func do(ctx context.Context, c *http.Client, target string, spec loadSpec, i int, start, intended time.Time) sample {
+func do(ctx context.Context, c *http.Client, targets []string, spec loadSpec, i int, start, intended time.Time) sample {
 	cl := spec.Mix(i)
-	s := sample{ID: idPrefix[cl] + strconv.Itoa(i), Class: cl, Intended: intended.Sub(start), Attempts: -1}
+	s := sample{ID: idPrefix[cl] + strconv.Itoa(i), Class: cl, Intended: intended.Sub(start), Attempts: -1,
+		Route: spec.Route(i), Gateway: i % len(targets)}
 	ctx, cancel := context.WithDeadline(ctx, intended.Add(spec.Timeout))
 	defer cancel()
 	var req *http.Request
 	var err error
-	url := "http://" + target + "/api/" + s.ID
+	url := "http://" + targets[s.Gateway] + s.Route + s.ID
 	if cl == classGet {
 		req, err = http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	} else {

@@ -4,18 +4,21 @@
 //
 // Run it from the repository root:
 //
-//	go run ./bench                          # every scenario, 3 repetitions; about 8 minutes on 2 cores
-//	go run ./bench -quick                   # smoke run: runs 3/8 as long, 1 repetition; about a minute
+//	go run ./bench                          # every scenario, 3 repetitions; about 9 minutes on 2 cores
+//	go run ./bench -quick                   # smoke run: runs 3/8 as long, 1 repetition; about 1.5 minutes
+//	go run ./bench -scenarios S9 -quick     # the fleet scenario alone: about 20 s (70 s without -quick)
 //	go run ./bench -scenarios S0,S1 -repeat 5 -setups caddy-http,resilient
 //	go run ./bench -scenarios S0 -profile   # also CPU-profile the Caddy setups (bench/results/profiles/)
 //	go tool pprof -top bench/results/profiles/S0-resilient-*.pprof
 //	go run ./bench -keep ...                # keep the configs, proxy logs and per-request samples
 //	go run ./bench -cost                    # only the cost ratios: micro-benchmarks, S0, refusals against respond 503
 //
-// nginx and HAProxy rows need `apt-get install nginx haproxy`; without
-// them they are skipped, with a note. Counting the refused connects of
-// S2 exactly needs root (a packet socket on lo); otherwise the kernel's
-// failed-connect counter stands in.
+// nginx and HAProxy rows need `apt-get install nginx haproxy`, and S9
+// (three gateways, with and without a fleet) needs redis-server
+// (`apt-get install redis-server`; the harness runs its own on a free
+// port); without them they are skipped, with a note. Counting the
+// refused connects of S2 exactly needs root (a packet socket on lo);
+// otherwise the kernel's failed-connect counter stands in.
 //
 // It builds the project's Caddy once (go build ./cmd/caddy), then for
 // every scenario, repetition and setup, in an order rotated per
@@ -23,8 +26,9 @@
 // on 127.0.0.1 whose faults the harness controls and which records what
 // reaches it), starts the proxy as a child process (Caddy with
 // transport http, Caddy with transport resilient, nginx, HAProxy; the
-// last two only when installed), warms it up, resets the upstream's
-// counts, drives the load, and stops the proxy. S0 is closed-loop (max
+// last two only when installed; S9 runs three Caddy gateways, and for
+// the fleet a redis-server), warms it up, resets the upstream's counts,
+// drives the load, and stops the proxy. S0 is closed-loop (max
 // throughput); the others are open-loop at a fixed rate, with latency
 // counted from each request's intended send time, so a stalled proxy is
 // charged for the whole stall (no coordinated omission).
@@ -42,9 +46,9 @@
 //
 // Files: scenarios.go (the scenarios, and how a run is analysed),
 // run.go (one run), load.go (the load generator), upstream.go (the
-// upstream), proxies.go (the proxies' configs and start), host.go (child
-// processes, CPU accounting, SYN capture), report.go (table, targets,
-// JSON).
+// upstream), proxies.go (the proxies' configs and start), fleet.go (S9:
+// the gateways, their Redis, the analysis), host.go (child processes,
+// CPU accounting, SYN capture), report.go (table, targets, JSON).
 package main
 
 import (
@@ -56,6 +60,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -159,6 +164,12 @@ func run(ctx context.Context, o options, kids *children) error {
 	scs, err := selectScenarios(o)
 	if err != nil {
 		return err
+	}
+	if p, err := exec.LookPath("redis-server"); err == nil {
+		e.redis = p
+	} else if slices.ContainsFunc(scs, func(sc *scenario) bool { return sc.Gateways > 0 }) {
+		skipped = append(skipped, "redis-server: not installed, S9 is skipped (apt-get install redis-server)")
+		scs = slices.DeleteFunc(scs, func(sc *scenario) bool { return sc.Gateways > 0 })
 	}
 	var profDir string
 	if o.profile {
@@ -269,7 +280,7 @@ func selectScenarios(o options) ([]*scenario, error) {
 			}
 		}
 		if !found {
-			return nil, fmt.Errorf("unknown scenario %q (S0-S7)", id)
+			return nil, fmt.Errorf("unknown scenario %q (S0-S9)", id)
 		}
 	}
 	return out, nil

@@ -23,9 +23,11 @@ const (
 	setupResilientRL = "resilient-ratelimit" // transport resilient with the scenario's rate_limit
 	setupNginx       = "nginx"
 	setupHAProxy     = "haproxy"
+	setupFleet       = "fleet"    // S9: three gateways with transport resilient, one fleet through Redis
+	setupNoFleet     = "no-fleet" // S9: the same three gateways, each on its own
 )
 
-var allSetups = []string{setupCaddyHTTP, setupResilient, setupResilientNB, setupResilientRL, setupNginx, setupHAProxy}
+var allSetups = []string{setupCaddyHTTP, setupResilient, setupResilientNB, setupResilientRL, setupNginx, setupHAProxy, setupFleet, setupNoFleet}
 
 // knobs is how the baseline proxies are configured in a scenario; the
 // resilient setup has its own Caddyfile block in the scenario instead.
@@ -76,14 +78,36 @@ type env struct {
 	caddy    string
 	nginx    string // "" when not installed
 	haproxy  string // "" when not installed
+	redis    string // redis-server, "" when not installed
 	children *children
 	keep     bool   // keep the work directory, with each run's samples
 	seed     uint64 // of the first repetition's fault draws
 }
 
-// startProxy starts setup in front of upstream with sc's configuration
-// and waits until a request goes through it.
-func (e *env) startProxy(ctx context.Context, setup string, sc *scenario, upstream, dir string) (*proxy, error) {
+// backends are what a proxy forwards to.
+type backends struct {
+	upstream string // the harness's upstream, or S8's chaos quota
+	quota    string // S9: the chaos quota, beside the harness's (dead) upstream
+	redis    string // S9 fleet: the fleet's Redis URL
+}
+
+// startProxies starts the proxy of setup: one process, or the
+// scenario's gateways (and, for the fleet, their Redis). stop ends them
+// all; it may be called more than once.
+func (e *env) startProxies(ctx context.Context, setup string, sc *scenario, bk backends, dir string) ([]*proxy, func(), error) {
+	if sc.Gateways == 0 {
+		p, err := e.startProxy(ctx, setup, sc, bk, dir)
+		if err != nil {
+			return nil, nil, err
+		}
+		return []*proxy{p}, func() { e.children.kill(p.cmd) }, nil
+	}
+	return e.startGateways(ctx, setup, sc, bk, dir)
+}
+
+// startProxy starts setup in front of bk with sc's configuration and
+// waits until a request goes through it.
+func (e *env) startProxy(ctx context.Context, setup string, sc *scenario, bk backends, dir string) (*proxy, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -94,14 +118,18 @@ func (e *env) startProxy(ctx context.Context, setup string, sc *scenario, upstre
 	p := &proxy{setup: setup, addr: "127.0.0.1:" + strconv.Itoa(port), dir: dir, log: filepath.Join(dir, "proxy.log")}
 	var cmd *exec.Cmd
 	switch setup {
-	case setupCaddyHTTP, setupResilient, setupResilientNB, setupResilientRL:
+	case setupCaddyHTTP, setupResilient, setupResilientNB, setupResilientRL, setupFleet, setupNoFleet:
 		adminPort, err := freePort()
 		if err != nil {
 			return nil, err
 		}
 		p.admin = "127.0.0.1:" + strconv.Itoa(adminPort)
 		cfg := filepath.Join(dir, "Caddyfile")
-		if err := os.WriteFile(cfg, []byte(caddyfile(setup, sc, p.addr, p.admin, upstream)), 0o644); err != nil {
+		conf := caddyfile(setup, sc, p.addr, p.admin, bk.upstream)
+		if sc.Gateways > 0 {
+			conf = gatewayCaddyfile(setup, sc, p.addr, p.admin, bk)
+		}
+		if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
 			return nil, err
 		}
 		cmd = exec.Command(e.caddy, "run", "--config", cfg, "--adapter", "caddyfile")
@@ -116,7 +144,7 @@ func (e *env) startProxy(ctx context.Context, setup string, sc *scenario, upstre
 			return nil, err
 		}
 		cfg := filepath.Join(dir, "nginx.conf")
-		if err := os.WriteFile(cfg, []byte(nginxConf(sc, p.addr, upstream, dir)), 0o644); err != nil {
+		if err := os.WriteFile(cfg, []byte(nginxConf(sc, p.addr, bk.upstream, dir)), 0o644); err != nil {
 			return nil, err
 		}
 		cmd = exec.Command(e.nginx, "-p", dir, "-c", cfg, "-e", filepath.Join(dir, "error.log"))
@@ -125,7 +153,7 @@ func (e *env) startProxy(ctx context.Context, setup string, sc *scenario, upstre
 			return nil, errSkipped
 		}
 		cfg := filepath.Join(dir, "haproxy.cfg")
-		if err := os.WriteFile(cfg, []byte(haproxyConf(sc, p.addr, upstream)), 0o644); err != nil {
+		if err := os.WriteFile(cfg, []byte(haproxyConf(sc, p.addr, bk.upstream)), 0o644); err != nil {
 			return nil, err
 		}
 		cmd = exec.Command(e.haproxy, "-db", "-f", cfg)
@@ -191,10 +219,9 @@ func tail(path string) string {
 	return string(b)
 }
 
-// caddyfile is the whole config of a Caddy setup.
-func caddyfile(setup string, sc *scenario, listen, admin, upstream string) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, `{
+// caddySite starts the config of a Caddy setup: the global options
+// and the site's first lines, for the admin endpoint and the listener.
+const caddySite = `{
 	admin %s
 	persist_config off
 	auto_https off
@@ -203,8 +230,13 @@ func caddyfile(setup string, sc *scenario, listen, admin, upstream string) strin
 
 http://%s {
 	bind 127.0.0.1
-	reverse_proxy %s {
-`, admin, listen, upstream)
+`
+
+// caddyfile is the whole config of a Caddy setup.
+func caddyfile(setup string, sc *scenario, listen, admin, upstream string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, caddySite, admin, listen)
+	fmt.Fprintf(&b, "\treverse_proxy %s {\n", upstream)
 	k := sc.Knobs
 	switch setup {
 	case setupCaddyHTTP:
@@ -237,30 +269,39 @@ http://%s {
 		case setupResilientRL:
 			block = sc.ResilientRateLimit
 		}
-		b.WriteString("\t\ttransport resilient {\n")
-		for line := range strings.SplitSeq(strings.TrimSpace(block), "\n") {
-			if line = strings.TrimSpace(line); line != "" {
-				b.WriteString("\t\t\t" + line + "\n")
-			}
-		}
-		b.WriteString("\t\t}\n")
-		if sc.Diag {
-			b.WriteString("\t\theader_down X-Resilient-Outcome {http.resilient.outcome}\n")
-			b.WriteString("\t\theader_down X-Resilient-Attempts {http.resilient.attempts}\n")
-		}
+		writeResilient(&b, "\t\t", block, sc.Diag)
 	}
 	b.WriteString("\t}\n")
 	if sc.Diag && setup != setupCaddyHTTP {
-		b.WriteString(`	handle_errors {
-		header X-Resilient-Outcome {http.resilient.outcome}
-		header X-Resilient-Attempts {http.resilient.attempts}
-		respond "{http.resilient.outcome}" {err.status_code}
-	}
-`)
+		b.WriteString(diagErrors)
 	}
 	b.WriteString("}\n")
 	return b.String()
 }
+
+// writeResilient writes `transport resilient { block }` at indent, and
+// with diag the response headers that report the outcome.
+func writeResilient(b *strings.Builder, indent, block string, diag bool) {
+	b.WriteString(indent + "transport resilient {\n")
+	for line := range strings.SplitSeq(strings.TrimSpace(block), "\n") {
+		if line = strings.TrimSpace(line); line != "" {
+			b.WriteString(indent + "\t" + line + "\n")
+		}
+	}
+	b.WriteString(indent + "}\n")
+	if diag {
+		b.WriteString(indent + "header_down X-Resilient-Outcome {http.resilient.outcome}\n")
+		b.WriteString(indent + "header_down X-Resilient-Attempts {http.resilient.attempts}\n")
+	}
+}
+
+// diagErrors reports the outcome of errors in response headers.
+const diagErrors = `	handle_errors {
+		header X-Resilient-Outcome {http.resilient.outcome}
+		header X-Resilient-Attempts {http.resilient.attempts}
+		respond "{http.resilient.outcome}" {err.status_code}
+	}
+`
 
 // nginxConf lists the upstream once per try: nginx never retries the
 // server it just tried, so a one-server upstream could not retry at

@@ -216,8 +216,18 @@ func notes(s *summary) string {
 			parts = append(parts, fmt.Sprintf("POSTs re-sent with an empty body: %d", s.EmptyBodies))
 		}
 	case "S8":
-		parts = append(parts, fmt.Sprintf("429s to clients %.0f; upstream requests above its limit %.0f (worst run)",
-			x["client_429"], x["upstream_over_limit"]))
+		parts = append(parts, quotaNote(x))
+	case "S9":
+		switch {
+		case s.Row != "S9 dead":
+			parts = append(parts, quotaNote(x))
+		case x["all_refused"] == 0:
+			parts = append(parts, "not every gateway refused in every run")
+		default:
+			parts = append(parts, fmt.Sprintf("dead provider until every gateway refused (%.0fms): %.0f (%s by gateway); after: %.0f (%s), one gateway's probes allowed %.0f",
+				x["all_refused_ms"], x["until_all_refused"], byGateway(x, "until_all_refused"),
+				x["after_all_refused"], byGateway(x, "after_all_refused"), x["one_gateway_probes"]))
+		}
 	case "S6":
 		parts = append(parts, fmt.Sprintf("all reps: 429s %.0f, retried %.0f, before Retry-After %.0f, within 100ms %.0f",
 			x["got_429"], x["retried_429"], x["retried_early"], x["retried_within_100ms"]))
@@ -235,6 +245,20 @@ func notes(s *summary) string {
 		parts = append(parts, fmt.Sprintf("hypervisor steal %.1f cores", st))
 	}
 	return strings.Join(parts, "; ")
+}
+
+func quotaNote(x map[string]float64) string {
+	return fmt.Sprintf("429s to clients %.0f; upstream requests above its limit %.0f (worst run)",
+		x["client_429"], x["upstream_over_limit"])
+}
+
+// byGateway shows a count of S9's split by gateway, e.g. 5/4/4.
+func byGateway(x map[string]float64, key string) string {
+	var parts []string
+	for g := 1; g <= 3; g++ {
+		parts = append(parts, fmt.Sprintf("%.0f", x[fmt.Sprintf("%s_g%d", key, g)]))
+	}
+	return strings.Join(parts, "/")
 }
 
 // outcomeNote lists the resilient outcomes other than ok, over all reps.
@@ -412,6 +436,24 @@ func evaluate(sums []*summary) []target {
 			}
 		}
 		return ok, detail, true
+	})
+	add("S9", "with the fleet, the dead provider sees the failures of one instance, not three (once every gateway refuses it: "+
+		"at most half of no-fleet's, median); nothing above the provider's limit (every run)", func() (bool, string, bool) {
+		fd, fq := find("S9 dead", setupFleet), find("S9 quota", setupFleet)
+		nd, nq := find("S9 dead", setupNoFleet), find("S9 quota", setupNoFleet)
+		if fd == nil || fq == nil || nd == nil || nq == nil {
+			return notRun("S9 (both setups)")
+		}
+		if fd.Extra["all_refused"] == 0 || nd.Extra["all_refused"] == 0 {
+			return false, "not every gateway refused the dead provider in every run", true
+		}
+		ok := fd.Extra["after_all_refused"] <= nd.Extra["after_all_refused"]/2 && fq.Extra["upstream_over_limit"] == 0
+		return ok, fmt.Sprintf("dead provider once every gateway refused: fleet %.0f (%s by gateway), no-fleet %.0f (%s); "+
+			"until then: fleet %.0f (%s), no-fleet %.0f (%s), as round robin has all three count failures at the same pace; "+
+			"quota: above the limit fleet %.0f, no-fleet %.0f (worst run); success fleet %.2f%%, no-fleet %.2f%%; p99 fleet %sms, no-fleet %sms",
+			fd.Extra["after_all_refused"], byGateway(fd.Extra, "after_all_refused"), nd.Extra["after_all_refused"], byGateway(nd.Extra, "after_all_refused"),
+			fd.Extra["until_all_refused"], byGateway(fd.Extra, "until_all_refused"), nd.Extra["until_all_refused"], byGateway(nd.Extra, "until_all_refused"),
+			fq.Extra["upstream_over_limit"], nq.Extra["upstream_over_limit"], fq.SuccessPct, nq.SuccessPct, num(fq.P99), num(nq.P99)), true
 	})
 	return ts
 }

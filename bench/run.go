@@ -20,27 +20,36 @@ func (e *env) runOne(ctx context.Context, sc *scenario, setup string, rep int, p
 	defer up.close()
 	up.seed = e.seed + uint64(rep)
 	dir := filepath.Join(e.work, "runs", fmt.Sprintf("%s-%s-%d", sc.ID, setup, rep+1))
-	upAddr := up.addr
+	bk := backends{upstream: up.addr}
 	var chaos *chaosUpstream
 	if sc.Chaos != "" {
 		if chaos, err = e.startChaos(ctx, sc.Chaos, filepath.Join(dir, "upstream")); err != nil {
 			return nil, err
 		}
 		defer e.children.kill(chaos.cmd)
-		upAddr = chaos.addr
+		if sc.Gateways > 0 {
+			bk.quota = chaos.addr // beside the harness's upstream
+		} else {
+			bk.upstream = chaos.addr
+		}
 	}
-	p, err := e.startProxy(ctx, setup, sc, upAddr, dir)
+	ps, stop, err := e.startProxies(ctx, setup, sc, bk, dir)
 	if err != nil {
 		return nil, err
 	}
-	defer e.children.kill(p.cmd)
+	defer stop()
+	p := ps[0]
+	targets, pgids := make([]string, len(ps)), make([]int, len(ps))
+	for i, q := range ps {
+		targets[i], pgids[i] = q.addr, q.cmd.Process.Pid
+	}
 
 	if sc.Load.Closed {
 		// throughput runs are the most sensitive to other programs
 		// sharing the CPUs: give them a moment to calm down
 		waitQuiet(ctx, 5*time.Second)
 	}
-	generate(ctx, p.addr, sc.Warmup, time.Now())
+	generate(ctx, targets, sc.Warmup, time.Now())
 	for i := 0; i < 100 && up.inFlight.Load() > 0; i++ {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -79,9 +88,9 @@ func (e *env) runOne(ctx context.Context, sc *scenario, setup string, rep int, p
 		profDone <- nil
 	}
 
-	cpu0, t0 := readCPU(p.cmd.Process.Pid), time.Now()
-	samples, _, elapsed := generate(ctx, p.addr, sc.Load, start)
-	cpu1, wall := readCPU(p.cmd.Process.Pid), time.Since(t0)
+	cpu0, t0 := readCPU(pgids...), time.Now()
+	samples, _, elapsed := generate(ctx, targets, sc.Load, start)
+	cpu1, wall := readCPU(pgids...), time.Since(t0)
 	if err := <-profDone; err != nil {
 		fmt.Fprintln(os.Stderr, "profile:", err)
 	}
@@ -93,7 +102,7 @@ func (e *env) runOne(ctx context.Context, sc *scenario, setup string, rep int, p
 	// whatever the proxy still sends after the clients gave up counts
 	// too; stopping it ends that
 	time.Sleep(50 * time.Millisecond)
-	e.children.kill(p.cmd)
+	stop()
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
@@ -116,8 +125,8 @@ func (e *env) runOne(ctx context.Context, sc *scenario, setup string, rep int, p
 	for _, res := range out {
 		res.Rep = rep + 1
 		res.Seed = up.seed
-		// CPU the proxy spent per client request: steadier than
-		// throughput on a shared machine
+		// CPU the proxy (all its gateways) spent per client request:
+		// steadier than throughput on a shared machine
 		res.Extra["proxy_cpu_us_per_req"] = float64(proxyCPU/time.Microsecond) / float64(len(samples))
 		res.Extra["proxy_cpu_cores"] = proxyCPU.Seconds() / wall.Seconds()
 		// CPU used by neither the harness nor the proxy: other programs;
@@ -182,9 +191,9 @@ func (e *env) timeline(sc *scenario, up *upstream, start time.Time, stop <-chan 
 func waitQuiet(ctx context.Context, max time.Duration) {
 	deadline := time.Now().Add(max)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		a, t0 := readCPU(0), time.Now()
+		a, t0 := readCPU(), time.Now()
 		time.Sleep(250 * time.Millisecond)
-		b := readCPU(0)
+		b := readCPU()
 		if (b.busy-a.busy-(b.self-a.self)).Seconds()/time.Since(t0).Seconds() < 0.25 {
 			return
 		}

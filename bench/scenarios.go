@@ -36,6 +36,11 @@ type scenario struct {
 	OpenFor  time.Duration
 	HalfOpen int
 
+	// Gateways, when set, runs that many proxies of the setup, which the
+	// load reaches round robin (S9); their Caddyfile is
+	// gatewayCaddyfile's.
+	Gateways int
+
 	// Track keeps per-request records at the upstream (all but S0).
 	Track bool
 	// Diag makes the resilient setups report their outcome and attempts
@@ -217,6 +222,31 @@ func scenarios(quick bool) []*scenario {
 				"(burst 1: the default burst, one second of rate, could put up to twice the rate into one of a " +
 				"fixed-window provider's windows). \"above limit\" counts the requests the upstream answered 429.",
 		},
+		{
+			ID: "S9", Title: "three gateways, round robin: a dead provider (503) and a provider quota (50 req/s, 429 with Retry-After: 1 above it); 80 req/s to each",
+			Setups:   []string{setupFleet, setupNoFleet},
+			Gateways: 3, Track: true, Diag: true,
+			Load:               loadSpec{Rate: 160, Duration: d(8 * time.Second), Timeout: 15 * time.Second, Route: s9Route},
+			Warmup:             loadSpec{Rate: 20, Duration: 250 * time.Millisecond, Timeout: 2 * time.Second, Route: s9Route},
+			Faults:             faults{Status: 503},
+			Chaos:              "quota 50/s retry_after 1s",
+			Resilient:          breakerS2S3,
+			ResilientRateLimit: "rate_limit {\nrate 50/s\nburst 1\nmax_wait 1s\n}",
+			OpenFor:            time.Second, HalfOpen: 3,
+			Rows: func(s *sample) string {
+				if s.Route == deadRoute {
+					return "S9 dead"
+				}
+				return "S9 quota"
+			},
+			Doc: "Three Caddy processes with `transport resilient`; request i goes to gateway i mod 3, every other one to " +
+				"each provider. The dead provider is the harness's upstream answering 503, behind defaults but " +
+				"`breaker { open_for 1s }`; the quota is `chaos { quota 50/s retry_after 1s }` in a Caddy of its own, behind " +
+				"`rate_limit { rate 50/s burst 1 max_wait 1s }` on each gateway. fleet: both transports of every gateway also " +
+				"have `fleet { redis redis://127.0.0.1:<port>/0 prefix bench }`, to a redis-server the harness starts for the " +
+				"run (the scenario is skipped without one); no-fleet: the same gateways, each on its own. \"until every gateway " +
+				"refused\" counts what reached the dead provider until each gateway had answered breaker_open once.",
+		},
 	}
 }
 
@@ -319,6 +349,8 @@ func analyzeRow(r *runData, row string, samples []*sample, whole bool) *result {
 		analyzeRetryAfter(r, res)
 	case "S8":
 		analyzeQuota(r, samples, res)
+	case "S9":
+		analyzeFleet(r, row, samples, res)
 	}
 	return res
 }
