@@ -534,6 +534,9 @@ func parseFleet(d *caddyfile.Dispenser) (*Fleet, error) {
 				return err
 			}
 			f.Redis = v
+			if strings.Contains(v, "{") {
+				return nil // a placeholder, such as {env.REDIS_URL}: checked when the config loads
+			}
 			if verr := (&Fleet{Redis: v}).validate(); verr != nil {
 				return d.Errf("fleet: %v", verr)
 			}

@@ -393,6 +393,24 @@ func TestCaddyfileInvalid(t *testing.T) {
 	}
 }
 
+func TestFleetRedisURLFromTheEnvironment(t *testing.T) {
+	t.Setenv("RESILIENT_TEST_REDIS", "redis://:hunter2@127.0.0.1:6399/1")
+	f := &Fleet{Redis: "{env.RESILIENT_TEST_REDIS}"}
+	if err := f.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.options().URL; got != "redis://:hunter2@127.0.0.1:6399/1" {
+		t.Fatalf("URL %q", got)
+	}
+	if _, err := cfUnmarshal("resilient {\n\tfleet {\n\t\tredis {env.RESILIENT_TEST_REDIS}\n\t}\n}"); err != nil {
+		t.Fatalf("a placeholder refused at adapt time: %v", err)
+	}
+	t.Setenv("RESILIENT_TEST_REDIS", "")
+	if err := f.validate(); err == nil {
+		t.Fatal("an empty environment variable accepted")
+	}
+}
+
 func TestCaddyfileFleetErrorsHideThePassword(t *testing.T) {
 	for _, url := range []string{"redis://:hunter2@10.0.0.5:99999/2", "redis://user:hunter2@/0", "rediss://:hunter2@host:6379/x"} {
 		_, err := cfUnmarshal("resilient {\n\tfleet {\n\t\tredis " + url + "\n\t}\n}")

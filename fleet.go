@@ -28,7 +28,10 @@ import (
 type Fleet struct {
 	// The Redis server: redis:// or rediss:// (TLS), user:password@
 	// allowed, a database number as the path. The password is never
-	// logged or shown. Required.
+	// logged or shown by this module; Caddy's own /config/ shows the
+	// config as written, so a URL with a password is best given as an
+	// environment placeholder such as `{env.REDIS_URL}`, which is
+	// expanded when the config loads. Required.
 	Redis string `json:"redis,omitempty"`
 
 	// Instances with the same redis and prefix form one fleet.
@@ -43,7 +46,9 @@ type Fleet struct {
 }
 
 func (f *Fleet) options() fleet.Options {
-	return fleet.Options{URL: f.Redis, Prefix: f.Prefix, Timeout: time.Duration(f.Timeout)}
+	// {env.*} placeholders: the secret stays out of the config
+	url := caddy.NewReplacer().ReplaceKnown(f.Redis, "")
+	return fleet.Options{URL: url, Prefix: f.Prefix, Timeout: time.Duration(f.Timeout)}
 }
 
 func (f *Fleet) validate() error {
