@@ -35,7 +35,7 @@ type exchange struct {
 	bkt    tokens      // the rate-limit bucket; nil without rate_limit
 
 	tries    []try
-	triesBuf [3]try
+	triesBuf [1]try // most requests take one try
 	repl     *caddy.Replacer // nil outside Caddy's HTTP server
 	bo       *backoff.ExponentialBackOff
 	denied   denial
@@ -45,10 +45,9 @@ type exchange struct {
 	took     time.Duration // to response headers, or to the error
 
 	// kept inline, so that a healthy request costs one allocation for
-	// all of them
-	first   attempt
-	resp    responseBody
-	bodyBuf bodySource
+	// all of them (and the request body's source, see bodiedExchange)
+	first attempt
+	resp  responseBody
 }
 
 // try is one attempt as the log shows it.
@@ -79,8 +78,24 @@ type attemptResult struct {
 	ticket *ticket
 }
 
+// bodiedExchange is an exchange with room for its request body's
+// source, in the same allocation: a request without a body does not pay
+// for it.
+type bodiedExchange struct {
+	exchange
+	src bodySource
+}
+
 func newExchange(t *Transport, req *http.Request) *exchange {
-	ex := &exchange{t: t, req: req, up: t.upstreamFor(req), start: time.Now()}
+	var ex *exchange
+	if b := req.Body; b != nil && b != http.NoBody {
+		be := new(bodiedExchange)
+		ex = &be.exchange
+		ex.body = &be.src
+	} else {
+		ex = new(exchange)
+	}
+	ex.t, ex.req, ex.up, ex.start = t, req, t.upstreamFor(req), time.Now()
 	ex.up.begin(ex.start)
 	ex.repl, _ = req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	ex.tries = ex.triesBuf[:0]
@@ -112,13 +127,12 @@ func (ex *exchange) run() (*http.Response, error) {
 		ex.tries = append(ex.tries, try{outcome: at.outcome})
 		return ex.finish(nil, at)
 	}
-	if b := ex.req.Body; b != nil && b != http.NoBody {
+	if ex.body != nil {
 		limit := int64(0)
 		if ex.t.Retry.Attempts > 1 {
 			limit = ex.t.Retry.MaxBody
 		}
-		ex.body = &ex.bodyBuf
-		ex.body.init(b, ex.req.ContentLength, limit, &ex.paused)
+		ex.body.init(ex.req.Body, ex.req.ContentLength, limit, &ex.paused)
 	}
 	var wait time.Duration
 	a := &ex.first
