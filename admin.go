@@ -12,7 +12,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/sony/gobreaker/v2"
-	"go.uber.org/zap"
 )
 
 func init() {
@@ -86,23 +85,10 @@ func (adminBreakers) handleAction(w http.ResponseWriter, r *http.Request) error 
 	if !validUpstream(upstream) {
 		return adminError(http.StatusBadRequest, "%s: upstream=%q is not a host:port", action, upstream)
 	}
-	bs := lookupBreakers(upstream)
-	from := make([]string, len(bs))
-	for i, b := range bs {
-		from[i] = b.state()
-	}
 	switch action {
 	case "reset":
-		had := clearOverride(upstream)
-		if len(bs) == 0 && !had {
+		if !applyReset(upstream) {
 			return adminError(http.StatusNotFound, "reset: no breaker or override for upstream %q", upstream)
-		}
-		forgetRemote(upstream)
-		for _, b := range bs {
-			b.reset()
-		}
-		if len(bs) == 0 {
-			logPendingOverride(upstream, "breaker override lifted")
 		}
 		shareOverride(upstream, forceNone, 0, true)
 	case "force_open", "force_close":
@@ -110,21 +96,12 @@ func (adminBreakers) handleAction(w http.ResponseWriter, r *http.Request) error 
 		if action == "force_close" {
 			mode = forceClosed
 		}
-		if _, ok := setOverride(upstream, mode, d); !ok {
+		if !applyForce(upstream, mode, d, "") {
 			return adminError(http.StatusTooManyRequests, "%s: overrides are held for %d upstreams no breaker has seen; reset some first", action, maxOverrides)
-		}
-		for i, b := range bs {
-			b.forced(from[i], mode, d)
-		}
-		if len(bs) == 0 {
-			fields := []zap.Field{zap.String("override", overrideName(mode))}
-			if d > 0 {
-				fields = append(fields, zap.Duration("for", d))
-			}
-			logPendingOverride(upstream, "breaker forced", fields...)
 		}
 		shareOverride(upstream, mode, d, false)
 	}
+	bs := lookupBreakers(upstream)
 	return adminWriteStatuses(w, upstream, bs)
 }
 

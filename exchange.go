@@ -35,7 +35,7 @@ type exchange struct {
 	bkt    tokens      // the rate-limit bucket; nil without rate_limit
 
 	tries    []try
-	triesBuf [1]try // most requests take one try
+	triesBuf [1]try          // most requests take one try
 	repl     *caddy.Replacer // nil outside Caddy's HTTP server
 	bo       *backoff.ExponentialBackOff
 	denied   denial
@@ -260,9 +260,10 @@ func (ex *exchange) awaitToken(b tokens, maxWait time.Duration) (time.Duration, 
 // while it waited.
 func (ex *exchange) refused(a *attempt, retryAfter time.Duration, err error) (*http.Response, error) {
 	at := &a.res
-	*at = attemptResult{outcome: OutcomeRateLimited, retryAfter: retryAfter, neverSent: true}
 	if err != nil {
 		*at = attemptResult{outcome: OutcomeCanceled, err: err, neverSent: true}
+	} else {
+		*at = attemptResult{outcome: OutcomeRateLimited, retryAfter: retryAfter, neverSent: true}
 	}
 	ex.tries = append(ex.tries, try{outcome: at.outcome})
 	return ex.finish(nil, at)

@@ -251,12 +251,7 @@ func forgetRemote(upstream string) {
 func followOverride(o fleet.Override) {
 	switch o.Mode {
 	case fleet.ModeReset:
-		clearOverride(o.Upstream)
-		forgetRemote(o.Upstream)
-		for _, b := range lookupBreakers(o.Upstream) {
-			b.reset()
-		}
-		return
+		applyReset(o.Upstream)
 	case fleet.ModeForceOpen, fleet.ModeForceClose:
 		mode := forceOpen
 		if o.Mode == fleet.ModeForceClose {
@@ -268,17 +263,7 @@ func followOverride(o fleet.Override) {
 				return
 			}
 		}
-		bs := lookupBreakers(o.Upstream)
-		from := make([]string, len(bs))
-		for i, b := range bs {
-			from[i] = b.state()
-		}
-		if _, ok := setOverrideFrom(o.Upstream, mode, d, o.Origin); !ok {
-			return
-		}
-		for i, b := range bs {
-			b.forced(from[i], mode, d)
-		}
+		applyForce(o.Upstream, mode, d, o.Origin)
 	}
 }
 

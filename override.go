@@ -189,3 +189,45 @@ func logPendingOverride(addr, msg string, fields ...zap.Field) {
 		c.Write(append([]zap.Field{zap.String("upstream", addr), zap.Bool("seen", false)}, fields...)...)
 	}
 }
+
+// applyForce gives upstream an override (origin: the fleet instance it
+// came from, "" when given here), and tells its breakers, or the log
+// when no breaker has seen it yet. It fails when too many upstreams
+// without breakers hold one.
+func applyForce(upstream string, mode forceMode, d time.Duration, origin string) bool {
+	bs := lookupBreakers(upstream)
+	from := make([]string, len(bs))
+	for i, b := range bs {
+		from[i] = b.state()
+	}
+	if _, ok := setOverrideFrom(upstream, mode, d, origin); !ok {
+		return false
+	}
+	for i, b := range bs {
+		b.forced(from[i], mode, d)
+	}
+	if len(bs) == 0 {
+		fields := []zap.Field{zap.String("override", overrideName(mode))}
+		if d > 0 {
+			fields = append(fields, zap.Duration("for", d))
+		}
+		logPendingOverride(upstream, "breaker forced", fields...)
+	}
+	return true
+}
+
+// applyReset lifts the override of upstream, the fleet's trips kept for
+// it, and resets its breakers; it reports whether there was anything to
+// reset.
+func applyReset(upstream string) bool {
+	bs := lookupBreakers(upstream)
+	had := clearOverride(upstream)
+	forgetRemote(upstream)
+	for _, b := range bs {
+		b.reset()
+	}
+	if len(bs) == 0 && had {
+		logPendingOverride(upstream, "breaker override lifted")
+	}
+	return had || len(bs) > 0
+}
