@@ -103,11 +103,11 @@ func (b *Breaker) validate() error {
 	if b.FailureRatio <= 0 || b.FailureRatio > 1 {
 		return fmt.Errorf("failure_ratio must be > 0 and <= 1, got %v", b.FailureRatio)
 	}
-	if b.MinRequests < 1 {
-		return fmt.Errorf("min_requests must be >= 1, got %d", b.MinRequests)
+	if b.MinRequests < 1 || b.MinRequests > maxCount {
+		return fmt.Errorf("min_requests must be a whole number from 1 to %d, got %d", maxCount, b.MinRequests)
 	}
-	if *b.ConsecutiveFailures < 0 {
-		return fmt.Errorf("consecutive_failures must be >= 0, got %d", *b.ConsecutiveFailures)
+	if n := *b.ConsecutiveFailures; n < 0 || n > maxCount {
+		return fmt.Errorf("consecutive_failures must be a whole number from 0 to %d, got %d", maxCount, n)
 	}
 	if b.Window <= 0 {
 		return fmt.Errorf("window must be > 0, got %v", time.Duration(b.Window))
@@ -115,8 +115,8 @@ func (b *Breaker) validate() error {
 	if b.OpenFor <= 0 {
 		return fmt.Errorf("open_for must be > 0, got %v", time.Duration(b.OpenFor))
 	}
-	if b.HalfOpenRequests < 1 {
-		return fmt.Errorf("half_open_requests must be >= 1, got %d", b.HalfOpenRequests)
+	if b.HalfOpenRequests < 1 || b.HalfOpenRequests > maxHalfOpen {
+		return fmt.Errorf("half_open_requests must be a whole number from 1 to %d, got %d", maxHalfOpen, b.HalfOpenRequests)
 	}
 	if b.SlowCall < 0 {
 		return fmt.Errorf("slow_call must be >= 0, got %v", time.Duration(b.SlowCall))
@@ -259,6 +259,7 @@ func (b *breaker) onStateChange(from, to gobreaker.State) {
 	case gobreaker.StateOpen:
 		b.openUntil.Store(time.Now().Add(time.Duration(b.cfg.OpenFor)).UnixNano())
 		b.rejected.Store(0)
+		b.wakeAfter(time.Duration(b.cfg.OpenFor))
 	case gobreaker.StateHalfOpen:
 		b.probeOK.Store(0)
 		b.probeFail.Store(0)
@@ -289,6 +290,9 @@ func (b *breaker) follow(rs *remoteState) {
 	old := b.remote.Swap(rs)
 	if old == nil && rs == nil {
 		return
+	}
+	if rs != nil {
+		b.wakeAfter(time.Until(rs.until))
 	}
 	to := b.state()
 	if to == from {
@@ -330,6 +334,7 @@ func (b *breaker) followed(now time.Time) *remoteState {
 			to := stateName(gobreaker.State(b.cbState.Load()))
 			if next != nil {
 				to = next.state
+				b.wakeAfter(next.until.Sub(now))
 			}
 			b.notify("breaker state changed by the fleet", rs.state, to, zap.String("fleet_origin", rs.origin))
 			return next
@@ -337,10 +342,28 @@ func (b *breaker) followed(now time.Time) *remoteState {
 	}
 }
 
+// wakeAfter brings the breaker's state up to date once d has passed:
+// when an open period, a state followed from the fleet or an override
+// runs out, the change is logged and counted then, as the admin API and
+// the breaker_state gauge show it, not at the next request. It takes no
+// lock, so it may run under the breaker's.
+func (b *breaker) wakeAfter(d time.Duration) {
+	time.AfterFunc(max(d, 0)+time.Millisecond, b.wake)
+}
+
+// wake moves the breaker on to the state it is in by now.
+func (b *breaker) wake() {
+	b.cur.Load().cb.State() // gobreaker's own open -> half-open
+	b.state()               // an override or a followed state that ran out
+}
+
 // notify logs a change of the breaker's state at warn, and records it
-// in the metrics and the events. It may run under the breaker's lock.
+// in the metrics (a change to another state) and the events. It may run
+// under the breaker's lock.
 func (b *breaker) notify(msg, from, to string, fields ...zap.Field) {
-	breakerChanged(b.upstream, to)
+	if from != to {
+		breakerChanged(b.upstream, to)
+	}
 	emitBreakerChange(b.upstream, from, to)
 	logger := b.logger.Load()
 	if logger == nil {
@@ -436,7 +459,8 @@ func (b *breaker) forced(from string, mode forceMode, d time.Duration) {
 	b.notify("breaker forced", from, b.state(), fields...)
 }
 
-// reset closes the breaker with clear counts. Results still due from
+// reset closes the breaker with clear counts; from is the state it
+// showed before (an override just lifted included). Results still due from
 // requests let through before are dropped. The override of its
 // upstream, if any, is the operator's to lift (see clearOverride).
 //
@@ -444,8 +468,7 @@ func (b *breaker) forced(from string, mode forceMode, d time.Duration) {
 // and a breaker that was open or half-open of its own tells the fleet
 // it closed: a reset is given to every instance (see shareOverride), and
 // an open state kept in Redis would otherwise come back on a replay.
-func (b *breaker) reset() {
-	from := b.state()
+func (b *breaker) reset(from string) {
 	own := gobreaker.State(b.cbState.Load())
 	b.cur.Store(b.newGeneration(b.cur.Load().n + 1))
 	b.win.reset()

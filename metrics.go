@@ -32,7 +32,7 @@ var metrics = struct {
 	retries        *prometheus.CounterVec
 	retriesDenied  *prometheus.CounterVec
 	duration       *prometheus.HistogramVec
-	breakerState   *prometheus.GaugeVec
+	breakerState   breakerStates
 	breakerChanges *prometheus.CounterVec
 	inFlight       *prometheus.GaugeVec
 	poolWait       *prometheus.HistogramVec
@@ -66,10 +66,10 @@ func initMetrics() {
 		Help:    "Time from the start of a request to its response headers or error, retries included.",
 		Buckets: durationBuckets,
 	}, []string{"upstream", "outcome"})
-	metrics.breakerState = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: ns, Subsystem: sub, Name: "breaker_state",
-		Help: "State of the upstream's circuit breaker: 0 closed, 1 half-open, 2 open.",
-	}, up)
+	metrics.breakerState = breakerStates{prometheus.NewDesc(
+		prometheus.BuildFQName(ns, sub, "breaker_state"),
+		"State of the upstream's circuit breaker, operator overrides included: 0 closed, 1 half-open, 2 open.",
+		up, nil)}
 	metrics.breakerChanges = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: ns, Subsystem: sub, Name: "breaker_transitions_total",
 		Help: "Circuit breaker state changes, by upstream and the state moved to.",
@@ -240,41 +240,46 @@ func breakerStateValue(state string) float64 {
 	return 0
 }
 
-// breakerChanged records a breaker's move to state to.
+// breakerChanged counts a breaker's move to state to.
 func breakerChanged(addr, to string) {
 	metrics.once.Do(initMetrics)
-	l := upstreamLabel(addr)
-	metrics.breakerState.WithLabelValues(l).Set(breakerStateValue(to))
-	metrics.breakerChanges.WithLabelValues(l, to).Inc()
+	metrics.breakerChanges.WithLabelValues(upstreamLabel(addr), to).Inc()
 }
 
-// breakerGauges counts, per label, the breakers whose state the
-// breaker_state gauge shows, so that its series goes when the last one
-// is dropped: "closed" and "unknown" must be told apart.
-var breakerGauges = struct {
-	sync.Mutex
-	n map[string]int
-}{n: map[string]int{}}
+// breakerStates is the breaker_state gauge. It is read from the breakers
+// when scraped rather than set as they change, so that it says what the
+// admin API says at that moment: an override in force counts, and a
+// breaker whose open period ran out with no request since reads
+// half-open (reading a breaker's state moves it on, and the move is
+// logged and counted then). Every breaker has a sample from its first
+// request on, and its series goes with it; an upstream no breaker has
+// seen yet has one while an operator's override holds it. Breakers that
+// share a label (several settings for one upstream, or upstreams past
+// the label cap) show the worst of their states.
+type breakerStates struct{ desc *prometheus.Desc }
 
-// breakerAdded samples a new breaker's state (closed) at once.
-func breakerAdded(addr string) {
-	metrics.once.Do(initMetrics)
-	l := upstreamLabel(addr)
-	breakerGauges.Lock()
-	breakerGauges.n[l]++
-	breakerGauges.Unlock()
-	metrics.breakerState.WithLabelValues(l).Set(0)
-}
+// Describe implements prometheus.Collector.
+func (c breakerStates) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
-// breakerRemoved drops the breaker_state series of a dropped breaker,
-// unless another breaker still shows under its label.
-func breakerRemoved(addr string) {
-	l := upstreamLabel(addr)
-	breakerGauges.Lock()
-	defer breakerGauges.Unlock()
-	if breakerGauges.n[l]--; breakerGauges.n[l] > 0 {
-		return
+// Collect implements prometheus.Collector.
+func (c breakerStates) Collect(ch chan<- prometheus.Metric) {
+	now := time.Now()
+	worst := map[string]float64{}
+	note := func(addr, state string) {
+		l, v := upstreamLabel(addr), breakerStateValue(state)
+		if cur, ok := worst[l]; !ok || v > cur {
+			worst[l] = v
+		}
 	}
-	delete(breakerGauges.n, l)
-	metrics.breakerState.DeleteLabelValues(l)
+	for _, b := range allBreakers() {
+		note(b.upstream, b.state())
+	}
+	for _, o := range pendingOverrides(now) {
+		if ov, _ := o.current(now); ov != nil {
+			note(o.addr, overrideName(ov.mode))
+		}
+	}
+	for l, v := range worst {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, v, l)
+	}
 }

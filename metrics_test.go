@@ -5,8 +5,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func TestUpstreamLabelCardinalityIsCapped(t *testing.T) {
@@ -103,4 +107,130 @@ func TestUpstreamSeriesAreCreatedOnFirstUse(t *testing.T) {
 	if n, _ := testutil.GatherAndCount(reg, "caddy_resilient_pool_wait_seconds"); n != 0 {
 		t.Errorf("pool_wait_seconds exists without max_conns")
 	}
+}
+
+// breakerGauge scrapes breaker_state as Prometheus would, and returns
+// the sample of addr's upstream; ok is false when there is none.
+func breakerGauge(t *testing.T, addr string) (v float64, ok bool) {
+	t.Helper()
+	metrics.once.Do(initMetrics)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(metrics.breakerState)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := upstreamLabel(addr)
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "upstream" && lp.GetValue() == want {
+					return m.GetGauge().GetValue(), true
+				}
+			}
+		}
+	}
+	return 0, false
+}
+
+// transitions reads breaker_transitions_total{upstream=addr,to=to}.
+func transitions(addr, to string) float64 {
+	metrics.once.Do(initMetrics)
+	return testutil.ToFloat64(metrics.breakerChanges.WithLabelValues(upstreamLabel(addr), to))
+}
+
+// expectGauge fails t unless breaker_state of addr reads want (-1: no
+// sample at all).
+func expectGauge(t *testing.T, addr string, want float64, when string) {
+	t.Helper()
+	v, ok := breakerGauge(t, addr)
+	if !ok {
+		v = -1
+	}
+	if v != want {
+		t.Errorf("breaker_state %s = %v, want %v", when, v, want)
+	}
+}
+
+func TestBreakerStateGaugeCountsAnOverrideBeforeAndAfterTheFirstRequest(t *testing.T) {
+	addr := "forced-ahead.test:443"
+	t.Cleanup(func() { applyReset(addr) })
+	expectGauge(t, addr, -1, "before anything")
+	opened := transitions(addr, "open")
+
+	// the operator opens the breaker ahead of a known outage
+	if !applyForce(addr, forceOpen, time.Minute, "") {
+		t.Fatal("force_open refused")
+	}
+	expectGauge(t, addr, 2, "forced open before any traffic")
+	if got := transitions(addr, "open"); got != opened+1 {
+		t.Errorf("transitions{to=open} went from %v to %v, want +1", opened, got)
+	}
+
+	// the first request makes its breaker: still open, no new transition
+	cfg := breakerConfig(t, nil)
+	b := acquireBreaker(cfg, addr, nil, nil)
+	t.Cleanup(b.drop)
+	if _, _, ok := b.allow(nil); ok {
+		t.Fatal("the first request was let through a forced-open breaker")
+	}
+	expectGauge(t, addr, 2, "after the first request")
+	if got := transitions(addr, "open"); got != opened+1 {
+		t.Errorf("transitions{to=open} = %v after the first request, want %v", got, opened+1)
+	}
+
+	closed := transitions(addr, "closed")
+	applyReset(addr)
+	expectGauge(t, addr, 0, "after reset")
+	if got := transitions(addr, "closed"); got != closed+1 {
+		t.Errorf("transitions{to=closed} went from %v to %v on reset, want +1", closed, got)
+	}
+}
+
+func TestBreakerStateGaugeHalfOpensWithNoTraffic(t *testing.T) {
+	core, logs := observer.New(zapcore.WarnLevel)
+	addr := "quiet-after-trip.test:443"
+	cfg := breakerConfig(t, func(c *Breaker) {
+		c.ConsecutiveFailures = breakerInt(1)
+		c.OpenFor = caddy.Duration(50 * time.Millisecond)
+	})
+	b := acquireBreaker(cfg, addr, zap.New(core), nil)
+	t.Cleanup(b.drop)
+	expectGauge(t, addr, 0, "from its first request on")
+	halfOpened := transitions(addr, "half_open")
+
+	breakerSend(t, b, true)
+	expectGauge(t, addr, 2, "once tripped")
+
+	// no request, no scrape, no admin call: the move to half-open comes
+	// when open_for runs out, and is counted and logged then
+	deadline := time.Now().Add(5 * time.Second)
+	for transitions(addr, "half_open") == halfOpened {
+		if time.Now().After(deadline) {
+			t.Fatal("no transition to half_open 5s after a 50ms open_for ran out, with no traffic")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := logs.FilterMessage("breaker state changed").FilterField(zap.String("to", "half_open")).Len(); n != 1 {
+		t.Errorf("%d warn entries for open -> half_open, want 1", n)
+	}
+	expectGauge(t, addr, 1, "after open_for")
+}
+
+func TestBreakerStateGaugeOfAnOverrideThatRunsOut(t *testing.T) {
+	addr := "forced-briefly.test:443"
+	t.Cleanup(func() { applyReset(addr) })
+	closed := transitions(addr, "closed")
+	if !applyForce(addr, forceOpen, 30*time.Millisecond, "") {
+		t.Fatal("force_open refused")
+	}
+	expectGauge(t, addr, 2, "while forced open")
+	deadline := time.Now().Add(5 * time.Second)
+	for transitions(addr, "closed") == closed {
+		if time.Now().After(deadline) {
+			t.Fatal("the end of a 30ms override was not counted within 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	expectGauge(t, addr, -1, "once the override of an upstream never seen ran out")
 }

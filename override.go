@@ -142,18 +142,71 @@ func setOverrideFrom(addr string, mode forceMode, d time.Duration, origin string
 	return c, true
 }
 
-// clearOverride lifts the override of addr; it reports whether there
-// was one.
-func clearOverride(addr string) bool {
+// clearOverride lifts the override of addr; it returns the one lifted,
+// if any.
+func clearOverride(addr string) *override {
 	overrides.Lock()
 	defer overrides.Unlock()
 	c := overrides.m[addr]
 	if c == nil {
-		return false
+		return nil
 	}
-	had := c.ov.Swap(nil) != nil
+	had := c.ov.Swap(nil)
 	c.dropIfIdle()
 	return had
+}
+
+// pendingMode returns the mode of the override in force for addr, as
+// requests to an upstream no breaker has seen get it.
+func pendingMode(addr string, now time.Time) forceMode {
+	overrides.Lock()
+	defer overrides.Unlock()
+	if c := overrides.m[addr]; c != nil {
+		if o, _ := c.current(now); o != nil {
+			return o.mode
+		}
+	}
+	return forceNone
+}
+
+// pendingState is the state requests to an upstream no breaker has seen
+// get under an override of mode m.
+func pendingState(m forceMode) string {
+	if m == forceOpen {
+		return "open"
+	}
+	return "closed"
+}
+
+// pendingEnded logs and counts the end of the override of an upstream
+// no breaker has seen: requests to it are let through again.
+func pendingEnded(addr string, ended *override) {
+	logPendingOverride(addr, "breaker override ended",
+		zap.String("from", pendingState(ended.mode)), zap.String("to", "closed"))
+	if ended.mode == forceOpen {
+		breakerChanged(addr, "closed")
+	}
+}
+
+// expireOverride runs when the override given to addr at at should have
+// run out: its end is logged and counted then, with no request needed.
+func expireOverride(addr string, at time.Time) {
+	for _, b := range lookupBreakers(addr) {
+		b.state()
+	}
+	overrides.Lock()
+	defer overrides.Unlock()
+	c := overrides.m[addr]
+	if c == nil || c.refs > 0 {
+		return
+	}
+	if o := c.ov.Load(); o == nil || !o.at.Equal(at) {
+		return // lifted, or given anew
+	}
+	if _, ended := c.current(time.Now()); ended != nil {
+		pendingEnded(addr, ended)
+		c.dropIfIdle()
+	}
 }
 
 // pendingOverrides returns the overrides in force for upstreams that no
@@ -166,7 +219,10 @@ func pendingOverrides(now time.Time) []*overrideCell {
 		if c.refs > 0 {
 			continue
 		}
-		if o, _ := c.current(now); o == nil {
+		if o, ended := c.current(now); o == nil {
+			if ended != nil {
+				pendingEnded(c.addr, ended)
+			}
 			c.dropIfIdle()
 			continue
 		}
@@ -200,18 +256,29 @@ func applyForce(upstream string, mode forceMode, d time.Duration, origin string)
 	for i, b := range bs {
 		from[i] = b.state()
 	}
-	if _, ok := setOverrideFrom(upstream, mode, d, origin); !ok {
+	pendingFrom := pendingState(pendingMode(upstream, time.Now()))
+	c, ok := setOverrideFrom(upstream, mode, d, origin)
+	if !ok {
 		return false
+	}
+	if d > 0 {
+		at := c.ov.Load().at
+		time.AfterFunc(d+time.Millisecond, func() { expireOverride(upstream, at) })
 	}
 	for i, b := range bs {
 		b.forced(from[i], mode, d)
 	}
 	if len(bs) == 0 {
-		fields := []zap.Field{zap.String("override", overrideName(mode))}
+		to := pendingState(mode)
+		fields := []zap.Field{zap.String("override", overrideName(mode)),
+			zap.String("from", pendingFrom), zap.String("to", to)}
 		if d > 0 {
 			fields = append(fields, zap.Duration("for", d))
 		}
 		logPendingOverride(upstream, "breaker forced", fields...)
+		if to != pendingFrom {
+			breakerChanged(upstream, to)
+		}
 	}
 	return true
 }
@@ -221,13 +288,21 @@ func applyForce(upstream string, mode forceMode, d time.Duration, origin string)
 // reset.
 func applyReset(upstream string) bool {
 	bs := lookupBreakers(upstream)
+	from := make([]string, len(bs))
+	for i, b := range bs {
+		from[i] = b.state()
+	}
 	had := clearOverride(upstream)
 	forgetRemote(upstream)
-	for _, b := range bs {
-		b.reset()
+	for i, b := range bs {
+		b.reset(from[i])
 	}
-	if len(bs) == 0 && had {
-		logPendingOverride(upstream, "breaker override lifted")
+	if len(bs) == 0 && had != nil {
+		logPendingOverride(upstream, "breaker override lifted",
+			zap.String("from", pendingState(had.mode)), zap.String("to", "closed"))
+		if had.mode == forceOpen {
+			breakerChanged(upstream, "closed")
+		}
 	}
-	return had || len(bs) > 0
+	return had != nil || len(bs) > 0
 }

@@ -38,7 +38,6 @@ func acquireBreaker(cfg *Breaker, upstream string, logger *zap.Logger, fl *fleet
 			b.fleet = fl
 			b.remote.Store(pendingRemote(fl, upstream, cfg.key()))
 		}
-		breakerAdded(upstream)
 		breakersByAddr.Lock()
 		breakersByAddr.m[upstream] = append(slices.Clip(breakersByAddr.m[upstream]), b)
 		breakersByAddr.Unlock()
@@ -73,7 +72,6 @@ func allBreakers() []*breaker {
 
 // Destruct implements caddy.Destructor: the registry let go of b.
 func (b *breaker) Destruct() error {
-	breakerRemoved(b.upstream)
 	b.ov.release()
 	breakersByAddr.Lock()
 	defer breakersByAddr.Unlock()

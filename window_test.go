@@ -158,7 +158,7 @@ func TestWindowResultsFromBeforeAStateChangeAreDropped(t *testing.T) {
 	old, _, _ := b.allow(nil)
 	breakerSend(t, b, true)
 	breakerExpectState(t, b, "open")
-	b.reset()
+	b.reset(b.state())
 	old.report(true, false) // let through before the breaker opened
 	if c := b.win.counts(); c.results() != 0 {
 		t.Fatalf("window after reset holds %+v", c)

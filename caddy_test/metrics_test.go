@@ -1,7 +1,9 @@
 package integration
 
 import (
+	"encoding/json"
 	"io"
+	"os"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -144,5 +146,70 @@ func TestMetricsMoveAsDocumented(t *testing.T) {
 	}
 	if got := metricsValue(s, "caddy_resilient_breaker_state", map[string]string{"upstream": tripping.addr}); got != 0 {
 		t.Errorf("breaker_state after recovery = %v, want 0", got)
+	}
+}
+
+// An alert on breaker_state agrees with the admin API at every scrape:
+// for an upstream forced open before its first request, and for a
+// breaker whose open_for ran out with no traffic since.
+func TestMetricsBreakerStateAgreesWithTheAdminAPI(t *testing.T) {
+	forced := startUpstream(t, func(w http.ResponseWriter, r *http.Request) {})
+	tripping := startUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusBadGateway)
+	})
+	route := func(path, up, transport string) string {
+		return "\thandle " + path + " {\n\t\treverse_proxy " + up + " {\n\t\t\ttransport resilient {\n" + transport + "\n\t\t\t}\n\t\t}\n\t}\n"
+	}
+	g := loadGateway(t, "http://localhost:9080 {\n"+
+		route("/forced", forced.addr, "")+
+		route("/trip", tripping.addr, "retry off\n breaker {\n consecutive_failures 1\n open_for 200ms\n }")+
+		"\thandle_errors {\n\t\theader X-Outcome {http.resilient.outcome}\n\t\trespond 503\n\t}\n"+
+		"}\n")
+	t.Cleanup(func() {
+		adminCall(t, http.MethodPost, "/resilient/breakers/reset?upstream="+forced.addr, nil)
+		adminCall(t, http.MethodPost, "/resilient/breakers/reset?upstream="+tripping.addr, nil)
+	})
+	agree := func(addr string, want float64, when string) {
+		t.Helper()
+		s := metricsScrape(t)
+		got := metricsValue(s, "caddy_resilient_breaker_state", map[string]string{"upstream": addr})
+		admin := map[string]float64{"closed": 0, "half_open": 1, "open": 2}[adminBreakerOf(t, addr).State]
+		if got != want || admin != want {
+			t.Errorf("%s: breaker_state %v, admin API %v, want both %v", when, got, admin, want)
+		}
+	}
+
+	// a provider's breaker opened ahead of a known outage
+	if status := adminCall(t, http.MethodPost, "/resilient/breakers/force_open?upstream="+forced.addr+"&for=1m", nil); status != http.StatusOK {
+		t.Fatalf("force_open: %d", status)
+	}
+	agree(forced.addr, 2, "forced open, before any request")
+	opened := metricsValue(metricsScrape(t), "caddy_resilient_breaker_transitions_total", map[string]string{"upstream": forced.addr, "to": "open"})
+	if opened != 1 {
+		t.Errorf("transitions{to=open} after force_open = %v, want 1", opened)
+	}
+	res, _ := g.get("/forced")
+	expect(t, res, http.StatusServiceUnavailable, "breaker_open")
+	agree(forced.addr, 2, "forced open, after its first request")
+
+	// a breaker that tripped and then saw no traffic
+	g.get("/trip")
+	agree(tripping.addr, 2, "tripped")
+	time.Sleep(400 * time.Millisecond) // open_for is 200ms; nothing is sent meanwhile
+	agree(tripping.addr, 1, "after open_for, with no traffic")
+	var entries int
+	data, _ := os.ReadFile(g.logPath)
+	for _, line := range strings.Split(string(data), "\n") {
+		var e map[string]any
+		if json.Unmarshal([]byte(line), &e) == nil && e["msg"] == "breaker state changed" &&
+			e["to"] == "half_open" && e["upstream"] == tripping.addr {
+			entries++
+		}
+	}
+	if entries != 1 {
+		t.Errorf("%d log entries for open -> half_open, want 1", entries)
+	}
+	if n := tripping.count.Load(); n != 1 {
+		t.Errorf("the tripping upstream got %d requests, want 1", n)
 	}
 }
