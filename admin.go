@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -45,8 +46,25 @@ func (a adminBreakers) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: adminBreakersPath, Handler: caddy.AdminHandlerFunc(a.handleList)},
 		{Pattern: adminBreakersPath + "/", Handler: caddy.AdminHandlerFunc(a.handleAction)},
+		{Pattern: "/resilient/", Handler: caddy.AdminHandlerFunc(a.handleUnknown)},
 	}
 }
+
+// handleUnknown answers every other path under /resilient/.
+func (adminBreakers) handleUnknown(w http.ResponseWriter, r *http.Request) error {
+	return adminError(http.StatusNotFound, "unknown path %q: the resilient admin API has %s and %s/{reset,force_open,force_close}",
+		r.URL.Path, adminBreakersPath, adminBreakersPath)
+}
+
+// Bounds of the admin API's input.
+const (
+	// overrides last from a second to a week: a longer one would outlive
+	// anyone's memory of why it was given
+	minOverride = time.Second
+	maxOverride = 7 * 24 * time.Hour
+	// a dial address is a host name (at most 253 characters) and a port
+	maxUpstreamLen = 255
+)
 
 // handleList answers GET /resilient/breakers.
 func (adminBreakers) handleList(w http.ResponseWriter, r *http.Request) error {
@@ -65,25 +83,9 @@ func (adminBreakers) handleAction(w http.ResponseWriter, r *http.Request) error 
 	if r.Method != http.MethodPost {
 		return adminMethodNotAllowed(w, http.MethodPost)
 	}
-	q := r.URL.Query()
-	upstream := q.Get("upstream")
-	if upstream == "" {
-		return adminError(http.StatusBadRequest, "%s: missing upstream=<host:port>", action)
-	}
-	var d time.Duration
-	switch v, given := q.Get("for"), q.Has("for"); {
-	case given && action == "reset":
-		return adminError(http.StatusBadRequest, "reset: takes no for=")
-	case given:
-		var err error
-		if d, err = caddy.ParseDuration(v); err != nil || d <= 0 {
-			return adminError(http.StatusBadRequest, "%s: for=%q is not a positive duration such as 30s", action, v)
-		}
-	case action == "force_open":
-		return adminError(http.StatusBadRequest, "force_open: missing for=<duration>, e.g. for=30s")
-	}
-	if !validUpstream(upstream) {
-		return adminError(http.StatusBadRequest, "%s: upstream=%q is not a host:port", action, upstream)
+	upstream, d, err := adminParams(action, r.URL.RawQuery)
+	if err != nil {
+		return err
 	}
 	switch action {
 	case "reset":
@@ -105,11 +107,58 @@ func (adminBreakers) handleAction(w http.ResponseWriter, r *http.Request) error 
 	return adminWriteStatuses(w, upstream, bs)
 }
 
-// validUpstream reports whether s is a dial address: host:port.
+// adminParams reads the query of a breaker action: exactly one
+// upstream, and for= as the action takes it. Anything else is refused,
+// before anything changes.
+func adminParams(action, rawQuery string) (upstream string, d time.Duration, err error) {
+	q, perr := url.ParseQuery(rawQuery)
+	if perr != nil {
+		return "", 0, adminError(http.StatusBadRequest, "%s: malformed query: %v", action, perr)
+	}
+	for name, vs := range q {
+		switch {
+		case name != "upstream" && name != "for":
+			return "", 0, adminError(http.StatusBadRequest, "%s: unknown parameter %q: use upstream= and for=", action, name)
+		case len(vs) > 1:
+			return "", 0, adminError(http.StatusBadRequest, "%s: %s= given %d times, want once", action, name, len(vs))
+		}
+	}
+	upstream = q.Get("upstream")
+	switch {
+	case upstream == "":
+		return "", 0, adminError(http.StatusBadRequest, "%s: missing upstream=<host:port>", action)
+	case len(upstream) > maxUpstreamLen:
+		return "", 0, adminError(http.StatusBadRequest, "%s: upstream= is %d characters long, at most %d", action, len(upstream), maxUpstreamLen)
+	case !validUpstream(upstream):
+		return "", 0, adminError(http.StatusBadRequest, "%s: upstream=%q is not a host:port", action, upstream)
+	}
+	switch v, given := q.Get("for"), q.Has("for"); {
+	case given && action == "reset":
+		return "", 0, adminError(http.StatusBadRequest, "reset: takes no for=")
+	case given:
+		var perr error
+		d, perr = caddy.ParseDuration(v)
+		if perr != nil || d < minOverride || d > maxOverride {
+			return "", 0, adminError(http.StatusBadRequest, "%s: for=%q must be a duration from 1s to 7d (168h), such as 30s", action, v)
+		}
+	case action == "force_open":
+		return "", 0, adminError(http.StatusBadRequest, "force_open: missing for=<duration>, e.g. for=30s")
+	}
+	return upstream, d, nil
+}
+
+// validUpstream reports whether s is a dial address: host:port, the
+// host a name or an address.
 func validUpstream(s string) bool {
 	host, port, err := net.SplitHostPort(s)
-	if err != nil || host == "" || strings.ContainsAny(host, "/ ") {
+	if err != nil || host == "" {
 		return false
+	}
+	for i := 0; i < len(host); i++ {
+		c := host[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`/\?#@"<>{}|^`+"`", c) >= 0 {
+			return false
+		}
 	}
 	n, err := strconv.Atoi(port)
 	return err == nil && n > 0 && n < 65536

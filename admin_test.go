@@ -176,11 +176,37 @@ func TestAdminRejectsBadInput(t *testing.T) {
 		{http.MethodPost, "/resilient/breakers/reset?upstream=nowhere.test:1", http.StatusNotFound},
 		{http.MethodPost, "/resilient/breakers/force_close?upstream=" + addr + "&for=x", http.StatusBadRequest},
 		{http.MethodPost, "/resilient/breakers/force_close?for=1s", http.StatusBadRequest},
+		// an override lasts from 1s to 7 days
+		{http.MethodPost, "/resilient/breakers/force_open?upstream=" + addr + "&for=1000000h", http.StatusBadRequest},
+		{http.MethodPost, "/resilient/breakers/force_open?upstream=" + addr + "&for=169h", http.StatusBadRequest},
+		{http.MethodPost, "/resilient/breakers/force_open?upstream=" + addr + "&for=999ms", http.StatusBadRequest},
+		// exactly one valid host:port of at most 255 characters
+		{http.MethodPost, "/resilient/breakers/force_open?upstream=" + strings.Repeat("a", 5000) + ":443&for=1s", http.StatusBadRequest},
+		{http.MethodPost, "/resilient/breakers/force_open?upstream=" + addr + "&upstream=other.test:443&for=1s", http.StatusBadRequest},
+		{http.MethodPost, "/resilient/breakers/force_open?upstream=" + addr + "&for=1s&for=2s", http.StatusBadRequest},
+		{http.MethodPost, "/resilient/breakers/force_open?upstream=bad%20host:443&for=1s", http.StatusBadRequest},
+		{http.MethodPost, "/resilient/breakers/force_open?upstream=" + addr + "&for=1s&until=tomorrow", http.StatusBadRequest},
+		// a malformed query is named as such, not as a missing upstream
+		{http.MethodPost, "/resilient/breakers/force_open?upstream=%zz&for=1s", http.StatusBadRequest},
+		// an unknown path under /resilient/ is a JSON 404 too
+		{http.MethodGet, "/resilient/", http.StatusNotFound},
+		{http.MethodGet, "/resilient/circuits", http.StatusNotFound},
 	} {
 		_, apiErr := adminCall(t, tc.method, tc.target)
 		if apiErr == nil || apiErr.HTTPStatus != tc.status || apiErr.Err == nil {
 			t.Errorf("%s %s: got %+v, want status %d with an error", tc.method, tc.target, apiErr, tc.status)
 		}
+	}
+	if _, apiErr := adminCall(t, http.MethodPost, "/resilient/breakers/force_open?upstream=%zz&for=1s"); apiErr == nil ||
+		!strings.Contains(apiErr.Err.Error(), "malformed query") {
+		t.Errorf("upstream=%%zz: %v, want the query named as malformed", apiErr)
+	}
+	for _, good := range []string{"1s", "7d", "168h"} {
+		rec, apiErr := adminCall(t, http.MethodPost, "/resilient/breakers/force_close?upstream=admin-bounds.test:443&for="+good)
+		if apiErr != nil || rec.Code != http.StatusOK {
+			t.Errorf("for=%s: %v, want it accepted", good, apiErr)
+		}
+		applyReset("admin-bounds.test:443")
 	}
 	for _, b := range lookupBreakers(addr) {
 		if b.state() != "closed" || b.ov.ov.Load() != nil {

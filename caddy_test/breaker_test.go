@@ -620,6 +620,11 @@ func TestAdminBreakerRoutesRejectBadInput(t *testing.T) {
 		{http.MethodPost, "/resilient/breakers/force_open" + q + "&for=later", http.StatusBadRequest},
 		{http.MethodPost, "/resilient/breakers/force_open" + q + "&for=-1s", http.StatusBadRequest},
 		{http.MethodPost, "/resilient/breakers/force_close" + q + "&for=1fortnight", http.StatusBadRequest},
+		{http.MethodPost, "/resilient/breakers/force_open" + q + "&for=1000000h", http.StatusBadRequest},
+		{http.MethodPost, "/resilient/breakers/force_open" + q + "&upstream=127.0.0.1:2&for=1s", http.StatusBadRequest},
+		{http.MethodPost, "/resilient/breakers/force_open?upstream=" + strings.Repeat("h", 5000) + ":80&for=1s", http.StatusBadRequest},
+		{http.MethodPost, "/resilient/breakers/force_open?upstream=%zz&for=1s", http.StatusBadRequest},
+		{http.MethodGet, "/resilient/nothing-here", http.StatusNotFound},
 	} {
 		var body struct {
 			Error string `json:"error"`
