@@ -66,6 +66,9 @@ import (
 func (t *Transport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume the transport name
 	name := d.Token()
+	if d.NextArg() {
+		return d.Errf("transport %s takes no arguments, got %q; its options go in a block", name.Text, d.Val())
+	}
 	var http []caddyfile.Token // `transport http` subdirectives, handed over as is
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
@@ -185,17 +188,60 @@ func duration(d *caddyfile.Dispenser, parent, opt string, allowOff bool) (caddy.
 	return caddy.Duration(dur), nil
 }
 
-// integer parses a whole number of at least lo.
-func integer(d *caddyfile.Dispenser, parent, opt string, lo int) (int, error) {
+// integer parses a whole number from lo to hi; the message gives the
+// range, whatever is wrong with the value (a fraction, a word, a number
+// out of range or too large to hold).
+func integer(d *caddyfile.Dispenser, parent, opt string, lo, hi int) (int, error) {
 	v, err := oneArg(d, parent, opt)
 	if err != nil {
 		return 0, err
 	}
 	n, err := strconv.Atoi(v)
-	if err != nil || n < lo {
-		return 0, d.Errf("%s: %s must be >= %d, got %s", parent, opt, lo, v)
+	switch {
+	case err != nil:
+		return 0, d.Errf("%s: %s must be a whole number from %d to %d, got %s", parent, opt, lo, hi, v)
+	case n < lo:
+		return 0, d.Errf("%s: %s must be >= %d, got %s (a whole number from %d to %d)", parent, opt, lo, v, lo, hi)
+	case n > hi:
+		return 0, d.Errf("%s: %s must be <= %d, got %s (a whole number from %d to %d)", parent, opt, hi, v, lo, hi)
 	}
 	return n, nil
+}
+
+// manyArgs returns the arguments of option opt of block parent, at least
+// one; what names them in the message when there are none.
+func manyArgs(d *caddyfile.Dispenser, parent, opt, what string) ([]string, error) {
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return nil, d.Errf("%s: %s needs at least one value: %s", parent, opt, what)
+	}
+	return args, nil
+}
+
+// unknownOption is the error for an option block parent does not have,
+// with the one it most likely meant.
+func unknownOption(d *caddyfile.Dispenser, parent, opt string, known []string) error {
+	if hint := closest(opt, known); hint != "" {
+		return d.Errf("%s: unrecognized subdirective %s; did you mean `%s`?", parent, opt, hint)
+	}
+	return d.Errf("%s: unrecognized subdirective %s; it takes %s", parent, opt, strings.Join(known, ", "))
+}
+
+// closest returns the name of known that name most likely misspells:
+// within two edits, or one of them with a letter or a plural `s` more
+// or less; "" when none is that close.
+func closest(name string, known []string) string {
+	best, bestDist := "", 3
+	for _, k := range known {
+		dist := editDistance(name, k)
+		if strings.HasPrefix(k, name) || strings.HasPrefix(name, k) {
+			dist = min(dist, 1)
+		}
+		if dist < bestDist {
+			best, bestDist = k, dist
+		}
+	}
+	return best
 }
 
 func parseTimeouts(d *caddyfile.Dispenser) (*Timeouts, error) {
@@ -207,7 +253,7 @@ func parseTimeouts(d *caddyfile.Dispenser) (*Timeouts, error) {
 	err := block(d, func(opt string) error {
 		f, ok := fields[opt]
 		if !ok {
-			return d.Errf("timeouts: unrecognized subdirective %s", opt)
+			return unknownOption(d, "timeouts", opt, timeoutsOptions)
 		}
 		v, err := duration(d, "timeouts", opt, true)
 		*f = v
@@ -227,16 +273,16 @@ func parsePool(d *caddyfile.Dispenser) (*Pool, error) {
 		var err error
 		switch opt {
 		case "max_conns":
-			p.MaxConns, err = integer(d, "pool", opt, 0)
+			p.MaxConns, err = integer(d, "pool", opt, 0, maxCount)
 		case "max_idle":
-			p.MaxIdle, err = integer(d, "pool", opt, 0)
+			p.MaxIdle, err = integer(d, "pool", opt, 0, maxCount)
 			if p.MaxIdle == 0 {
 				p.MaxIdle = -1 // keep none
 			}
 		case "idle_timeout":
 			p.IdleTimeout, err = duration(d, "pool", opt, false)
 		default:
-			return d.Errf("pool: unrecognized subdirective %s", opt)
+			return unknownOption(d, "pool", opt, poolOptions)
 		}
 		return err
 	})
@@ -253,10 +299,7 @@ func parseRetry(d *caddyfile.Dispenser) (*Retry, error) {
 		var err error
 		switch opt {
 		case "attempts":
-			r.Attempts, err = integer(d, "retry", opt, 1)
-			if err == nil && r.Attempts > maxAttempts {
-				return d.Errf("retry: attempts must be from 1 to %d, got %d", maxAttempts, r.Attempts)
-			}
+			r.Attempts, err = integer(d, "retry", opt, 1, maxAttempts)
 		case "backoff":
 			args := d.RemainingArgs()
 			if len(args) != 2 {
@@ -274,9 +317,9 @@ func parseRetry(d *caddyfile.Dispenser) (*Retry, error) {
 			}
 			r.Backoff = &Backoff{First: caddy.Duration(waits[0]), Max: caddy.Duration(waits[1])}
 		case "on":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
+			args, err := manyArgs(d, "retry", opt, "connect_error, tls_error, reset, timeout, a status such as 503 or a class such as 5xx")
+			if err != nil {
+				return err
 			}
 			for _, a := range args {
 				if _, ok := retryConditions[a]; ok {
@@ -288,9 +331,9 @@ func parseRetry(d *caddyfile.Dispenser) (*Retry, error) {
 			}
 			r.On = args
 		case "methods":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
+			args, err := manyArgs(d, "retry", opt, "HTTP methods such as GET PUT DELETE")
+			if err != nil {
+				return err
 			}
 			for i, m := range args {
 				if !isToken(m) {
@@ -344,7 +387,7 @@ func parseRetry(d *caddyfile.Dispenser) (*Retry, error) {
 			}
 			r.MaxBody = int64(size)
 		default:
-			return d.Errf("retry: unrecognized subdirective %s", opt)
+			return unknownOption(d, "retry", opt, retryOptions)
 		}
 		return err
 	})
@@ -371,21 +414,21 @@ func parseBreaker(d *caddyfile.Dispenser) (*Breaker, error) {
 			}
 			b.FailureRatio = f
 		case "min_requests":
-			b.MinRequests, err = integer(d, "breaker", opt, 1)
+			b.MinRequests, err = integer(d, "breaker", opt, 1, maxCount)
 		case "consecutive_failures":
 			var n int
-			n, err = integer(d, "breaker", opt, 0)
+			n, err = integer(d, "breaker", opt, 0, maxCount)
 			b.ConsecutiveFailures = &n
 		case "window":
 			b.Window, err = duration(d, "breaker", opt, false)
 		case "open_for":
 			b.OpenFor, err = duration(d, "breaker", opt, false)
 		case "half_open_requests":
-			b.HalfOpenRequests, err = integer(d, "breaker", opt, 1)
+			b.HalfOpenRequests, err = integer(d, "breaker", opt, 1, maxHalfOpen)
 		case "failure_status":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
+			args, err := manyArgs(d, "breaker", opt, "statuses such as 503 or classes such as 5xx")
+			if err != nil {
+				return err
 			}
 			for _, a := range args {
 				if _, err := parseFailureMatch(a); err != nil {
@@ -404,12 +447,29 @@ func parseBreaker(d *caddyfile.Dispenser) (*Breaker, error) {
 			}
 			b.SlowCall = caddy.Duration(dur)
 		default:
-			return d.Errf("breaker: unrecognized subdirective %s", opt)
+			return unknownOption(d, "breaker", opt, breakerOptions)
 		}
 		return err
 	})
 	return b, err
 }
+
+// The options of each block, in the order the docs give them.
+var (
+	timeoutsOptions  = []string{"connect", "tls", "write", "read", "pool", "attempt", "total"}
+	poolOptions      = []string{"max_conns", "max_idle", "idle_timeout"}
+	retryOptions     = []string{"attempts", "backoff", "on", "methods", "idempotency_header", "generate_idempotency_key", "retry_after", "budget", "max_body"}
+	breakerOptions   = []string{"failure_ratio", "min_requests", "consecutive_failures", "window", "open_for", "half_open_requests", "failure_status", "slow_call"}
+	rateLimitOptions = []string{"rate", "burst", "max_wait", "key", "obey_retry_after"}
+	fleetOptions     = []string{"redis", "prefix", "timeout"}
+)
+
+// Upper bounds of counts, so that none overflows what holds it.
+const (
+	maxCount    = 1_000_000
+	maxHalfOpen = 10_000
+	maxBurst    = 1_000_000_000
+)
 
 // blocks are this transport's own subdirectives.
 var blocks = []string{"timeouts", "pool", "retry", "breaker", "rate_limit", "fleet"}
@@ -476,7 +536,7 @@ func parseRateLimit(d *caddyfile.Dispenser) (*RateLimit, error) {
 			}
 			rl.Rate = v
 		case "burst":
-			rl.Burst, err = integer(d, "rate_limit", opt, 1)
+			rl.Burst, err = integer(d, "rate_limit", opt, 1, maxBurst)
 		case "max_wait":
 			v, err := oneArg(d, "rate_limit", opt)
 			if err != nil {
@@ -513,7 +573,7 @@ func parseRateLimit(d *caddyfile.Dispenser) (*RateLimit, error) {
 				return d.Errf("rate_limit: obey_retry_after must be on or off, got %q", v)
 			}
 		default:
-			return d.Errf("rate_limit: unrecognized subdirective %s", opt)
+			return unknownOption(d, "rate_limit", opt, rateLimitOptions)
 		}
 		return err
 	})
@@ -548,7 +608,7 @@ func parseFleet(d *caddyfile.Dispenser) (*Fleet, error) {
 		case "timeout":
 			f.Timeout, err = duration(d, "fleet", opt, false)
 		default:
-			return d.Errf("fleet: unrecognized subdirective %s", opt)
+			return unknownOption(d, "fleet", opt, fleetOptions)
 		}
 		return err
 	})

@@ -372,6 +372,28 @@ func TestCaddyfileInvalid(t *testing.T) {
 		{"bad dial_timeout", "resilient {\n\tdial_timeout abc\n}", 2, []string{"timeout", "abc"}},
 		{"bad http option after ours", "resilient {\n\ttimeouts {\n\t\tread 5s\n\t}\n\tretry off\n\tkeepalive_idle_conns_per_host lots\n}", 6, []string{"lots"}},
 		{"bad proxy_protocol", "resilient {\n\tbreaker off\n\tproxy_protocol v3\n}", 3, []string{"proxy protocol", "v3"}},
+		// whole numbers, with the range in the message whatever is wrong
+		{"attempts 3.5", "resilient {\n\tretry {\n\t\tattempts 3.5\n\t}\n}", 3, []string{"attempts", "whole number", "1", "10", "3.5"}},
+		{"attempts 0 gives the range", "resilient {\n\tretry {\n\t\tattempts 0\n\t}\n}", 3, []string{"whole number from 1 to 10", "0"}},
+		{"attempts 11 gives the range", "resilient {\n\tretry {\n\t\tattempts 11\n\t}\n}", 3, []string{"whole number from 1 to 10", "11"}},
+		{"min_requests overflowing", "resilient {\n\tbreaker {\n\t\tmin_requests 99999999999999999999\n\t}\n}", 3, []string{"min_requests", "whole number", "99999999999999999999"}},
+		{"half_open_requests too many", "resilient {\n\tbreaker {\n\t\thalf_open_requests 100000\n\t}\n}", 3, []string{"half_open_requests", "10000", "100000"}},
+		{"burst 2.5", "resilient {\n\trate_limit {\n\t\trate 1/s\n\t\tburst 2.5\n\t}\n}", 4, []string{"burst", "whole number", "2.5"}},
+		// a rate too large to count
+		{"rate overflowing", "resilient {\n\trate_limit {\n\t\trate 99999999999999999999/s\n\t}\n}", 3, []string{"rate", "99999999999999999999/s", "too large"}},
+		{"rate 2e6/s", "resilient {\n\trate_limit {\n\t\trate 2000000/s\n\t}\n}", 3, []string{"rate", "too large", "1000000/s"}},
+		// stray arguments
+		{"argument after transport resilient", "resilient extra {\n\tretry off\n}", 1, []string{"takes no arguments", "extra"}},
+		{"methods without a value", "resilient {\n\tretry {\n\t\tmethods\n\t}\n}", 3, []string{"retry", "methods", "at least one"}},
+		{"failure_status without a value", "resilient {\n\tbreaker {\n\t\tfailure_status\n\t}\n}", 3, []string{"breaker", "failure_status", "at least one"}},
+		// a misspelled option inside a block gets a hint, as block names do
+		{"misspelled attempts", "resilient {\n\tretry {\n\t\tattemps 2\n\t}\n}", 3, []string{"retry", "attemps", "did you mean", "attempts"}},
+		{"misspelled connect", "resilient {\n\ttimeouts {\n\t\tconect 2s\n\t}\n}", 3, []string{"timeouts", "conect", "did you mean", "connect"}},
+		{"misspelled max_conns", "resilient {\n\tpool {\n\t\tmax_con 2\n\t}\n}", 3, []string{"pool", "max_con", "did you mean", "max_conns"}},
+		{"misspelled failure_ratio", "resilient {\n\tbreaker {\n\t\tfailure_ratoi 0.5\n\t}\n}", 3, []string{"breaker", "failure_ratoi", "did you mean", "failure_ratio"}},
+		{"misspelled burst", "resilient {\n\trate_limit {\n\t\trate 1/s\n\t\tbrust 2\n\t}\n}", 4, []string{"rate_limit", "brust", "did you mean", "burst"}},
+		{"misspelled prefix", "resilient {\n\tfleet {\n\t\tredis redis://127.0.0.1:6379\n\t\tprefx a\n\t}\n}", 4, []string{"fleet", "prefx", "did you mean", "prefix"}},
+		{"unknown option lists the block's", "resilient {\n\tpool {\n\t\tsize 2\n\t}\n}", 3, []string{"pool", "size", "max_conns", "max_idle", "idle_timeout"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := cfUnmarshal(tc.input)
@@ -390,6 +412,17 @@ func TestCaddyfileInvalid(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestCaddyfileFleetErrorsNameTheBlockOnce(t *testing.T) {
+	_, err := cfUnmarshal("resilient {\n\tfleet {\n\t\tredis http://10.0.0.5:6379\n\t}\n}")
+	if err == nil || strings.Contains(err.Error(), "fleet: fleet") || !strings.Contains(err.Error(), "fleet: redis URL") {
+		t.Errorf("error %v, want it to name the block once", err)
+	}
+	tr := &Transport{Fleet: &Fleet{Redis: "http://10.0.0.5:6379"}}
+	if err := tr.Fleet.validate(); err == nil || strings.HasPrefix(err.Error(), "fleet:") {
+		t.Errorf("validate: %v, want an error that leaves the block's name to its caller", err)
 	}
 }
 
@@ -618,6 +651,11 @@ func TestCaddyfileValidateJSON(t *testing.T) {
 		{`{"rate_limit":{"rate":"1/s","burst":-1}}`, []string{"rate_limit", "burst", "-1"}},
 		{`{"rate_limit":{"rate":"1/s","max_wait":-5}}`, []string{"rate_limit", "max_wait"}},
 		{`{"rate_limit":{"rate":"1/s","key":"tenant"}}`, []string{"rate_limit", "key", "tenant"}},
+		{`{"rate_limit":{"rate":"99999999999999999999/s"}}`, []string{"rate_limit", "rate", "too large"}},
+		{`{"rate_limit":{"rate":"1/s","burst":2000000000}}`, []string{"rate_limit", "burst", "2000000000"}},
+		{`{"breaker":{"half_open_requests":5000000000}}`, []string{"breaker", "half_open_requests", "5000000000"}},
+		{`{"breaker":{"min_requests":5000000000}}`, []string{"breaker", "min_requests", "5000000000"}},
+		{`{"pool":{"max_conns":5000000000}}`, []string{"pool", "max_conns", "5000000000"}},
 	} {
 		t.Run(tc.json, func(t *testing.T) {
 			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -58,7 +59,11 @@ func (f *Fleet) validate() error {
 	if f.Timeout < 0 {
 		return fmt.Errorf("timeout must be > 0, got %v", time.Duration(f.Timeout))
 	}
-	return f.options().Validate()
+	if err := f.options().Validate(); err != nil {
+		// the fleet package names itself; the callers name the block
+		return errors.New(strings.TrimPrefix(err.Error(), "fleet: "))
+	}
+	return nil
 }
 
 // fleetLink is this process's membership of one fleet, as the breakers

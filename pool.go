@@ -39,8 +39,8 @@ func (p *Pool) setDefaults() {
 }
 
 func (p *Pool) validate() error {
-	if p.MaxConns < 0 {
-		return fmt.Errorf("max_conns must be >= 0, got %d", p.MaxConns)
+	if p.MaxConns < 0 || p.MaxConns > maxCount {
+		return fmt.Errorf("max_conns must be a whole number from 0 to %d, got %d", maxCount, p.MaxConns)
 	}
 	if p.IdleTimeout < 0 {
 		return fmt.Errorf("idle_timeout must be > 0, got %v", time.Duration(p.IdleTimeout))

@@ -50,6 +50,11 @@ type RateLimit struct {
 	obey    bool
 }
 
+// maxRate bounds the rate, in tokens per second: past it neither a
+// token's interval (in the fleet's microseconds) nor a second's burst
+// can be counted.
+const maxRate = 1_000_000
+
 // maxPause bounds the pause a Retry-After may ask for.
 const maxPause = time.Hour
 
@@ -64,7 +69,11 @@ func parseRate(s string) (rate.Limit, error) {
 	if v <= 0 {
 		return 0, fmt.Errorf("rate must be above zero, got %q", s)
 	}
-	return rate.Limit(v / per.Seconds()), nil
+	perSecond := v / per.Seconds()
+	if perSecond > maxRate {
+		return 0, fmt.Errorf("rate %q is too large to count: at most %d/s", s, maxRate)
+	}
+	return rate.Limit(perSecond), nil
 }
 
 func (rl *RateLimit) provision() error {
@@ -88,8 +97,8 @@ func (rl *RateLimit) provision() error {
 }
 
 func (rl *RateLimit) validate() error {
-	if rl.Burst < 1 {
-		return fmt.Errorf("burst must be >= 1, got %d", rl.Burst)
+	if rl.Burst < 1 || rl.Burst > maxBurst {
+		return fmt.Errorf("burst must be a whole number from 1 to %d, got %d", maxBurst, rl.Burst)
 	}
 	if rl.maxWait < 0 {
 		return fmt.Errorf("max_wait must be >= 0, got %v", rl.maxWait)

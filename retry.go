@@ -193,7 +193,7 @@ const maxAttempts = 10
 
 func (r *Retry) validate() error {
 	if r.Attempts < 1 || r.Attempts > maxAttempts {
-		return fmt.Errorf("attempts must be from 1 to %d, got %d", maxAttempts, r.Attempts)
+		return fmt.Errorf("attempts must be a whole number from 1 to %d, got %d", maxAttempts, r.Attempts)
 	}
 	if r.Backoff.First < 0 || r.Backoff.Max < 0 {
 		return fmt.Errorf("backoff waits must be > 0")
