@@ -3,8 +3,8 @@ package integration
 import (
 	"encoding/json"
 	"io"
-	"os"
 	"net/http"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
