@@ -168,7 +168,9 @@ type breaker struct {
 	cur      atomic.Pointer[generation]
 	logger   atomic.Pointer[zap.Logger]
 	ov       *overrideCell // the operator's override of its upstream
-	fleet    *fleetLink    // nil outside a fleet
+	// the fleet it follows, nil outside one: the membership of the
+	// newest config that joined it (see relink)
+	fleet atomic.Pointer[fleetLink]
 	// a state another instance of the fleet reached, which this breaker
 	// follows while it lasts; nil: none
 	remote atomic.Pointer[remoteState]
@@ -266,13 +268,13 @@ func (b *breaker) onStateChange(from, to gobreaker.State) {
 		b.probeGen.Add(1)
 	}
 	b.notify("breaker state changed", stateName(from), stateName(to), zap.Object("counts", c))
-	if b.fleet != nil {
+	if fl := b.fleet.Load(); fl != nil {
 		// the others follow; never blocks
 		s := fleet.BreakerState{Upstream: b.upstream, Settings: b.cfg.key(), State: stateName(to)}
 		if to == gobreaker.StateOpen {
 			s.Until = time.Unix(0, b.openUntil.Load())
 		}
-		b.fleet.member.PublishBreaker(s)
+		fl.member.PublishBreaker(s)
 	}
 }
 
@@ -477,8 +479,8 @@ func (b *breaker) reset(from string) {
 	b.tripCounts.Store(nil)
 	b.remote.Store(nil)
 	b.notify("breaker reset", from, b.state())
-	if b.fleet != nil && own != gobreaker.StateClosed {
-		b.fleet.member.PublishBreaker(fleet.BreakerState{Upstream: b.upstream, Settings: b.cfg.key(), State: fleet.StateClosed})
+	if fl := b.fleet.Load(); fl != nil && own != gobreaker.StateClosed {
+		fl.member.PublishBreaker(fleet.BreakerState{Upstream: b.upstream, Settings: b.cfg.key(), State: fleet.StateClosed})
 	}
 }
 

@@ -116,6 +116,11 @@ type linkSet struct {
 	m map[*fleetLink]struct{}
 	// per member: its links, and how to stop following its messages
 	follow map[*fleet.Member]*following
+	// per fleet id, the link of the config that joined it last, which
+	// the breakers and limiters of that fleet use: a reload that changes
+	// the fleet's timeout makes a new member, and none of them may go on
+	// with the old one, which stops when the old config does
+	latest map[string]*fleetLink
 }
 
 type following struct {
@@ -125,7 +130,42 @@ type following struct {
 
 // fleetLinks are the fleets this process is in, for the admin API to
 // share overrides with.
-var fleetLinks = &linkSet{m: map[*fleetLink]struct{}{}, follow: map[*fleet.Member]*following{}}
+var fleetLinks = &linkSet{m: map[*fleetLink]struct{}{}, follow: map[*fleet.Member]*following{},
+	latest: map[string]*fleetLink{}}
+
+// current returns the link of l's fleet that its breakers and limiters
+// use now.
+func (fl *linkSet) current(l *fleetLink) *fleetLink {
+	fl.Lock()
+	defer fl.Unlock()
+	if c := fl.latest[l.id]; c != nil {
+		return c
+	}
+	return l
+}
+
+// relink moves the breakers and limiters of fleet id to the link that
+// joined it last. Configs load one at a time, so joins do not race.
+func relink(id string) {
+	fleetLinks.Lock()
+	l := fleetLinks.latest[id]
+	fleetLinks.Unlock()
+	if l == nil {
+		return
+	}
+	for _, b := range allBreakers() {
+		if c := b.fleet.Load(); c != nil && c.id == id {
+			b.fleet.Store(l)
+		}
+	}
+	limiters.Range(func(_, v any) bool {
+		lim := v.(*limiter)
+		if c := lim.fleet.Load(); c != nil && c.id == id {
+			lim.fleet.Store(l)
+		}
+		return true
+	})
+}
 
 // add puts l in the set. The member's messages are followed from its
 // first link to its last, once whatever the number of transports in the
@@ -134,8 +174,13 @@ var fleetLinks = &linkSet{m: map[*fleetLink]struct{}{}, follow: map[*fleet.Membe
 // new transports).
 func (fl *linkSet) add(l *fleetLink) {
 	fl.Lock()
-	defer fl.Unlock()
+	defer func() {
+		fl.Unlock()
+		// outside the lock: the registries' locks are taken before it
+		relink(l.id)
+	}()
 	fl.m[l] = struct{}{}
+	fl.latest[l.id] = l
 	f := fl.follow[l.member]
 	if f == nil {
 		id := l.id
@@ -150,6 +195,16 @@ func (fl *linkSet) add(l *fleetLink) {
 func (fl *linkSet) remove(l *fleetLink) {
 	fl.Lock()
 	delete(fl.m, l)
+	next := false
+	if fl.latest[l.id] == l {
+		delete(fl.latest, l.id)
+		for o := range fl.m {
+			if o.id == l.id {
+				fl.latest[l.id], next = o, true
+				break
+			}
+		}
+	}
 	var stop func()
 	if f := fl.follow[l.member]; f != nil {
 		if f.links--; f.links == 0 {
@@ -158,6 +213,9 @@ func (fl *linkSet) remove(l *fleetLink) {
 		}
 	}
 	fl.Unlock()
+	if next {
+		relink(l.id)
+	}
 	if stop != nil {
 		stop() // waits for a callback under way, which takes no lock of fl
 	}
@@ -207,7 +265,7 @@ func followBreaker(id string, s fleet.BreakerState) {
 	}
 	remoteStates.Unlock()
 	for _, b := range lookupBreakers(s.Upstream) {
-		if b.fleet != nil && b.fleet.id == id && b.cfg.key() == s.Settings {
+		if fl := b.fleet.Load(); fl != nil && fl.id == id && b.cfg.key() == s.Settings {
 			b.follow(rs)
 		}
 	}
@@ -323,7 +381,7 @@ func (f *fleetBucket) limit() fleet.Limit {
 
 // take implements tokens.
 func (f *fleetBucket) take(now time.Time, maxWait time.Duration) (token, time.Duration, bool) {
-	link := f.l.fleet
+	link := f.l.fleet.Load()
 	ctx, cancel := context.WithTimeout(context.Background(), link.timeout)
 	wait, retryAfter, ok, err := link.member.Reserve(ctx, f.key, f.limit(), maxWait)
 	cancel()
@@ -334,7 +392,7 @@ func (f *fleetBucket) take(now time.Time, maxWait time.Duration) (token, time.Du
 		if !ok {
 			return token{}, retryAfter, false
 		}
-		return token{}, wait, true
+		return token{f: f}, wait, true
 	}
 	live := max(1, link.member.Live())
 	if !f.alone.Swap(true) {
@@ -346,11 +404,24 @@ func (f *fleetBucket) take(now time.Time, maxWait time.Duration) (token, time.Du
 	return f.share.take(now, maxWait)
 }
 
+// refund gives a token taken from the fleet's bucket back to it: the
+// client it was for left while it waited. A refund Redis does not take
+// within the timeout is lost: that token of the fleet's rate goes
+// unused, as it would have without refunds.
+func (f *fleetBucket) refund() {
+	link := f.l.fleet.Load()
+	ctx, cancel := context.WithTimeout(context.Background(), link.timeout)
+	defer cancel()
+	if err := link.member.Refund(ctx, f.key, f.limit()); err != nil {
+		f.log(zapcore.DebugLevel, "rate limit: a token could not be given back to the fleet's bucket", err)
+	}
+}
+
 // pause implements tokens: the pause holds for the whole fleet, and for
 // the local share should Redis be gone.
 func (f *fleetBucket) pause(until time.Time) {
 	f.share.pause(until)
-	link := f.l.fleet
+	link := f.l.fleet.Load()
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), link.timeout)
 		defer cancel()
@@ -361,7 +432,7 @@ func (f *fleetBucket) pause(until time.Time) {
 }
 
 func (f *fleetBucket) log(lvl zapcore.Level, msg string, err error, fields ...zap.Field) {
-	logger := f.l.fleet.logger
+	logger := f.l.fleet.Load().logger
 	if c := logger.Check(lvl, msg); c != nil {
 		fields = append(fields, zap.String("upstream", f.l.upstream))
 		if err != nil {

@@ -148,11 +148,12 @@ func newBucket(limit rate.Limit, burst int) *bucket {
 	return &bucket{limit: limit, burst: burst, lim: rate.NewLimiter(limit, burst)}
 }
 
-// token is a reserved token.
+// token is a reserved token: of a local bucket, or of the fleet's.
 type token struct {
 	b     *bucket
 	r     *rate.Reservation
 	epoch uint64
+	f     *fleetBucket // the fleet's bucket it was taken from; nil: a local one
 }
 
 // take implements tokens.
@@ -185,6 +186,10 @@ func (b *bucket) at(now time.Time) time.Time {
 
 // cancel gives back a token that will not be used (the client left).
 func (tok token) cancel() {
+	if tok.f != nil {
+		tok.f.refund()
+		return
+	}
 	b := tok.b
 	if b == nil {
 		return
@@ -257,7 +262,7 @@ type limiter struct {
 	key      string // in the registry
 	upstream string
 	cfg      *RateLimit
-	fleet    *fleetLink // nil outside a fleet
+	fleet    atomic.Pointer[fleetLink] // nil outside a fleet; see relink
 
 	mu      sync.RWMutex
 	buckets map[string]*bucket // by key value; "" without a key
@@ -275,16 +280,23 @@ func acquireLimiter(cfg *RateLimit, upstream string, fl *fleetLink) *limiter {
 		key += "|" + fl.id
 	}
 	v, _, _ := limiters.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return &limiter{key: key, upstream: upstream, cfg: cfg, fleet: fl,
-			buckets: map[string]*bucket{}, shared: map[string]*fleetBucket{}}, nil
+		l := &limiter{key: key, upstream: upstream, cfg: cfg,
+			buckets: map[string]*bucket{}, shared: map[string]*fleetBucket{}}
+		l.fleet.Store(fl)
+		return l, nil
 	})
-	return v.(*limiter)
+	l := v.(*limiter)
+	if fl != nil {
+		// not in the constructor, which holds the pool's entry locked
+		l.fleet.Store(fleetLinks.current(fl))
+	}
+	return l
 }
 
 // tokensFor returns the bucket requests with key value v take from: the
 // fleet's when in a fleet, else this instance's.
 func (l *limiter) tokensFor(v string) tokens {
-	if l.fleet == nil {
+	if l.fleet.Load() == nil {
 		return l.bucketFor(v)
 	}
 	l.mu.RLock()

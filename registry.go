@@ -35,7 +35,7 @@ func acquireBreaker(cfg *Breaker, upstream string, logger *zap.Logger, fl *fleet
 	v, _, _ := breakers.LoadOrNew(key, func() (caddy.Destructor, error) {
 		b := newBreaker(cfg, upstream, key)
 		if fl != nil {
-			b.fleet = fl
+			b.fleet.Store(fl)
 			b.remote.Store(pendingRemote(fl, upstream, cfg.key()))
 		}
 		breakersByAddr.Lock()
@@ -46,6 +46,10 @@ func acquireBreaker(cfg *Breaker, upstream string, logger *zap.Logger, fl *fleet
 	b := v.(*breaker)
 	if logger != nil {
 		b.logger.Store(logger)
+	}
+	if fl != nil {
+		// not in the constructor, which holds the pool's entry locked
+		b.fleet.Store(fleetLinks.current(fl))
 	}
 	return b
 }

@@ -46,6 +46,8 @@ func (l Limit) interval() float64 { return 1e6 / l.Rate }
 //     TAT to that time plus a full bucket, so no token comes before then
 //     and the bucket refills at the rate from empty. A TAT already later
 //     (reservations made past the pause) is kept.
+//   - "refund" gives a token back: the TAT moves back by one interval,
+//     never before now (a full bucket stays full).
 //
 // The key expires when the TAT is reached: a missing key and a TAT in the
 // past both mean a full bucket.
@@ -67,6 +69,12 @@ if ARGV[3] == 'pause' then
   local empty = now + arg + tolerance
   if empty <= tat then return {1, 0} end
   tat = empty
+elseif ARGV[3] == 'refund' then
+  tat = tat - interval
+  if tat <= now then
+    redis.call('DEL', KEYS[1])
+    return {1, 0}
+  end
 else
   wait = math.ceil(tat + interval - tolerance - now)
   if wait < 0 then wait = 0 end
@@ -107,6 +115,14 @@ func (m *Member) Pause(ctx context.Context, key string, l Limit, until time.Time
 		return l.check()
 	}
 	_, err := m.runBucket(ctx, opPause, key, l, "pause", d)
+	return err
+}
+
+// Refund gives back a token Reserve granted that will not be used: the
+// client it was for left while it waited. The next reservation gets it,
+// so the fleet's rate is not spent on requests never sent.
+func (m *Member) Refund(ctx context.Context, key string, l Limit) error {
+	_, err := m.runBucket(ctx, opReserve, key, l, "refund", 0)
 	return err
 }
 

@@ -84,6 +84,45 @@ func TestReserveRespectsMaxWait(t *testing.T) {
 	}
 }
 
+// A token given back is there for the next reservation, and a refund
+// of a full bucket grants nothing extra.
+func TestRefundGivesTheTokenBack(t *testing.T) {
+	t.Parallel()
+	rs := startRedis(t)
+	m := join(t, newProcess(t), rs.url(), uniquePrefix(t), nil)
+	ctx := context.Background()
+	l := Limit{Rate: 1, Burst: 1} // one token a second
+
+	if _, _, ok, err := m.Reserve(ctx, "k", l, 0); err != nil || !ok {
+		t.Fatalf("first token: ok %v err %v", ok, err)
+	}
+	if _, _, ok, err := m.Reserve(ctx, "k", l, 0); err != nil || ok {
+		t.Fatalf("second token at once: ok %v err %v, want refused", ok, err)
+	}
+	// a client that waited for a token left: it is given back
+	if err := m.Refund(ctx, "k", l); err != nil {
+		t.Fatal(err)
+	}
+	if wait, _, ok, err := m.Reserve(ctx, "k", l, 0); err != nil || !ok || wait != 0 {
+		t.Fatalf("after the refund: wait %s ok %v err %v, want the token now", wait, ok, err)
+	}
+	// refunds do not fill the bucket past its burst
+	for range 3 {
+		if err := m.Refund(ctx, "k", l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	granted := 0
+	for range 3 {
+		if _, _, ok, err := m.Reserve(ctx, "k", l, 0); err == nil && ok {
+			granted++
+		}
+	}
+	if granted != 1 {
+		t.Fatalf("%d tokens at once after refunding a full bucket, want its burst of 1", granted)
+	}
+}
+
 // A pause empties the bucket until its end: no token before then, and
 // after it the bucket refills at the rate rather than granting a burst.
 func TestPauseEmptiesTheBucket(t *testing.T) {
