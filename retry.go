@@ -395,7 +395,7 @@ func (ex *exchange) retryWait(res *http.Response, at *attemptResult, now time.Ti
 		// the upstream set the pace: the budget, there to keep retries
 		// from piling onto an upstream in trouble, does not refuse it
 		ex.up.budget.count(now)
-	} else if !ex.up.budget.allow(now) {
+	} else if _, ok := ex.up.budget.allow(now); !ok {
 		return 0, denyBudget, false
 	}
 	return wait, denyNone, true
