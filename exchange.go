@@ -38,6 +38,7 @@ type exchange struct {
 	triesBuf [1]try          // most requests take one try
 	repl     *caddy.Replacer // nil outside Caddy's HTTP server
 	bo       *backoff.ExponentialBackOff
+	share    share // the retry budget's, taken by the retry under way
 	denied   denial
 	sent     bool // some attempt may have reached the upstream
 	final    *attemptResult
@@ -145,6 +146,7 @@ func (ex *exchange) run() (*http.Response, error) {
 	}
 	for {
 		res, at := ex.attempt(a, tk)
+		ex.settleShare(at)
 		ex.tries = append(ex.tries, try{outcome: at.outcome, status: at.status, took: at.took, wait: wait, admitted: at.admitted})
 		if at.admitted {
 			ex.up.m.attempt(at.outcome)
@@ -175,6 +177,7 @@ func (ex *exchange) run() (*http.Response, error) {
 			}
 		}
 		if !again {
+			ex.settleShare(nil) // a retry refused after the budget let it through
 			if deny != denyNone {
 				ex.denied = deny
 				ex.up.m.deniedRetry(deny)
@@ -184,6 +187,7 @@ func (ex *exchange) run() (*http.Response, error) {
 		ex.up.m.retried(at.outcome, at.status)
 		ex.discard(res, at)
 		if err := ex.sleep(next); err != nil {
+			ex.settleShare(nil)
 			tok.cancel()
 			tk.report(false, true)
 			at = &a.res
@@ -195,6 +199,7 @@ func (ex *exchange) run() (*http.Response, error) {
 			// a pause came while the retry waited: its token no longer
 			// stands
 			if retryAfter, err := ex.awaitToken(ex.bkt, ex.t.RateLimit.maxWait); retryAfter > 0 || err != nil {
+				ex.settleShare(nil)
 				tk.report(false, true)
 				return ex.refused(a, retryAfter, err)
 			}

@@ -394,9 +394,25 @@ func (ex *exchange) retryWait(res *http.Response, at *attemptResult, now time.Ti
 	if paced {
 		// the upstream set the pace: the budget, there to keep retries
 		// from piling onto an upstream in trouble, does not refuse it
-		ex.up.budget.count(now)
-	} else if _, ok := ex.up.budget.allow(now); !ok {
+		ex.share = ex.up.budget.count(now)
+	} else if sh, ok := ex.up.budget.allow(now); ok {
+		ex.share = sh
+	} else {
 		return 0, denyBudget, false
 	}
 	return wait, denyNone, true
+}
+
+// settleShare ends the retry budget's hold on the retry that just ended
+// as at says (nil: it was never sent): one that did not fail gives its
+// share back, so the budget is spent by the retries that fail.
+func (ex *exchange) settleShare(at *attemptResult) {
+	sh := ex.share
+	if sh == (share{}) {
+		return
+	}
+	ex.share = share{}
+	if at == nil || at.outcome == OutcomeCanceled || (!at.failed && !ex.t.Retry.matches(at.outcome, at.status)) {
+		ex.up.budget.giveBack(sh)
+	}
 }
