@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -28,6 +29,11 @@ func (m *Member) Do(ctx context.Context, op string, fn func(context.Context, red
 	err := fn(rctx, m.rdb)
 	if err == nil || errors.Is(err, redis.Nil) {
 		return err
+	}
+	if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+		// The caller's deadline, not Redis, ended fn: the socket's
+		// deadline may fire a moment before ctx says so.
+		<-ctx.Done()
 	}
 	return m.fail(ctx, op, err)
 }
