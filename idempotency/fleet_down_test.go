@@ -41,8 +41,19 @@ func TestFleetRedisKilledAndRestarted(t *testing.T) {
 	begin(t, a, before, New, nil).Claim.Keep(fpA, answer(200, "before"))
 	begin(t, b, before, Replay, fpOf(fpA, nil))
 
+	// A repeat polling for a first on another instance when Redis goes:
+	// that first was under way at the last look, so it is not sent.
+	flying := NewKey(nil, "flying")
+	held := begin(t, a, flying, New, nil)
+	polling := beginAsync(bg, b, flying, time.Minute, 10*time.Second, fpA)
+	expectNothing(t, polling, 3*pollEvery, "the repeat polling on b")
+
 	rs.Kill()
 	bound := testTimeout + 150*time.Millisecond
+	if o := receive(t, polling, bound+pollEvery, "the repeat polling on b"); o.err != nil || o.r.Verdict != InFlight {
+		t.Errorf("polling repeat with Redis killed: %s, %v; want in_flight", o.r.Verdict, o.err)
+	}
+	within(t, bound, "Release with Redis killed", held.Claim.Release)
 	k := NewKey(nil, "during")
 	var first Result
 	within(t, bound, "Begin with Redis killed", func() { first = begin(t, a, k, New, nil) })
