@@ -109,7 +109,7 @@ func TestFleetGarbageRecord(t *testing.T) {
 	rs, a, b := twoInstances(t)
 	c := raw(t, rs)
 	valid := answer(200, "valid")
-	record := encodeRecord(fpA, &valid)
+	record := string(encodeRecord(fpA, &valid))
 	status700 := []byte(record)
 	binary.BigEndian.PutUint16(status700[2+len(Fingerprint{}):], 700)
 	for i, garbage := range []string{"garbage", "", record[:len(record)-1], string(status700), "\x02" + record[1:], record + "x"} {

@@ -37,8 +37,9 @@ func flightValue(token [tokenLen]byte) string {
 	return string([]byte{wireVersion, kindInFlight}) + string(token[:])
 }
 
-// encodeRecord returns the completed record of fp and a.
-func encodeRecord(fp Fingerprint, a *Answer) string {
+// encodeRecord returns the completed record of fp and a, as bytes: the
+// body is copied into it once, and not again into a string.
+func encodeRecord(fp Fingerprint, a *Answer) []byte {
 	b := make([]byte, 0, 64+a.Size())
 	b = append(b, wireVersion, kindDone)
 	b = append(b, fp[:]...)
@@ -68,11 +69,12 @@ func encodeRecord(fp Fingerprint, a *Answer) string {
 		}
 	}
 	if a.Whole {
-		b = appendString(b, string(a.Body))
+		b = binary.AppendUvarint(b, uint64(len(a.Body)))
+		b = append(b, a.Body...)
 	} else {
 		b = appendString(b, "")
 	}
-	return string(b)
+	return b
 }
 
 func appendString(b []byte, s string) []byte {

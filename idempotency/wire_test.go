@@ -21,7 +21,7 @@ func wireAnswers() []Answer {
 func TestWireRoundTrip(t *testing.T) {
 	for _, a := range wireAnswers() {
 		fp := Fingerprint{9, 8, 7}
-		r, err := decodeRecord(encodeRecord(fp, &a))
+		r, err := decodeRecord(string(encodeRecord(fp, &a)))
 		if err != nil {
 			t.Fatalf("%+v: %v", a, err)
 		}
@@ -39,7 +39,7 @@ func TestWireRoundTrip(t *testing.T) {
 // panic; none of them reads as a completed record.
 func TestWireRejects(t *testing.T) {
 	a := wireAnswers()[0]
-	v := encodeRecord(Fingerprint{1}, &a)
+	v := string(encodeRecord(Fingerprint{1}, &a))
 	for n := range len(v) {
 		if _, err := decodeRecord(v[:n]); err == nil {
 			t.Errorf("a record cut to %d of %d bytes decoded", n, len(v))
@@ -51,7 +51,7 @@ func TestWireRejects(t *testing.T) {
 		return string(b)
 	}
 	notWhole := Answer{Status: 200}
-	nw := encodeRecord(Fingerprint{}, &notWhole)
+	nw := string(encodeRecord(Fingerprint{}, &notWhole))
 	for name, bad := range map[string]string{
 		"empty":               "",
 		"text":                "garbage",
@@ -78,7 +78,7 @@ func TestWireRejects(t *testing.T) {
 	}
 	for _, h := range []http.Header{{"Bad Name": {"v"}}, {"X": {"line\r\nbreak"}}, {"": {"v"}}} {
 		a := Answer{Status: 200, Header: h, Whole: true}
-		if _, err := decodeRecord(encodeRecord(Fingerprint{}, &a)); err == nil {
+		if _, err := decodeRecord(string(encodeRecord(Fingerprint{}, &a))); err == nil {
 			t.Errorf("header %q decoded", h)
 		}
 	}
@@ -87,7 +87,7 @@ func TestWireRejects(t *testing.T) {
 		lines.Add("X-"+strings.Repeat("a", i%50+1), "v")
 	}
 	many := Answer{Status: 200, Header: lines, Whole: true}
-	if _, err := decodeRecord(encodeRecord(Fingerprint{}, &many)); err == nil {
+	if _, err := decodeRecord(string(encodeRecord(Fingerprint{}, &many))); err == nil {
 		t.Error("too many header lines decoded")
 	}
 }
@@ -96,7 +96,7 @@ func TestWireRejects(t *testing.T) {
 // that breaks the checks.
 func FuzzDecodeRecord(f *testing.F) {
 	for _, a := range wireAnswers() {
-		f.Add(encodeRecord(Fingerprint{3}, &a))
+		f.Add(string(encodeRecord(Fingerprint{3}, &a)))
 	}
 	f.Add(flightValue([tokenLen]byte{}))
 	f.Add("")
