@@ -14,11 +14,11 @@ func TestReloadKeepsMember(t *testing.T) {
 	prefix := uniquePrefix(t)
 	r := newProcess(t)
 	r.linger = 300 * time.Millisecond
-	old := join(t, r, rs.url(), prefix, nil)
-	other := join(t, newProcess(t), rs.url(), prefix, nil)
+	old := join(t, r, rs.URL(), prefix, nil)
+	other := join(t, newProcess(t), rs.URL(), prefix, nil)
 
 	old.Release() // the old config stops first
-	next := join(t, r, rs.url(), prefix, nil)
+	next := join(t, r, rs.URL(), prefix, nil)
 	if next != old {
 		t.Fatal("a reload within the linger time got a new member")
 	}
@@ -37,7 +37,7 @@ func TestReloadKeepsMember(t *testing.T) {
 		defer r.mu.Unlock()
 		return len(r.members) == 0 && len(r.clients) == 0
 	})
-	if again := join(t, r, rs.url(), prefix, nil); again == old {
+	if again := join(t, r, rs.URL(), prefix, nil); again == old {
 		t.Error("a closed member was handed out again")
 	}
 }

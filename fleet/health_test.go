@@ -19,7 +19,7 @@ func TestRedisKilledAndRestarted(t *testing.T) {
 	t.Parallel()
 	const password = "s3cret-pw"
 	rs := startRedis(t, "--requirepass", password)
-	url := "redis://:" + password + "@" + rs.addr() + "/0"
+	url := "redis://:" + password + "@" + rs.Addr() + "/0"
 	prefix := uniquePrefix(t)
 	logA, logsA := observed()
 	logB, logsB := observed()
@@ -47,7 +47,7 @@ func TestRedisKilledAndRestarted(t *testing.T) {
 	n0 := heardBefore()
 
 	errsBefore := testutil.ToFloat64(errorsTotal.WithLabelValues(opReserve)) + testutil.ToFloat64(errorsTotal.WithLabelValues(opPing))
-	rs.kill()
+	rs.Kill()
 	ctx := context.Background()
 	l := Limit{Rate: 100, Burst: 10}
 	bound := 10*a.opts.Timeout + 50*time.Millisecond
@@ -71,7 +71,7 @@ func TestRedisKilledAndRestarted(t *testing.T) {
 		t.Errorf("want one warning for going down, got %v", logsA.All())
 	}
 
-	rs.start()
+	rs.Start()
 	waitFor(t, 5*time.Second, "A and B reconnected", func() bool { return a.Connected() && b.Connected() })
 	if v := testutil.ToFloat64(gauge); v != 1 {
 		t.Errorf("connected gauge %v after reconnecting", v)
@@ -122,7 +122,7 @@ func TestWrongPasswordNeverLogged(t *testing.T) {
 	t.Parallel()
 	rs := startRedis(t, "--requirepass", "right-pw")
 	log, logs := observed()
-	m, err := newProcess(t).join(Options{URL: "redis://:wrong-pw@" + rs.addr() + "/0"}, log)
+	m, err := newProcess(t).join(Options{URL: "redis://:wrong-pw@" + rs.Addr() + "/0"}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,9 +161,9 @@ func TestLiveCountsMembers(t *testing.T) {
 	t.Parallel()
 	rs := startRedis(t)
 	prefix := uniquePrefix(t)
-	a := join(t, newProcess(t), rs.url(), prefix, nil)
-	b := join(t, newProcess(t), rs.url(), prefix, nil)
-	other := join(t, newProcess(t), rs.url(), prefix+"-other", nil)
+	a := join(t, newProcess(t), rs.URL(), prefix, nil)
+	b := join(t, newProcess(t), rs.URL(), prefix, nil)
+	other := join(t, newProcess(t), rs.URL(), prefix+"-other", nil)
 	waitFor(t, 3*time.Second, "both members counted", func() bool { return a.Live() == 2 && b.Live() == 2 })
 	if other.Live() != 1 {
 		t.Errorf("a member of another prefix counts %d", other.Live())

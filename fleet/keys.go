@@ -15,6 +15,9 @@ import (
 //	P:override:<up>           operator override of an upstream (JSON), expiring at its end
 //	P:overrides               sorted set indexing those keys by expiry (+inf: until reset)
 //	P:rate:<key>              GCRA bucket: theoretical arrival time (µs since 2017)
+//	P:idem:<key>              idempotency record (package idempotency, through Do and Key):
+//	                          in flight (owner token, expiring with the lease) or
+//	                          completed (the answer, expiring after the ttl)
 //	P:events:breaker          channel: breaker states as they change
 //	P:events:override         channel: overrides as they are given
 //

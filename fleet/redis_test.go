@@ -1,115 +1,27 @@
 package fleet
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
-	"net"
-	"os/exec"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/caddy-resilient/resilient/internal/redistest"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 )
 
-// redisServer is a real redis-server on a loopback port, without
-// persistence, that a test can kill and start again on the same port.
-type redisServer struct {
-	t    *testing.T
-	bin  string
-	port int
-	args []string
-
-	mu  sync.Mutex
-	cmd *exec.Cmd
-	out *bytes.Buffer
-}
-
-// startRedis starts a redis-server for t, stopped by PID when t ends.
-// The fleet tests need the real thing: without it they fail.
-func startRedis(t *testing.T, extra ...string) *redisServer {
+// startRedis starts a real redis-server for t (internal/redistest): the
+// fleet tests need the real thing, and without it they fail.
+func startRedis(t *testing.T, extra ...string) *redistest.Server {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Fatalf("redis-server is not on PATH: install Debian's redis-server package (apt-get install -y redis-server); the fleet tests run against a real Redis")
-	}
-	s := &redisServer{t: t, bin: bin, port: freePort(t)}
-	s.args = append([]string{
-		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", t.TempDir(),
-		"--daemonize", "no", "--loglevel", "warning",
-	}, extra...)
-	s.start()
-	t.Cleanup(s.kill)
-	return s
+	return redistest.Start(t, extra...)
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// start runs redis-server and waits until it answers.
-func (s *redisServer) start() {
-	s.t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.out = new(bytes.Buffer)
-	s.cmd = exec.Command(s.bin, s.args...)
-	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
-	if err := s.cmd.Start(); err != nil {
-		s.t.Fatalf("starting redis-server: %v", err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !s.answers() {
-		if time.Now().After(deadline) {
-			s.t.Fatalf("redis-server on port %d did not answer within 10s:\n%s", s.port, s.out)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// answers reports whether the server replies to PING (NOAUTH counts: it
-// is up, and asks for a password).
-func (s *redisServer) answers() bool {
-	c, err := net.DialTimeout("tcp", s.addr(), 100*time.Millisecond)
-	if err != nil {
-		return false
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(200 * time.Millisecond))
-	if _, err := c.Write([]byte("PING\r\n")); err != nil {
-		return false
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	return err == nil && (strings.HasPrefix(line, "+PONG") || strings.HasPrefix(line, "-NOAUTH"))
-}
-
-// kill stops the server by its PID, at once, as a crash would.
-func (s *redisServer) kill() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd == nil {
-		return
-	}
-	_ = s.cmd.Process.Kill()
-	_ = s.cmd.Wait()
-	s.cmd = nil
-}
-
-func (s *redisServer) addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
-
-func (s *redisServer) url() string { return "redis://" + s.addr() + "/0" }
+// freePort returns a loopback port nothing listens on.
+func freePort(t *testing.T) int { return redistest.FreePort(t) }
 
 // newProcess stands for another Caddy process: a registry of its own,
 // with its own instance id. Its members are closed when t ends.
