@@ -89,7 +89,7 @@ func TestReserveRespectsMaxWait(t *testing.T) {
 func TestRefundGivesTheTokenBack(t *testing.T) {
 	t.Parallel()
 	rs := startRedis(t)
-	m := join(t, newProcess(t), rs.url(), uniquePrefix(t), nil)
+	m := join(t, newProcess(t), rs.URL(), uniquePrefix(t), nil)
 	ctx := context.Background()
 	l := Limit{Rate: 1, Burst: 1} // one token a second
 
