@@ -226,6 +226,10 @@ func (b *responseBody) Read(p []byte) (int, error) {
 	if b.watch {
 		w.bodyReadEnd()
 	}
+	if k := b.ex.keyed; k != nil {
+		k.capture(p[:n])
+		k.eof = k.eof || err == io.EOF
+	}
 	if err != nil && err != io.EOF {
 		switch {
 		case w.idleFire.Load():
@@ -241,10 +245,14 @@ func (b *responseBody) Read(p []byte) (int, error) {
 
 // Close implements io.Closer; the first call finishes the exchange.
 func (b *responseBody) Close() error {
-	err := b.rc.Close()
 	if !b.closed.CompareAndSwap(false, true) {
-		return err
+		return b.rc.Close()
 	}
+	if k := b.ex.keyed; k != nil && !k.ended && !k.eof {
+		// the client stopped reading (it left): the repeat gets the answer
+		b.drainAnswer()
+	}
+	err := b.rc.Close()
 	// the watchdog no longer bounds anything: stop it and let the
 	// attempt's context go
 	w := &b.a.w

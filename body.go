@@ -44,6 +44,9 @@ type bodySource struct {
 	ended     bool // the exchange is over: closing the last reader closes the client's body
 	closed    bool // the client's body was closed
 	readers   int  // handed out so far
+	// every byte read from the client goes through it as it arrives
+	// (an idempotency key's fingerprint); nil: none
+	hash io.Writer
 
 	first bodyReader // the first attempt's, inline
 }
@@ -114,6 +117,53 @@ func (s *bodySource) failed() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.clientErr
+}
+
+// complete reports whether the whole body was read from the client.
+func (s *bodySource) complete() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.done && s.err == io.EOF
+}
+
+// drainHash reads what the client has not sent yet, at most limit bytes,
+// through hash only: an upstream that answered before reading the whole
+// body still leaves a fingerprint of all of it. Attempts that still read
+// get errBodyMoved. It reports whether the body was read to its end.
+func (s *bodySource) drainHash(limit int64) bool {
+	s.mu.Lock()
+	s.cur = nil
+	s.keeping, s.kept = false, nil
+	s.mu.Unlock()
+	s.readMu.Lock()
+	defer s.readMu.Unlock()
+	buf := make([]byte, 32<<10)
+	for read := int64(0); read < limit; {
+		s.mu.Lock()
+		done := s.done
+		s.mu.Unlock()
+		if done {
+			break
+		}
+		n, err := s.body.Read(buf[:min(int64(len(buf)), limit-read)])
+		read += int64(n)
+		s.mu.Lock()
+		if n > 0 {
+			s.touched = true
+			s.n += int64(n)
+			if s.hash != nil {
+				s.hash.Write(buf[:n])
+			}
+		}
+		if err != nil {
+			s.done, s.err = true, err
+			if err != io.EOF {
+				s.clientErr = err
+			}
+		}
+		s.mu.Unlock()
+	}
+	return s.complete()
 }
 
 // end marks the exchange over: no attempt follows, so the copy is let
@@ -210,6 +260,9 @@ func (r *bodyReader) Read(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if n > 0 {
+		if s.hash != nil {
+			s.hash.Write(p[:n])
+		}
 		if s.keeping {
 			if s.n+int64(n) > s.limit {
 				s.keeping, s.kept = false, nil

@@ -41,6 +41,16 @@ import (
 //			budget   <ratio> <min_per_second> | off
 //			max_body <size>
 //		}
+//		idempotency {
+//			header       <name>
+//			methods      <method>...
+//			scope        <placeholder>...
+//			ttl          <duration>
+//			max_response <size>
+//			max_memory   <size>
+//			wait         <duration>
+//			require
+//		}
 //		breaker off
 //		rate_limit {
 //			rate             <n>/s|<n>/m|<n>/h
@@ -74,7 +84,7 @@ func (t *Transport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
 		switch opt {
-		case "timeouts", "pool", "retry", "breaker", "rate_limit", "fleet":
+		case "timeouts", "pool", "retry", "breaker", "rate_limit", "fleet", "idempotency":
 			if seen[opt] {
 				return d.Errf("%s already specified", opt)
 			}
@@ -94,6 +104,8 @@ func (t *Transport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			t.RateLimit, err = parseRateLimit(d)
 		case "fleet":
 			t.Fleet, err = parseFleet(d)
+		case "idempotency":
+			t.Idempotency, err = parseIdempotency(d)
 		default:
 			if hint := blockHint(opt); hint != "" {
 				return d.Errf("unrecognized subdirective %s; did you mean `%s`?", opt, hint)
@@ -472,7 +484,7 @@ const (
 )
 
 // blocks are this transport's own subdirectives.
-var blocks = []string{"timeouts", "pool", "retry", "breaker", "rate_limit", "fleet"}
+var blocks = []string{"timeouts", "pool", "retry", "breaker", "rate_limit", "fleet", "idempotency"}
 
 // blockHints are names people write for our blocks.
 var blockHints = map[string]string{
@@ -481,6 +493,7 @@ var blockHints = map[string]string{
 	"pools": "pool", "connection_pool": "pool", "conn_pool": "pool",
 	"ratelimit": "rate_limit", "rate_limits": "rate_limit", "rate": "rate_limit", "throttle": "rate_limit", "quota": "rate_limit",
 	"redis": "fleet", "cluster": "fleet",
+	"idempotency_key": "idempotency", "idempotent": "idempotency", "dedup": "idempotency", "deduplicate": "idempotency",
 }
 
 // blockHint returns the block of ours that name most likely meant, or

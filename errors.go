@@ -53,6 +53,18 @@ const (
 	OutcomeRateLimited
 	// OutcomeCanceled: the client went away.
 	OutcomeCanceled
+	// OutcomeReplayed: with idempotency, the answer of an earlier
+	// request with the same key; nothing was sent.
+	OutcomeReplayed
+	// OutcomeKeyConflict: with idempotency, the key's first request is
+	// in flight, or its answer was not kept; nothing was sent.
+	OutcomeKeyConflict
+	// OutcomeKeyMismatch: with idempotency, the key was used with
+	// another request; nothing was sent.
+	OutcomeKeyMismatch
+	// OutcomeKeyInvalid: with idempotency, the key is malformed, or
+	// missing where required; nothing was sent.
+	OutcomeKeyInvalid
 
 	numOutcomes
 )
@@ -73,6 +85,10 @@ var outcomeNames = [numOutcomes]string{
 	OutcomePoolTimeout:    "pool_timeout",
 	OutcomeRateLimited:    "rate_limited",
 	OutcomeCanceled:       "canceled",
+	OutcomeReplayed:       "replayed",
+	OutcomeKeyConflict:    "key_conflict",
+	OutcomeKeyMismatch:    "key_mismatch",
+	OutcomeKeyInvalid:     "key_invalid",
 }
 
 // String returns the outcome's name as it appears in logs, metrics and placeholders.
@@ -109,8 +125,14 @@ func (o Outcome) StatusCode() int {
 		return http.StatusTooManyRequests
 	case OutcomeCanceled:
 		return 499
+	case OutcomeKeyConflict:
+		return http.StatusConflict
+	case OutcomeKeyMismatch:
+		return http.StatusUnprocessableEntity
+	case OutcomeKeyInvalid:
+		return http.StatusBadRequest
 	}
-	return 0
+	return 0 // the upstream's status, or the stored one (replayed)
 }
 
 // IsTimeout reports whether o is one of the timeout outcomes.

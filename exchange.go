@@ -21,11 +21,15 @@ import (
 // retried), then tried until it gets an answer worth passing on or may
 // not be tried again.
 type exchange struct {
-	t       *Transport
-	up      *upstream
-	req     *http.Request
+	t   *Transport
+	up  *upstream
+	req *http.Request
+	// what the attempts run under: the client's request context, or,
+	// for a request holding an idempotency key's claim, the same without
+	// its cancellation (its answer is kept even if the client leaves)
+	ctx     context.Context
 	header  http.Header
-	idem    idempotency
+	idem    idemKind
 	start   time.Time
 	totalAt time.Time // zero when the total timeout is off
 	// time spent waiting for the client's body, which the total bound
@@ -33,6 +37,9 @@ type exchange struct {
 	paused atomic.Int64
 	body   *bodySource // nil when the request has none
 	bkt    tokens      // the rate-limit bucket; nil without rate_limit
+
+	keyed      *keyed // the idempotency key's claim this request holds; nil: none
+	keyVerdict string // what the idempotency step said, for the log; "" when not managed
 
 	tries    []try
 	triesBuf [1]try          // most requests take one try
@@ -96,7 +103,7 @@ func newExchange(t *Transport, req *http.Request) *exchange {
 	} else {
 		ex = new(exchange)
 	}
-	ex.t, ex.req, ex.up, ex.start = t, req, t.upstreamFor(req), time.Now()
+	ex.t, ex.req, ex.ctx, ex.up, ex.start = t, req, req.Context(), t.upstreamFor(req), time.Now()
 	ex.up.begin(ex.start)
 	ex.repl, _ = req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	ex.tries = ex.triesBuf[:0]
@@ -117,6 +124,12 @@ func (ex *exchange) totalDeadline() time.Time {
 
 func (ex *exchange) run() (*http.Response, error) {
 	ex.idem, ex.header = ex.t.Retry.classify(ex.req)
+	if ix := ex.t.Idempotency; ix != nil {
+		// one execution per key: a repeat is answered here
+		if res, err, done := ex.keyBegin(ix); done {
+			return res, err
+		}
+	}
 	ex.up.budget.request(ex.start)
 	// The breaker is asked before the body is touched: a request turned
 	// away leaves its body unread, so Caddy's lb_retries can send it,
@@ -134,6 +147,9 @@ func (ex *exchange) run() (*http.Response, error) {
 			limit = ex.t.Retry.MaxBody
 		}
 		ex.body.init(ex.req.Body, ex.req.ContentLength, limit, &ex.paused)
+		if ex.keyed != nil {
+			ex.body.hash = ex.keyed.hash
+		}
 	}
 	var wait time.Duration
 	a := &ex.first
@@ -147,6 +163,9 @@ func (ex *exchange) run() (*http.Response, error) {
 	for {
 		res, at := ex.attempt(a, tk)
 		ex.settleShare(at)
+		if ex.keyed != nil {
+			ex.keyed.note(at)
+		}
 		ex.tries = append(ex.tries, try{outcome: at.outcome, status: at.status, took: at.took, wait: wait, admitted: at.admitted})
 		if at.admitted {
 			ex.up.m.attempt(at.outcome)
@@ -339,7 +358,7 @@ func (ex *exchange) attempt(a *attempt, tk *ticket) (*http.Response, *attemptRes
 			poolWait, byTotal = max(left, time.Nanosecond), true
 		}
 	}
-	if err := ex.up.takeSlot(ex.req.Context(), poolWait); err != nil {
+	if err := ex.up.takeSlot(ex.ctx, poolWait); err != nil {
 		tk.report(false, true)
 		at.neverSent = true
 		switch {
@@ -355,7 +374,7 @@ func (ex *exchange) attempt(a *attempt, tk *ticket) (*http.Response, *attemptRes
 	}
 
 	at.admitted = true
-	ctx, cancel := context.WithCancelCause(ex.req.Context())
+	ctx, cancel := context.WithCancelCause(ex.ctx)
 	var attemptAt time.Time
 	if d := on(ex.t.Timeouts.Attempt); d > 0 {
 		attemptAt = start.Add(d)
@@ -401,8 +420,8 @@ func (ex *exchange) attempt(a *attempt, tk *ticket) (*http.Response, *attemptRes
 		var cause error
 		if fired := w.stop(); fired != nil {
 			cause = fired
-		} else if cerr := ex.req.Context().Err(); cerr != nil {
-			cause = context.Cause(ex.req.Context())
+		} else if cerr := ex.ctx.Err(); cerr != nil {
+			cause = context.Cause(ex.ctx)
 		} else if cerr := ex.body.failed(); cerr != nil {
 			// the client's body failed: the upstream is not to blame
 			cause = cerr
@@ -465,8 +484,8 @@ func (ex *exchange) sleep(d time.Duration) error {
 	select {
 	case <-t.C:
 		return nil
-	case <-ex.req.Context().Done():
-		return context.Cause(ex.req.Context())
+	case <-ex.ctx.Done():
+		return context.Cause(ex.ctx)
 	}
 }
 
@@ -487,6 +506,9 @@ func (ex *exchange) finish(res *http.Response, at *attemptResult) (*http.Respons
 		if at.outcome == OutcomeCanceled && !errors.Is(e, context.Canceled) {
 			e.Err = context.Canceled
 		}
+		if ex.keyed != nil {
+			ex.keyFailed(at.outcome)
+		}
 		if ex.body != nil {
 			ex.body.end()
 		}
@@ -495,6 +517,9 @@ func (ex *exchange) finish(res *http.Response, at *attemptResult) (*http.Respons
 	}
 	if ex.body != nil {
 		ex.body.end()
+	}
+	if ex.keyed != nil {
+		ex.keyAnswered(res)
 	}
 	ex.report(nil)
 	ex.resp = responseBody{rc: res.Body, ex: ex, a: at.a, client: ex.req.Context()}
@@ -522,6 +547,9 @@ func (ex *exchange) bodyClosed(a *attempt, end Outcome) {
 		ex.report(nil)
 	case !at.failed:
 		at.ticket.settle()
+	}
+	if ex.keyed != nil {
+		ex.keyDone(end)
 	}
 	ex.done(nil)
 }

@@ -97,6 +97,9 @@ func (ex *exchange) log(e *Error) {
 	if ex.final != nil {
 		fields = append(fields, zap.Object("phases", ex.final.phases))
 	}
+	if ex.keyVerdict != "" {
+		fields = append(fields, zap.String("idempotency", ex.keyVerdict))
+	}
 	if ex.denied != denyNone {
 		fields = append(fields, zap.String("retry_denied", ex.denied.String()))
 	}

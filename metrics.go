@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/caddy-resilient/resilient/fleet"
+	"github.com/caddy-resilient/resilient/idempotency"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -94,14 +95,37 @@ func initMetrics() {
 // registering them again (several transports) is fine.
 func registerMetrics(reg *prometheus.Registry) error {
 	metrics.once.Do(initMetrics)
-	if reg == nil {
-		return nil
-	}
-	for _, c := range []prometheus.Collector{
+	return registerAll(reg, []prometheus.Collector{
 		metrics.requests, metrics.attempts, metrics.retries, metrics.retriesDenied,
 		metrics.duration, metrics.breakerState, metrics.breakerChanges,
 		metrics.inFlight, metrics.poolWait, metrics.rateLimitWait,
-	} {
+	})
+}
+
+// idempotencyGauges are the process-wide totals of the idempotency
+// records, read when scraped.
+var idempotencyGauges = []prometheus.Collector{
+	prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "resilient", Name: "idempotency_records",
+		Help: "Idempotency-Key records kept by this process, in flight and completed.",
+	}, func() float64 { n, _ := idempotency.Stats(); return float64(n) }),
+	prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "resilient", Name: "idempotency_bytes",
+		Help: "Bytes of the answers the Idempotency-Key records of this process keep, bodies and headers.",
+	}, func() float64 { _, b := idempotency.Stats(); return float64(b) }),
+}
+
+// registerIdempotencyMetrics registers the idempotency gauges too.
+func registerIdempotencyMetrics(reg *prometheus.Registry) error {
+	return registerAll(reg, idempotencyGauges)
+}
+
+// registerAll registers cs into reg; registering them again is fine.
+func registerAll(reg *prometheus.Registry, cs []prometheus.Collector) error {
+	if reg == nil {
+		return nil
+	}
+	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {
@@ -114,18 +138,7 @@ func registerMetrics(reg *prometheus.Registry) error {
 
 // registerFleetMetrics registers the fleet's collectors too.
 func registerFleetMetrics(reg *prometheus.Registry) error {
-	if reg == nil {
-		return nil
-	}
-	for _, c := range fleet.Collectors() {
-		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				return err
-			}
-		}
-	}
-	return nil
+	return registerAll(reg, fleet.Collectors())
 }
 
 // upstreamLabel returns the label value for an upstream address, folding

@@ -60,6 +60,10 @@ type Transport struct {
 	// Default: none; see Fleet.
 	Fleet *Fleet `json:"fleet,omitempty"`
 
+	// Gateway-side Idempotency-Key records: one execution per key.
+	// Default: none; see Idempotency.
+	Idempotency *Idempotency `json:"idempotency,omitempty"`
+
 	logger    *zap.Logger
 	upstreams *upstreamTable
 	untraced  bool // HTTP/3: net/http/httptrace sees nothing, so nothing counts as never sent
@@ -118,6 +122,14 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 		}
 		if err := t.Fleet.join(t.logger); err != nil {
 			return fmt.Errorf("fleet: %v", err)
+		}
+	}
+	if t.Idempotency != nil {
+		if err := registerIdempotencyMetrics(ctx.GetMetricsRegistry()); err != nil {
+			return fmt.Errorf("registering idempotency metrics: %v", err)
+		}
+		if err := t.Idempotency.provision(t.fleetLink()); err != nil {
+			return fmt.Errorf("idempotency: %v", err)
 		}
 	}
 
@@ -208,6 +220,9 @@ func (t *Transport) Validate() error {
 func (t *Transport) Cleanup() error {
 	if t.upstreams != nil {
 		t.upstreams.close()
+	}
+	if t.Idempotency != nil {
+		t.Idempotency.cleanup()
 	}
 	if t.Fleet != nil {
 		t.Fleet.leave()

@@ -260,24 +260,24 @@ func (m statusMatch) match(status int) bool {
 	return status == int(m)
 }
 
-// idempotency is why a request may be sent more than once.
-type idempotency uint8
+// idemKind is why a request may be sent more than once.
+type idemKind uint8
 
 const (
-	idemNo idempotency = iota
+	idemNo idemKind = iota
 	idemMethod
 	idemKey
 	idemGenerated
 )
 
-func (i idempotency) String() string {
+func (i idemKind) String() string {
 	return [...]string{"no", "method", "key", "generated"}[i]
 }
 
 // classify says whether req may be sent more than once. With
 // generate_idempotency_key it adds a fresh key to an unsafe request,
 // and returns the headers to send.
-func (r *Retry) classify(req *http.Request) (idempotency, http.Header) {
+func (r *Retry) classify(req *http.Request) (idemKind, http.Header) {
 	if slices.Contains(r.Methods, req.Method) {
 		return idemMethod, req.Header
 	}

@@ -73,7 +73,7 @@ func TestClassify(t *testing.T) {
 		retry  Retry
 		method string
 		header string
-		want   idempotency
+		want   idemKind
 	}{
 		{"GET by method", Retry{}, "GET", "", idemMethod},
 		{"DELETE by method", Retry{}, "DELETE", "", idemMethod},
@@ -132,7 +132,7 @@ func TestStatusMatch(t *testing.T) {
 }
 
 // retryExchange is an exchange as far as retryWait needs one.
-func retryExchange(t *testing.T, r *Retry, idem idempotency, tries int, total time.Time) *exchange {
+func retryExchange(t *testing.T, r *Retry, idem idemKind, tries int, total time.Time) *exchange {
 	tr := &Transport{Retry: provisionedRetry(t, r)}
 	ex := &exchange{t: tr, up: &upstream{budget: newBudget(tr.Retry.Budget)}, idem: idem, totalAt: total}
 	ex.tries = make([]try, tries)
@@ -152,7 +152,7 @@ func TestRetryWaitDecisions(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		retry   Retry
-		idem    idempotency
+		idem    idemKind
 		tries   int
 		total   time.Duration // 0: none
 		res     *http.Response

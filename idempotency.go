@@ -1,0 +1,285 @@
+package resilient
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddy-resilient/resilient/fleet"
+	"github.com/caddy-resilient/resilient/idempotency"
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/dustin/go-humanize"
+	"github.com/redis/go-redis/v9"
+)
+
+// Idempotency makes the gateway itself keep the records of
+// Idempotency-Key (draft-ietf-httpapi-idempotency-key-header-07), for
+// providers that do not: a keyed request of Methods is sent upstream at
+// most once per key, and every repeat gets the first one's answer
+// (Idempotent-Replayed: true), a 409 while the first is in flight, or a
+// 422 when the key comes with another request. Records are kept in this
+// process and, with Fleet, in the fleet's Redis, so that a repeat to any
+// instance is caught. Off unless configured.
+type Idempotency struct {
+	// The request header that carries the key. Default: `Idempotency-Key`.
+	Header string `json:"header,omitempty"`
+
+	// Requests of these methods that carry the header are deduplicated;
+	// others pass through, key or not. Default: `["POST","PATCH"]`.
+	Methods []string `json:"methods,omitempty"`
+
+	// Keys are per value of these placeholders, so that two callers
+	// who pick the same key never see each other's answers. The values
+	// are hashed with the key, never kept or logged in clear.
+	// Default: `["{http.request.host}","{http.request.header.Authorization}"]`.
+	Scope []string `json:"scope,omitempty"`
+
+	// How long a completed key's answer is kept. Default: `24h`.
+	TTL caddy.Duration `json:"ttl,omitempty"`
+
+	// Answers up to this many bytes (body) are kept whole; a larger one
+	// streams to its client as usual, and the record keeps its status
+	// and headers only: a repeat gets 409, the key being used.
+	// Default: `1048576` (1MiB).
+	MaxResponse int64 `json:"max_response,omitempty"`
+
+	// The bytes of all answers kept by the transports with these
+	// settings, in this process; past it the oldest completed records
+	// are dropped first. Records in flight are never dropped.
+	// Default: `67108864` (64MiB).
+	MaxMemory int64 `json:"max_memory,omitempty"`
+
+	// A repeat while the first is in flight waits up to this long (never
+	// past timeouts.total) for the first's answer, and gets it as a
+	// replay; 0 answers 409 with Retry-After at once. Default: `0`.
+	Wait caddy.Duration `json:"wait,omitempty"`
+
+	// A request of Methods without the header gets 400. Default: `false`.
+	Require bool `json:"require,omitempty"`
+
+	header  string // canonical
+	store   idempotency.Store
+	poolKey string
+}
+
+// Defaults of the idempotency block.
+var (
+	defaultKeyMethods = []string{"POST", "PATCH"}
+	defaultKeyScope   = []string{"{http.request.host}", "{http.request.header.Authorization}"}
+)
+
+const (
+	defaultMaxResponse = 1 << 20
+	// leaseSlack is how long an in-flight record outlives the request's
+	// total bound, which ends at the response headers: the answer may
+	// still stream for a while, and its key must not come free meanwhile.
+	// A gateway that dies mid-request frees its keys after total plus this.
+	leaseSlack = 5 * time.Minute
+)
+
+// idempotencyStores holds the record stores across config reloads, by
+// settings: a reload keeps every record, in flight or completed.
+var idempotencyStores = caddy.NewUsagePool()
+
+// recordStore is a store in idempotencyStores.
+type recordStore struct {
+	mem   *idempotency.Memory
+	store idempotency.Store
+}
+
+// Destruct implements caddy.Destructor.
+func (s *recordStore) Destruct() error {
+	s.mem.Close()
+	return nil
+}
+
+func (ix *Idempotency) provision(fl *fleetLink) error {
+	if ix.Header == "" {
+		ix.Header = "Idempotency-Key"
+	}
+	ix.header = http.CanonicalHeaderKey(ix.Header)
+	if ix.Methods == nil {
+		ix.Methods = defaultKeyMethods
+	}
+	for i, m := range ix.Methods {
+		ix.Methods[i] = strings.ToUpper(m)
+	}
+	if ix.Scope == nil {
+		ix.Scope = defaultKeyScope
+	}
+	if ix.TTL == 0 {
+		ix.TTL = caddy.Duration(idempotency.DefaultTTL)
+	}
+	if ix.MaxResponse == 0 {
+		ix.MaxResponse = defaultMaxResponse
+	}
+	if ix.MaxMemory == 0 {
+		ix.MaxMemory = idempotency.DefaultMaxMemory
+	}
+	if err := ix.validate(); err != nil {
+		return err
+	}
+	fleetID := ""
+	if fl != nil {
+		fleetID = fl.id
+	}
+	ix.poolKey = fmt.Sprintf("%v|%d|%s", time.Duration(ix.TTL), ix.MaxMemory, fleetID)
+	v, _, err := idempotencyStores.LoadOrNew(ix.poolKey, func() (caddy.Destructor, error) {
+		mem := idempotency.NewMemory(idempotency.Config{TTL: time.Duration(ix.TTL), MaxMemory: ix.MaxMemory})
+		s := &recordStore{mem: mem, store: mem}
+		if fl != nil {
+			s.store = idempotency.NewFleet(mem, fleetRecords{id: fl.id}, fl.logger)
+		}
+		return s, nil
+	})
+	if err != nil {
+		return err
+	}
+	ix.store = v.(*recordStore).store
+	return nil
+}
+
+func (ix *Idempotency) validate() error {
+	if !isToken(ix.Header) {
+		return fmt.Errorf("header: %q is not a header name", ix.Header)
+	}
+	if len(ix.Methods) == 0 {
+		return fmt.Errorf("methods: at least one method, e.g. POST PATCH")
+	}
+	for _, m := range ix.Methods {
+		if !isToken(m) {
+			return fmt.Errorf("methods: %q is not an HTTP method", m)
+		}
+	}
+	switch {
+	case ix.TTL < 0:
+		return fmt.Errorf("ttl must be a positive duration, got %v", time.Duration(ix.TTL))
+	case ix.MaxResponse < 0:
+		return fmt.Errorf("max_response must be a positive size, got %d", ix.MaxResponse)
+	case ix.MaxMemory < 0:
+		return fmt.Errorf("max_memory must be a positive size, got %d", ix.MaxMemory)
+	case ix.MaxResponse > ix.MaxMemory:
+		return fmt.Errorf("max_response %d is larger than max_memory %d: no answer that large could be kept", ix.MaxResponse, ix.MaxMemory)
+	case ix.Wait < 0:
+		return fmt.Errorf("wait must be a duration >= 0, got %v", time.Duration(ix.Wait))
+	}
+	return nil
+}
+
+// cleanup lets go of the store; the records stay for the next config
+// with the same settings.
+func (ix *Idempotency) cleanup() {
+	if ix.store != nil {
+		_, _ = idempotencyStores.Delete(ix.poolKey)
+		ix.store = nil
+	}
+}
+
+// fleetRecords is the fleet's Redis as the idempotency records use it:
+// through the membership of the config that joined the fleet last, as
+// the breakers do (see relink), so a reload that makes a new member
+// moves the records to it.
+type fleetRecords struct{ id string }
+
+func (r fleetRecords) member() *fleet.Member {
+	fleetLinks.Lock()
+	defer fleetLinks.Unlock()
+	if l := fleetLinks.latest[r.id]; l != nil {
+		return l.member
+	}
+	return nil
+}
+
+// Do implements idempotency.Remote.
+func (r fleetRecords) Do(ctx context.Context, op string, fn func(context.Context, redis.Scripter) error) error {
+	m := r.member()
+	if m == nil {
+		return fleet.ErrNotConnected
+	}
+	return m.Do(ctx, op, fn)
+}
+
+// Key implements idempotency.Remote.
+func (r fleetRecords) Key(name string) string {
+	if m := r.member(); m != nil {
+		return m.Key(name)
+	}
+	return name
+}
+
+// idempotencyOptions are the options of the idempotency block.
+var idempotencyOptions = []string{"header", "methods", "scope", "ttl", "max_response", "max_memory", "wait", "require"}
+
+func parseIdempotency(d *caddyfile.Dispenser) (*Idempotency, error) {
+	ix := new(Idempotency)
+	size := func(opt string) (int64, error) {
+		v, err := oneArg(d, "idempotency", opt)
+		if err != nil {
+			return 0, err
+		}
+		n, perr := humanize.ParseBytes(v)
+		if perr != nil || n == 0 || n > 1<<40 {
+			return 0, d.Errf("idempotency: %s must be a positive size such as 1MiB, got %q", opt, v)
+		}
+		return int64(n), nil
+	}
+	err := block(d, func(opt string) error {
+		var err error
+		switch opt {
+		case "header":
+			v, err := oneArg(d, "idempotency", opt)
+			if err != nil {
+				return err
+			}
+			if !isToken(v) {
+				return d.Errf("idempotency: header: %q is not a header name", v)
+			}
+			ix.Header = v
+		case "methods":
+			args, err := manyArgs(d, "idempotency", opt, "HTTP methods such as POST PATCH")
+			if err != nil {
+				return err
+			}
+			for i, m := range args {
+				if !isToken(m) {
+					return d.Errf("idempotency: methods: %q is not an HTTP method", m)
+				}
+				args[i] = strings.ToUpper(m)
+			}
+			ix.Methods = args
+		case "scope":
+			ix.Scope, err = manyArgs(d, "idempotency", opt, "placeholders such as {http.request.header.Authorization}")
+		case "ttl":
+			ix.TTL, err = duration(d, "idempotency", opt, false)
+		case "max_response":
+			ix.MaxResponse, err = size(opt)
+		case "max_memory":
+			ix.MaxMemory, err = size(opt)
+		case "wait":
+			v, err := oneArg(d, "idempotency", opt)
+			if err != nil {
+				return err
+			}
+			dur, perr := caddy.ParseDuration(v)
+			if perr != nil || dur < 0 {
+				return d.Errf("idempotency: wait must be a duration >= 0 (0: answer 409 at once), got %q", v)
+			}
+			ix.Wait = caddy.Duration(dur)
+		case "require":
+			if err := noArgs(d, "idempotency", opt); err != nil {
+				return err
+			}
+			ix.Require = true
+		default:
+			return unknownOption(d, "idempotency", opt, idempotencyOptions)
+		}
+		return err
+	})
+	if err == nil && ix.MaxResponse > 0 && ix.MaxMemory > 0 && ix.MaxResponse > ix.MaxMemory {
+		return nil, d.Errf("idempotency: max_response is larger than max_memory: no answer that large could be kept")
+	}
+	return ix, err
+}

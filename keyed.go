@@ -1,0 +1,325 @@
+package resilient
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/caddy-resilient/resilient/idempotency"
+)
+
+// The idempotency step of an exchange (SPEC §13): before the first
+// attempt, keyBegin looks the request's key up and either lets the
+// request go (it is the first with its key: it holds the key's claim)
+// or answers it at once, nothing sent; once the request is over,
+// keyEnd keeps its answer for the repeats, or releases the key when the
+// upstream provably did nothing.
+
+// keyed is what an exchange that holds an idempotency key's claim keeps.
+type keyed struct {
+	ix    *Idempotency
+	claim idempotency.Claim
+	hash  *idempotency.Hasher // the request's fingerprint, fed as its body streams
+
+	// whether some attempt may have made the upstream act: bytes of it
+	// were written and no answer said otherwise (408 425 429 503)
+	acted bool
+
+	// the answer as it streams to the first client
+	status int
+	header http.Header
+	body   []byte
+	large  bool // over max_response: only status and headers are kept
+	eof    bool // the answer's body was read to its end
+	ended  bool // the claim was kept or released
+}
+
+// releasingStatus reports whether an answer with status says the
+// upstream did nothing, so that the key comes free again.
+func releasingStatus(status int) bool {
+	switch status {
+	case http.StatusRequestTimeout, http.StatusTooEarly, http.StatusTooManyRequests, http.StatusServiceUnavailable:
+		return true
+	}
+	return false
+}
+
+// The values of {http.resilient.idempotency}, boxed once.
+var (
+	keyNotManaged any = ""
+	keyNew        any = "new"
+	keyReleased   any = "released"
+	keyReplayed   any = "replayed"
+	keyConflict   any = "conflict"
+	keyMismatch   any = "mismatch"
+	keyInvalid    any = "invalid"
+)
+
+// setKeyed sets the placeholder, and what the log says of the key.
+func (ex *exchange) setKeyed(v any) {
+	ex.keyVerdict = v.(string)
+	if ex.repl != nil {
+		ex.repl.Set("http.resilient.idempotency", v)
+	}
+}
+
+// keyBegin is the idempotency step before the first attempt. When the
+// request is not to be sent, it returns its answer and done.
+func (ex *exchange) keyBegin(ix *Idempotency) (res *http.Response, err error, done bool) {
+	req := ex.req
+	if !slices.Contains(ix.Methods, req.Method) {
+		ex.setKeyed(keyNotManaged)
+		return nil, nil, false
+	}
+	values := req.Header.Values(ix.header)
+	if len(values) == 0 {
+		if !ix.Require {
+			ex.setKeyed(keyNotManaged)
+			return nil, nil, false
+		}
+		return ex.keyProblem(OutcomeKeyInvalid, keyInvalid, problemTypeDraft, ix.header+" is missing",
+			"This operation requires an "+ix.header+" header: a client-chosen key that makes the request safe to repeat.", nil), nil, true
+	}
+	key, perr := idempotency.ParseKey(values)
+	if perr != nil {
+		return ex.keyProblem(OutcomeKeyInvalid, keyInvalid, problemTypeDraft, ix.header+" is invalid", perr.Error()+".", nil), nil, true
+	}
+	scope := make([]string, len(ix.Scope))
+	if ex.repl != nil {
+		for i, s := range ix.Scope {
+			scope[i] = ex.repl.ReplaceAll(s, "")
+		}
+	}
+	k := idempotency.NewKey(scope, key)
+	target := req.URL.RequestURI()
+	// a repeat's body is read (hashed, never kept) only when a completed
+	// record is to be compared with it
+	fp := func() (idempotency.Fingerprint, error) {
+		h := idempotency.NewHasher(req.Method, target)
+		if b := req.Body; b != nil && b != http.NoBody {
+			if _, err := io.Copy(h, b); err != nil {
+				return idempotency.Fingerprint{}, err
+			}
+		}
+		return h.Sum(), nil
+	}
+	lease, wait := leaseSlack, time.Duration(ix.Wait)
+	if totalAt := ex.totalDeadline(); !totalAt.IsZero() {
+		left := time.Until(totalAt)
+		lease += left
+		wait = min(wait, left)
+	} else {
+		lease = 0 // the store's default
+	}
+	r, berr := ix.store.Begin(req.Context(), k, lease, wait, fp)
+	if berr != nil {
+		// the client left while it waited, or its body failed
+		ex.setKeyed(keyNotManaged)
+		at := &ex.first.res
+		*at = attemptResult{outcome: OutcomeCanceled, err: berr, neverSent: true}
+		ex.tries = append(ex.tries, try{outcome: at.outcome})
+		res, err := ex.finish(nil, at)
+		return res, err, true
+	}
+	switch r.Verdict {
+	case idempotency.New:
+		ex.keyed = &keyed{ix: ix, claim: r.Claim, hash: idempotency.NewHasher(req.Method, target)}
+		// once sent, the request goes on if its client leaves: its
+		// answer is kept for the repeat (it still ends by total)
+		ex.ctx = context.WithoutCancel(req.Context())
+		ex.setKeyed(keyNew)
+		return nil, nil, false
+	case idempotency.Replay:
+		return ex.replay(r.Answer), nil, true
+	case idempotency.InFlight:
+		h := http.Header{"Retry-After": {"1"}}
+		return ex.keyProblem(OutcomeKeyConflict, keyConflict, problemTypeDraft, "A request with this "+ix.header+" is in flight",
+			"The first request with this key has not ended yet; repeat it once it has, and get its answer.", h), nil, true
+	case idempotency.Used:
+		return ex.keyProblem(OutcomeKeyConflict, keyConflict, problemTypeDraft, "This "+ix.header+" was used",
+			"The first request with this key was answered, but its answer was too large to keep; use a new key for a new request.", nil), nil, true
+	default: // Mismatch
+		return ex.keyProblem(OutcomeKeyMismatch, keyMismatch, problemTypeDraft, ix.header+" reused with another request",
+			"This key was used with another method, target or body; use a new key for a new request.", nil), nil, true
+	}
+}
+
+// problemTypeDraft names the cases of the Idempotency-Key draft: its
+// error scenarios.
+const problemTypeDraft = "https://datatracker.ietf.org/doc/html/draft-ietf-httpapi-idempotency-key-header-07#section-2.7"
+
+// problem is an RFC 9457 problem details object.
+type problem struct {
+	Type    string `json:"type"`
+	Title   string `json:"title"`
+	Status  int    `json:"status"`
+	Detail  string `json:"detail"`
+	Outcome string `json:"outcome,omitempty"`
+}
+
+// keyProblem answers the request itself with a problem+json of status
+// o.StatusCode(); nothing is sent.
+func (ex *exchange) keyProblem(o Outcome, verdict any, typ, title, detail string, h http.Header) *http.Response {
+	status := o.StatusCode()
+	body, _ := json.Marshal(problem{Type: typ, Title: title, Status: status, Detail: detail})
+	if h == nil {
+		h = http.Header{}
+	}
+	h.Set("Content-Type", "application/problem+json")
+	return ex.answerHere(o, verdict, status, h, body)
+}
+
+// replay answers the request with a record's answer, nothing sent: the
+// upstream's status, headers and body as it gave them, or, for a
+// request that got no answer after bytes were sent, the 502/504 its
+// first client got.
+func (ex *exchange) replay(a *idempotency.Answer) *http.Response {
+	h, body := a.Header, a.Body
+	if h == nil {
+		h = http.Header{}
+	}
+	if a.Outcome != "" {
+		body, _ = json.Marshal(problem{
+			Type:    "https://caddy-resilient.dev/outcomes/" + a.Outcome,
+			Title:   "Upstream call failed: " + a.Outcome,
+			Status:  a.Status,
+			Detail:  "The answer of an earlier request with this " + ex.t.Idempotency.header + ": the upstream may have acted on it, and gave no answer.",
+			Outcome: a.Outcome,
+		})
+		h = http.Header{"Content-Type": {"application/problem+json"}}
+	}
+	h.Set("Idempotent-Replayed", "true")
+	return ex.answerHere(OutcomeReplayed, keyReplayed, a.Status, h, body)
+}
+
+// answerHere ends the exchange with an answer the transport gives
+// itself: placeholders, the log entry and the metrics, as for any other.
+func (ex *exchange) answerHere(o Outcome, verdict any, status int, h http.Header, body []byte) *http.Response {
+	ex.setKeyed(verdict)
+	at := &ex.first.res
+	*at = attemptResult{outcome: o, status: status, neverSent: true}
+	ex.final, ex.outcome, ex.took = at, o, time.Since(ex.start)
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	ex.report(nil)
+	ex.done(nil)
+	return &http.Response{
+		Status:        strconv.Itoa(status) + " " + http.StatusText(status),
+		StatusCode:    status,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        h,
+		Body:          io.NopCloser(bytes.NewReader(body)),
+		ContentLength: int64(len(body)),
+		Request:       ex.req,
+	}
+}
+
+// note records how an attempt ended: whether it may have made the
+// upstream act.
+func (k *keyed) note(at *attemptResult) {
+	if at.neverSent || at.outcome == OutcomeCanceled || (at.status != 0 && releasingStatus(at.status)) {
+		return
+	}
+	k.acted = true
+}
+
+// keyAnswered is keyEnd's first half for a request that got an answer:
+// one that says the upstream did nothing releases the key at once;
+// otherwise its status and headers are noted, and its body is kept as
+// it streams (see capture).
+func (ex *exchange) keyAnswered(res *http.Response) {
+	k := ex.keyed
+	if releasingStatus(res.StatusCode) && !k.acted {
+		ex.keyRelease()
+		return
+	}
+	k.status, k.header = res.StatusCode, res.Header.Clone()
+}
+
+// capture keeps p, read from the answer's body, for the record.
+func (k *keyed) capture(p []byte) {
+	if k.large || k.ended {
+		return
+	}
+	if int64(len(k.body)+len(p)) > k.ix.MaxResponse {
+		k.large, k.body = true, nil
+		return
+	}
+	k.body = append(k.body, p...)
+}
+
+// keyFailed ends the claim of a request that got no answer: when no
+// attempt may have made the upstream act, the key is released; else
+// the record keeps the outcome, and a repeat gets the same 502/504.
+func (ex *exchange) keyFailed(o Outcome) {
+	k := ex.keyed
+	if !k.acted {
+		ex.keyRelease()
+		return
+	}
+	k.ended = true
+	k.claim.Keep(ex.keyFingerprint(), idempotency.Answer{Status: o.StatusCode(), Outcome: o.String(), Whole: true})
+}
+
+// keyDone ends the claim of a request whose answer's body ended as end
+// says: the answer is kept whole when it was read to its end and within
+// max_response, else its status and headers only.
+func (ex *exchange) keyDone(end Outcome) {
+	k := ex.keyed
+	if k.ended {
+		return
+	}
+	k.ended = true
+	whole := end == OutcomeOK && k.eof && !k.large
+	a := idempotency.Answer{Status: k.status, Header: k.header, Whole: whole}
+	if whole {
+		a.Body = k.body
+	}
+	k.claim.Keep(ex.keyFingerprint(), a)
+	k.body = nil
+}
+
+// keyRelease frees the key: the upstream provably did nothing.
+func (ex *exchange) keyRelease() {
+	k := ex.keyed
+	if k.ended {
+		return
+	}
+	k.ended = true
+	k.claim.Release()
+	ex.setKeyed(keyReleased)
+}
+
+// keyDrainLimit bounds what is read of a request body the upstream did
+// not read to its end, for its fingerprint.
+const keyDrainLimit = 8 << 20
+
+// keyFingerprint returns the fingerprint of the request. When the
+// upstream answered before reading the whole body, the rest is read
+// (hashed only) now; past keyDrainLimit the fingerprint covers what was
+// read, and a repeat of the request is taken for another one (422):
+// never replayed an answer it may not match.
+func (ex *exchange) keyFingerprint() idempotency.Fingerprint {
+	if b := ex.body; b != nil && !b.complete() {
+		b.drainHash(keyDrainLimit)
+	}
+	return ex.keyed.hash.Sum()
+}
+
+// drainAnswer reads the rest of an answer whose client stopped reading
+// (it left): up to max_response, so that the repeat gets it.
+func (b *responseBody) drainAnswer() {
+	k := b.ex.keyed
+	buf := make([]byte, 32<<10)
+	for !k.eof && !k.large && !b.cut.Load() && !b.a.w.idleFire.Load() {
+		if _, err := b.Read(buf); err != nil {
+			return
+		}
+	}
+}
