@@ -179,23 +179,44 @@ func run(ctx context.Context, o options, kids *children) error {
 		}
 	}
 
+	setupsOf := func(sc *scenario) []string {
+		var setups []string
+		for _, s := range sc.Setups {
+			if (s == setupNginx && e.nginx == "") || (s == setupHAProxy && e.haproxy == "") {
+				continue
+			}
+			if o.setups == "" || containsFold(o.setups, s) {
+				setups = append(setups, s)
+			}
+		}
+		return setups
+	}
+	// failures, by scenario and setup: configs that do not adapt, and runs that broke
+	failures, err := e.checkConfigs(ctx, scs, setupsOf)
+	if err != nil {
+		return err
+	}
+	var failed []string
+	for _, sc := range scs {
+		for _, setup := range setupsOf(sc) {
+			if msg, ok := failures[runKey{sc.ID, setup}]; ok {
+				fmt.Fprintln(os.Stderr, msg)
+				failed = append(failed, msg)
+			}
+		}
+	}
+
 	var results []*result
 	for _, sc := range scs {
-		setups := sc.Setups
-		if o.setups != "" {
-			setups = nil
-			for _, s := range sc.Setups {
-				if containsFold(o.setups, s) {
-					setups = append(setups, s)
-				}
+		var setups []string
+		for _, s := range setupsOf(sc) {
+			if _, bad := failures[runKey{sc.ID, s}]; !bad {
+				setups = append(setups, s)
 			}
 		}
 		for rep := range o.repeat {
 			for i := range setups {
 				setup := setups[(i+rep)%len(setups)] // interleave: rotate the order per repetition
-				if (setup == setupNginx && e.nginx == "") || (setup == setupHAProxy && e.haproxy == "") {
-					continue
-				}
 				prof := ""
 				if profDir != "" && setup != setupNginx && setup != setupHAProxy {
 					prof = filepath.Join(profDir, fmt.Sprintf("%s-%s-%d.pprof", sc.ID, setup, rep+1))
@@ -209,7 +230,8 @@ func run(ctx context.Context, o options, kids *children) error {
 					// one broken run should not cost the other ten minutes
 					msg := fmt.Sprintf("%s %s rep %d failed: %v", sc.ID, setup, rep+1, err)
 					fmt.Fprintln(os.Stderr, msg)
-					skipped = append(skipped, msg)
+					failed = append(failed, msg)
+					failures[runKey{sc.ID, setup}] = msg
 					continue
 				}
 				for _, r := range rs {
@@ -222,7 +244,7 @@ func run(ctx context.Context, o options, kids *children) error {
 	}
 
 	sums := summarize(scs, results)
-	targets := evaluate(sums)
+	targets := evaluate(sums, failures)
 	m := describeMachine(e)
 	w := os.Stdout
 	command := strings.TrimSpace("go run ./bench " + strings.Join(os.Args[1:], " "))
@@ -230,6 +252,9 @@ func run(ctx context.Context, o options, kids *children) error {
 	writeMachine(w, m)
 	for _, s := range skipped {
 		fmt.Fprintln(w, "- skipped:", s)
+	}
+	for _, s := range failed {
+		fmt.Fprintln(w, "- failed:", s)
 	}
 	fmt.Fprintln(w)
 	writeTable(w, sums)
@@ -252,6 +277,7 @@ func run(ctx context.Context, o options, kids *children) error {
 		Seconds:   elapsed.Seconds(),
 		Machine:   m,
 		Skipped:   skipped,
+		Failed:    failed,
 		Scenarios: docs,
 		Runs:      results,
 		Summary:   sums,
@@ -261,6 +287,9 @@ func run(ctx context.Context, o options, kids *children) error {
 		return err
 	}
 	fmt.Fprintln(os.Stderr, "wrote", o.out)
+	if len(failed) > 0 {
+		return fmt.Errorf("%d setup(s) or run(s) failed: see \"failed\" above", len(failed))
+	}
 	return nil
 }
 

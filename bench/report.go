@@ -285,7 +285,9 @@ type target struct {
 	Detail string `json:"detail"`
 }
 
-func evaluate(sums []*summary) []target {
+// evaluate checks the targets; failures, by scenario and setup, say why
+// a row is missing.
+func evaluate(sums []*summary, failures map[runKey]string) []target {
 	find := func(row, setup string) *summary {
 		for _, s := range sums {
 			if s.Row == row && s.Setup == setup {
@@ -545,6 +547,7 @@ type report struct {
 	Seconds   float64    `json:"seconds"`
 	Machine   machine    `json:"machine"`
 	Skipped   []string   `json:"skipped,omitempty"`
+	Failed    []string   `json:"failed,omitempty"`
 	Scenarios []scDoc    `json:"scenarios"`
 	Runs      []*result  `json:"runs"`
 	Summary   []*summary `json:"summary"`

@@ -91,9 +91,6 @@ func (e *env) runOne(ctx context.Context, sc *scenario, setup string, rep int, p
 	cpu0, t0 := readCPU(pgids...), time.Now()
 	samples, _, elapsed := generate(ctx, targets, sc.Load, start)
 	cpu1, wall := readCPU(pgids...), time.Since(t0)
-	if err := <-profDone; err != nil {
-		fmt.Fprintln(os.Stderr, "profile:", err)
-	}
 	close(stopAux)
 	<-auxDone
 	if syns != nil {

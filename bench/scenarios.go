@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"math"
 	"sort"
 	"strings"
@@ -27,6 +28,10 @@ type scenario struct {
 	Resilient          string
 	ResilientNoBreaker string
 	ResilientRateLimit string
+	// Variants are the bodies of `transport resilient { … }` of the
+	// other resilient setups (resilient-idem, resilient-hedge-p95, …),
+	// by setup.
+	Variants map[string]string
 	// Chaos, when set, makes the upstream a Caddy running this chaos
 	// block in front of `respond 200` instead of the harness's own (S8);
 	// the upstream's counts then come from chaos's stats.
@@ -106,7 +111,7 @@ func scenarios(quick bool) []*scenario {
 	retry := knobs{Retry: true}
 	const breakerS2S3 = "breaker {\nopen_for 1s\n}"
 
-	return []*scenario{
+	scs := []*scenario{
 		{
 			ID: "S0", Title: "healthy upstream, closed-loop max throughput (64 connections)",
 			Setups: baseline,
@@ -248,6 +253,39 @@ func scenarios(quick bool) []*scenario {
 				"refused\" counts what reached the dead provider until each gateway had answered breaker_open once.",
 		},
 	}
+	shown := map[string]string{} // config: the scenario that showed it
+	for _, sc := range scs {
+		sc.Doc += variantConfigs(sc, shown)
+	}
+	return scs
+}
+
+// variantConfigs shows the whole Caddyfile of each setup sc configures
+// in Variants, as the harness writes it but for the ports; one shown
+// for an earlier scenario is named instead.
+func variantConfigs(sc *scenario, shown map[string]string) string {
+	var b strings.Builder
+	for _, setup := range sc.Setups {
+		if _, ok := sc.Variants[setup]; !ok {
+			continue
+		}
+		conf := caddyfile(setup, sc, "127.0.0.1:<port>", "127.0.0.1:<admin port>", "127.0.0.1:<upstream port>")
+		if id, ok := shown[conf]; ok {
+			fmt.Fprintf(&b, " %s: the Caddyfile of %s's %s.", setup, id, setup)
+			continue
+		}
+		shown[conf] = sc.ID
+		fmt.Fprintf(&b, "\n\n  %s:\n\n  ```caddyfile\n", setup)
+		for line := range strings.Lines(conf) {
+			if strings.TrimSpace(line) == "" {
+				b.WriteString("\n")
+			} else {
+				b.WriteString("  " + line)
+			}
+		}
+		b.WriteString("  ```")
+	}
+	return b.String()
 }
 
 // rowOf names the table row of a sample.
