@@ -211,7 +211,7 @@ func notes(s *summary) string {
 		if x["rejected"] > 0 {
 			parts = append(parts, fmt.Sprintf("rejected %.0f: p99 %sms, max %sms", x["rejected"], num(x["rejected_p99_ms"]), num(x["rejected_max_ms"])))
 		}
-	case "S5":
+	case "S5", "S5h":
 		if s.EmptyBodies > 0 {
 			parts = append(parts, fmt.Sprintf("POSTs re-sent with an empty body: %d", s.EmptyBodies))
 		}
@@ -313,6 +313,19 @@ func evaluate(sums []*summary, failures map[runKey]string) []target {
 		ts = append(ts, t)
 	}
 	notRun := func(row string) (bool, string, bool) { return false, row + " not run", false }
+	// absent says why the setups a target needs have no row in scenario id
+	absent := func(id string, setups ...string) (bool, string, bool) {
+		var why []string
+		for _, setup := range setups {
+			if msg, ok := failures[runKey{id, setup}]; ok {
+				why = append(why, msg)
+			}
+		}
+		if len(why) == 0 {
+			return false, id + " " + strings.Join(setups, ", ") + " not run", false
+		}
+		return false, strings.Join(why, "; "), false
+	}
 
 	// a shared machine's slow spells hit both setups of a repetition
 	// alike: the verdicts go by the median of the per-repetition ratios
@@ -459,7 +472,45 @@ func evaluate(sums []*summary, failures map[runKey]string) []target {
 			fd.Extra["until_all_refused"], byGateway(fd.Extra, "until_all_refused"), nd.Extra["until_all_refused"], byGateway(nd.Extra, "until_all_refused"),
 			fq.Extra["upstream_over_limit"], nq.Extra["upstream_over_limit"], fq.SuccessPct, nq.SuccessPct, num(fq.P99), num(nq.P99)), true
 	})
+	add("S5h key", "resilient: success ≥ 98% with Idempotency-Key on each repetition (20% 503 + 10% reset after the body was read)", func() (bool, string, bool) {
+		r := find("S5h key", setupResilient)
+		if r == nil {
+			return absent("S5h", setupResilient)
+		}
+		ok := true
+		var per []string
+		for _, run := range r.Runs {
+			ok = ok && run.SuccessPct >= 98
+			per = append(per, fmt.Sprintf("%.2f%% (seed %d)", run.SuccessPct, run.Seed))
+		}
+		return ok, fmt.Sprintf("per repetition: %s; amplification %.3f%s", strings.Join(per, ", "), r.Amplification,
+			peersS5h(find, setupResilientNoBudget, setupCaddyHTTP, setupNginx, setupHAProxy)), true
+	})
+	add("S5h no key", "resilient: zero duplicated POSTs without Idempotency-Key (every run)", func() (bool, string, bool) {
+		r := find("S5h no key", setupResilient)
+		if r == nil {
+			return absent("S5h", setupResilient)
+		}
+		return r.Duplicates == 0, fmt.Sprintf("%d duplicates (worst run), success %.2f%%%s", r.Duplicates, r.SuccessPct,
+			peersS5h(find, setupCaddyHTTP, setupNginx, setupHAProxy)), true
+	})
+
 	return ts
+}
+
+// peersS5h shows the other setups' success and duplicates in S5h, both
+// rows.
+func peersS5h(find func(row, setup string) *summary, setups ...string) string {
+	var b strings.Builder
+	for _, setup := range setups {
+		k, n := find("S5h key", setup), find("S5h no key", setup)
+		if k == nil || n == nil {
+			continue
+		}
+		fmt.Fprintf(&b, "; %s: success %.2f%% key, %.2f%% no key, duplicates %d + %d in %d requests",
+			setup, k.SuccessPct, n.SuccessPct, k.Duplicates, n.Duplicates, k.Requests+n.Requests)
+	}
+	return b.String()
 }
 
 // paired is the median over repetitions of a/b within each repetition:

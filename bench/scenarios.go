@@ -169,25 +169,29 @@ func scenarios(quick bool) []*scenario {
 		{
 			ID: "S5", Title: "POST, 5% 503 + 5% reset after the body was read; half with Idempotency-Key; 600 req/s",
 			Setups: baseline, Track: true, Diag: true,
-			Load: loadSpec{Rate: 600, Duration: d(4 * time.Second), Timeout: 5 * time.Second,
-				Mix: func(i int) class {
-					if i%2 == 0 {
-						return classPost
-					}
-					return classPostKey
-				}},
+			Load:   loadSpec{Rate: 600, Duration: d(4 * time.Second), Timeout: 5 * time.Second, Mix: halfKeyed},
 			Warmup: warm,
 			Faults: faults{P503: 0.05, PReset: 0.05},
 			Knobs:  retry,
-			Rows: func(s *sample) string {
-				if s.Class == classPostKey {
-					return "S5 key"
-				}
-				return "S5 no key"
-			},
+			Rows:   keyRows("S5"),
 			Doc: "Baselines retry 503 and dropped connections, POST included (nginx `non_idempotent`, Caddy `lb_retry_match` " +
 				"on `{rp.status_code}` and `{rp.is_transport_error}`, no `request_buffers`). Resilient: defaults " +
 				"(retries POST only with `Idempotency-Key`, or when it never left).",
+		},
+		{
+			ID: "S5h", Title: "S5 hard: POST, 20% 503 + 10% connection closed after the body was read; half with Idempotency-Key; 100 req/s",
+			Setups: []string{setupCaddyHTTP, setupResilient, setupResilientNoBudget, setupNginx, setupHAProxy},
+			Track:  true, Diag: true,
+			Load:     loadSpec{Rate: 100, Duration: d(15 * time.Second), Timeout: 5 * time.Second, Mix: halfKeyed},
+			Warmup:   warm,
+			Faults:   faults{P503: 0.20, PReset: 0.10},
+			Knobs:    retry,
+			Variants: map[string]string{setupResilientNoBudget: "retry {\nbudget off\n}"},
+			Rows:     keyRows("S5h"),
+			Doc: "S5's setups and retry configs, with the peers' fault rates of SPEC §1: 1500 requests, of which " +
+				"20% of arrivals answer 503 and 10% of POST arrivals have their body read and then the connection " +
+				"reset. Resilient: defaults; resilient-nobudget: `retry { budget off }`, so only `attempts` bounds " +
+				"the retries of keyed POSTs.",
 		},
 		{
 			ID: "S6", Title: "every request gets 429 with Retry-After: 1 on its first try; 100 req/s",
@@ -258,6 +262,26 @@ func scenarios(quick bool) []*scenario {
 		sc.Doc += variantConfigs(sc, shown)
 	}
 	return scs
+}
+
+// halfKeyed makes every other request a POST with Idempotency-Key, the
+// others POSTs without (S5).
+func halfKeyed(i int) class {
+	if i%2 == 0 {
+		return classPost
+	}
+	return classPostKey
+}
+
+// keyRows splits S5's samples into a row with Idempotency-Key and one
+// without.
+func keyRows(id string) func(s *sample) string {
+	return func(s *sample) string {
+		if s.Class == classPostKey {
+			return id + " key"
+		}
+		return id + " no key"
+	}
 }
 
 // variantConfigs shows the whole Caddyfile of each setup sc configures
