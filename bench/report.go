@@ -118,7 +118,7 @@ func median(rs []*result) *summary {
 			}
 		}
 		switch k {
-		case "upstream_max_concurrency", "upstream_over_limit":
+		case "upstream_max_concurrency", "upstream_over_limit", "max_arrivals":
 			s.Extra[k] = slices.Max(v) // the worst run
 		case "got_429", "retried_429", "retried_early", "retried_within_100ms":
 			s.Extra[k] = sum(v) // events that must never happen: all of them
@@ -215,6 +215,9 @@ func notes(s *summary) string {
 		if s.EmptyBodies > 0 {
 			parts = append(parts, fmt.Sprintf("POSTs re-sent with an empty body: %d", s.EmptyBodies))
 		}
+	case "S11", "S11x":
+		parts = append(parts, fmt.Sprintf("extra upstream attempts %.2f%% (the budget's bound %.0f%%), at most %.0f arrivals for one request; "+
+			"arrivals that ended before their answer %.0f", x["extra_attempts_pct"], x["budget_bound_pct"], x["max_arrivals"], x["canceled_arrivals"]))
 	case "S8":
 		parts = append(parts, quotaNote(x))
 	case "S9":
@@ -495,6 +498,28 @@ func evaluate(sums []*summary, failures map[runKey]string) []target {
 			peersS5h(find, setupCaddyHTTP, setupNginx, setupHAProxy)), true
 	})
 
+	add("S11", "resilient-hedge-p95 with 2% slow answers: p99 ≤ 30ms, p99.9 ≤ 100ms, extra upstream attempts ≤ 6% (median)", func() (bool, string, bool) {
+		r := find("S11", setupResilientHedgeP95)
+		if r == nil {
+			return absent("S11", setupResilientHedgeP95)
+		}
+		ok := r.P99 <= 30 && r.P999 <= 100 && r.Extra["extra_attempts_pct"] <= 6
+		return ok, tailDetail(find, "S11", setupResilientHedgeP95, setupResilientHedge50, setupResilient, setupCaddyHTTP), true
+	})
+	add("S11x", "resilient-hedge-p95 with 10% slow answers: extra upstream attempts within the retry budget's bound, 20% of requests + 10/s (every run)", func() (bool, string, bool) {
+		r := find("S11x", setupResilientHedgeP95)
+		if r == nil {
+			return absent("S11x", setupResilientHedgeP95)
+		}
+		ok := true
+		var per []string
+		for _, run := range r.Runs {
+			ok = ok && run.Extra["extra_attempts_pct"] <= run.Extra["budget_bound_pct"]
+			per = append(per, fmt.Sprintf("%.2f%% of %.1f%%", run.Extra["extra_attempts_pct"], run.Extra["budget_bound_pct"]))
+		}
+		return ok, "per repetition: " + strings.Join(per, ", ") + "; " +
+			tailDetail(find, "S11x", setupResilientHedgeP95, setupResilientHedge50, setupResilient, setupCaddyHTTP), true
+	})
 	return ts
 }
 
@@ -511,6 +536,18 @@ func peersS5h(find func(row, setup string) *summary, setups ...string) string {
 			setup, k.SuccessPct, n.SuccessPct, k.Duplicates, n.Duplicates, k.Requests+n.Requests)
 	}
 	return b.String()
+}
+
+// tailDetail shows the latency and extra attempts of S11's setups.
+func tailDetail(find func(row, setup string) *summary, id string, setups ...string) string {
+	var parts []string
+	for _, setup := range setups {
+		if r := find(id, setup); r != nil {
+			parts = append(parts, fmt.Sprintf("%s p99 %sms, p99.9 %sms, extra attempts %.2f%%",
+				setup, num(r.P99), num(r.P999), r.Extra["extra_attempts_pct"]))
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 // paired is the median over repetitions of a/b within each repetition:

@@ -111,6 +111,13 @@ func scenarios(quick bool) []*scenario {
 	retry := knobs{Retry: true}
 	const breakerS2S3 = "breaker {\nopen_for 1s\n}"
 
+	// S11's setups, and their hedge blocks
+	tail := []string{setupCaddyHTTP, setupResilient, setupResilientHedgeP95, setupResilientHedge50}
+	hedges := map[string]string{
+		setupResilientHedgeP95: "hedge {\nafter p95\n}",
+		setupResilientHedge50:  "hedge {\nafter 50ms\n}",
+	}
+
 	scs := []*scenario{
 		{
 			ID: "S0", Title: "healthy upstream, closed-loop max throughput (64 connections)",
@@ -255,6 +262,28 @@ func scenarios(quick bool) []*scenario {
 				"have `fleet { redis redis://127.0.0.1:<port>/0 prefix bench }`, to a redis-server the harness starts for the " +
 				"run (the scenario is skipped without one); no-fleet: the same gateways, each on its own. \"until every gateway " +
 				"refused\" counts what reached the dead provider until each gateway had answered breaker_open once.",
+		},
+		{
+			ID: "S11", Title: "tail: GET answered in 5ms, but 2% of arrivals held 1s; 200 req/s",
+			Setups: tail, Track: true, Diag: true,
+			Load:     loadSpec{Rate: 200, Duration: d(20 * time.Second), Timeout: 5 * time.Second},
+			Warmup:   warm,
+			Faults:   faults{Delay: 5 * time.Millisecond, PSlow: 0.02, Slow: time.Second},
+			Variants: hedges,
+			Doc: "Each arrival is slow or not by its own draw (per arrival, from the repetition's seed), so a second copy " +
+				"of a slow request is usually fast; a slow answer ends when its request's context does (a canceled " +
+				"copy frees the upstream) and counts as an arrival all the same. No retries configured: " +
+				"caddy-http as in S0; resilient: defaults. Extra attempts: upstream arrivals / requests − 1.",
+		},
+		{
+			ID: "S11x", Title: "tail, 10%: GET answered in 5ms, but 10% of arrivals held 1s; 200 req/s",
+			Setups: tail, Track: true, Diag: true,
+			Load:     loadSpec{Rate: 200, Duration: d(20 * time.Second), Timeout: 5 * time.Second},
+			Warmup:   warm,
+			Faults:   faults{Delay: 5 * time.Millisecond, PSlow: 0.10, Slow: time.Second},
+			Variants: hedges,
+			Doc: "S11 with five times the slow answers, to show that the retry budget (default 0.2 + 10/s, which hedges " +
+				"pass like retries) holds the hedges to its share: 20% of requests + 10 per second.",
 		},
 	}
 	shown := map[string]string{} // config: the scenario that showed it
@@ -413,6 +442,8 @@ func analyzeRow(r *runData, row string, samples []*sample, whole bool) *result {
 		analyzeQuota(r, samples, res)
 	case "S9":
 		analyzeFleet(r, row, samples, res)
+	case "S11", "S11x":
+		analyzeTail(r, res)
 	}
 	return res
 }

@@ -33,8 +33,12 @@ type faults struct {
 	// their first arrival only (S6).
 	P429       float64
 	RetryAfter time.Duration
-	// Delay holds every answer this long (S4).
+	// Delay holds every answer this long (S4, S11).
 	Delay time.Duration
+	// PSlow holds this share of arrivals Slow instead (S11): a second
+	// copy of a slow request draws again, and is usually fast.
+	PSlow float64
+	Slow  time.Duration
 	// Hang accepts requests and never answers (S3).
 	Hang bool
 }
@@ -43,7 +47,7 @@ type faults struct {
 type arrival struct {
 	At, Done   time.Time
 	Method     string
-	Status     int // 0: reset or hung
+	Status     int // 0: reset, hung, or its request ended before the answer
 	RetryAfter time.Duration
 	Keyed      bool // carried an Idempotency-Key
 	BodyOK     bool // a POST whose body named its order
@@ -280,14 +284,23 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		a.Status = http.StatusServiceUnavailable
 		http.Error(w, "try again", http.StatusServiceUnavailable)
 	default:
-		if f.Delay > 0 {
-			t := time.NewTimer(f.Delay)
+		delay := f.Delay
+		if f.PSlow > 0 && u.draw(id, idx, 5) < f.PSlow {
+			delay = f.Slow
+		}
+		if delay > 0 {
+			t := time.NewTimer(delay)
 			select {
 			case <-t.C:
 			case <-u.quit:
 				t.Stop()
 			case <-r.Context().Done():
 				t.Stop()
+			}
+			if r.Context().Err() != nil {
+				// the proxy gave up (its client gone, a hedge that lost):
+				// nothing to answer, and the handler is free at once
+				break
 			}
 		}
 		a.Status = http.StatusOK
