@@ -118,7 +118,7 @@ func median(rs []*result) *summary {
 			}
 		}
 		switch k {
-		case "upstream_max_concurrency", "upstream_over_limit", "max_arrivals":
+		case "upstream_max_concurrency", "upstream_over_limit", "max_executions", "max_arrivals":
 			s.Extra[k] = slices.Max(v) // the worst run
 		case "got_429", "retried_429", "retried_early", "retried_within_100ms":
 			s.Extra[k] = sum(v) // events that must never happen: all of them
@@ -215,6 +215,11 @@ func notes(s *summary) string {
 		if s.EmptyBodies > 0 {
 			parts = append(parts, fmt.Sprintf("POSTs re-sent with an empty body: %d", s.EmptyBodies))
 		}
+	case "S10":
+		parts = append(parts, fmt.Sprintf("executions/request %.3f (at most %.0f for one, worst run); answered %.0f of %.0f served (%.2f%%); "+
+			"sends/request %.2f; 409s %.0f; replays %.0f",
+			x["executions_per_request"], x["max_executions"], x["served_answered"], x["served"], x["served_answered_pct"],
+			x["sends_per_request"], x["conflicts"], x["replays"]))
 	case "S11", "S11x":
 		parts = append(parts, fmt.Sprintf("extra upstream attempts %.2f%% (the budget's bound %.0f%%), at most %.0f arrivals for one request; "+
 			"arrivals that ended before their answer %.0f", x["extra_attempts_pct"], x["budget_bound_pct"], x["max_arrivals"], x["canceled_arrivals"]))
@@ -498,6 +503,58 @@ func evaluate(sums []*summary, failures map[runKey]string) []target {
 			peersS5h(find, setupCaddyHTTP, setupNginx, setupHAProxy)), true
 	})
 
+	idem := []string{setupResilientIdem, setupResilientIdemWait}
+	add("S10 once", "resilient-idem and resilient-idem-wait: exactly 1.000 upstream executions per logical request (every run, none executed twice)", func() (bool, string, bool) {
+		ok := true
+		var parts []string
+		for _, setup := range idem {
+			r := find("S10", setup)
+			if r == nil {
+				return absent("S10", idem...)
+			}
+			var per []string
+			for _, run := range r.Runs {
+				ok = ok && run.Extra["executions_per_request"] == 1 && run.Extra["max_executions"] == 1
+				per = append(per, fmt.Sprintf("%.3f (at most %.0f)", run.Extra["executions_per_request"], run.Extra["max_executions"]))
+			}
+			parts = append(parts, setup+": "+strings.Join(per, ", "))
+		}
+		return ok, "per repetition: " + strings.Join(parts, "; "), true
+	})
+	add("S10 others", "every other row: more than 1 upstream execution per logical request (median): the client's resends reach the upstream", func() (bool, string, bool) {
+		ok, ran := true, false
+		var parts []string
+		for _, setup := range []string{setupCaddyHTTP, setupResilient, setupNginx, setupHAProxy} {
+			r := find("S10", setup)
+			if r == nil {
+				continue
+			}
+			ran = true
+			ok = ok && r.Extra["executions_per_request"] > 1
+			parts = append(parts, fmt.Sprintf("%s %.3f", setup, r.Extra["executions_per_request"]))
+		}
+		if !ran {
+			return absent("S10", setupCaddyHTTP, setupResilient, setupNginx, setupHAProxy)
+		}
+		return ok, "executions per logical request: " + strings.Join(parts, ", "), true
+	})
+	add("S10 wait", "resilient-idem-wait: every logical request the upstream served got its answer (100%, every run)", func() (bool, string, bool) {
+		r := find("S10", setupResilientIdemWait)
+		if r == nil {
+			return absent("S10", setupResilientIdemWait)
+		}
+		ok := true
+		var per []string
+		for _, run := range r.Runs {
+			ok = ok && run.Extra["served_answered"] == run.Extra["served"]
+			per = append(per, fmt.Sprintf("%.0f of %.0f", run.Extra["served_answered"], run.Extra["served"]))
+		}
+		detail := "answered of served, per repetition: " + strings.Join(per, ", ")
+		if w := find("S10", setupResilientIdem); w != nil {
+			detail += fmt.Sprintf("; resilient-idem (wait 0): %.2f%% (median)", w.Extra["served_answered_pct"])
+		}
+		return ok, detail, true
+	})
 	add("S11", "resilient-hedge-p95 with 2% slow answers: p99 ≤ 30ms, p99.9 ≤ 100ms, extra upstream attempts ≤ 6% (median)", func() (bool, string, bool) {
 		r := find("S11", setupResilientHedgeP95)
 		if r == nil {

@@ -232,9 +232,9 @@ func writeSamples(path string, samples []sample) {
 		return
 	}
 	defer f.Close()
-	fmt.Fprintln(f, "id,intended_ms,done_ms,latency_ms,lag_ms,status,outcome,attempts")
+	fmt.Fprintln(f, "id,intended_ms,done_ms,latency_ms,lag_ms,status,outcome,attempts,sends,conflicts,replayed")
 	for _, s := range samples {
-		fmt.Fprintf(f, "%s,%.3f,%.3f,%.3f,%.3f,%d,%s,%d\n", s.ID, ms(s.Intended), ms(s.Done),
-			ms(s.Latency), ms(s.Lag), s.Status, s.Outcome, s.Attempts)
+		fmt.Fprintf(f, "%s,%.3f,%.3f,%.3f,%.3f,%d,%s,%d,%d,%d,%t\n", s.ID, ms(s.Intended), ms(s.Done),
+			ms(s.Latency), ms(s.Lag), s.Status, s.Outcome, s.Attempts, s.Sends, s.Conflicts, s.Replayed)
 	}
 }

@@ -264,6 +264,29 @@ func scenarios(quick bool) []*scenario {
 				"refused\" counts what reached the dead provider until each gateway had answered breaker_open once.",
 		},
 		{
+			ID: "S10", Title: "client retries: keyed POSTs answered in 0-600ms; the client gives up after 300ms and sends again, same key (4 sends at most); 50 logical req/s",
+			Setups: []string{setupCaddyHTTP, setupResilient, setupResilientIdem, setupResilientIdemWait, setupNginx, setupHAProxy},
+			Track:  true, Diag: true,
+			Load: loadSpec{Rate: 50, Duration: d(20 * time.Second), Timeout: 5 * time.Second,
+				Mix:    func(int) class { return classPostKey },
+				Resend: &resend{Sends: 4, Timeout: 300 * time.Millisecond, MaxWait: 300 * time.Millisecond}},
+			Warmup: warm,
+			Faults: faults{DelaySpread: 600 * time.Millisecond},
+			Variants: map[string]string{
+				setupResilientIdem:     "retry {\nidempotency_header off\n}\nidempotency {\nwait 0\n}",
+				setupResilientIdemWait: "retry {\nidempotency_header off\n}\nidempotency {\nwait 1s\n}",
+			},
+			Doc: "Each logical request is a POST with its own Idempotency-Key and X-Bench-Id; the upstream holds each " +
+				"arrival a time drawn uniformly from 0 to 600ms (per arrival, from the repetition's seed). The client " +
+				"gives up on a send after 300ms (the first counted from its intended time) or when it fails, and sends " +
+				"again at once, same key and body; on a 409 it waits its Retry-After, at most 300ms, and sends again; it " +
+				"stops at any other status or after the 4th send. Latency: from the intended time to the last answer " +
+				"or giving up. No proxy retries (the baselines as in S0; resilient: defaults). An execution is an " +
+				"arrival whose body the upstream read to its end, answered or not; a logical request the upstream " +
+				"served had an arrival it answered 2xx; \"answered\" counts 2xx on some send, replays " +
+				"(`Idempotent-Replayed: true`) included.",
+		},
+		{
 			ID: "S11", Title: "tail: GET answered in 5ms, but 2% of arrivals held 1s; 200 req/s",
 			Setups: tail, Track: true, Diag: true,
 			Load:     loadSpec{Rate: 200, Duration: d(20 * time.Second), Timeout: 5 * time.Second},
@@ -442,6 +465,8 @@ func analyzeRow(r *runData, row string, samples []*sample, whole bool) *result {
 		analyzeQuota(r, samples, res)
 	case "S9":
 		analyzeFleet(r, row, samples, res)
+	case "S10":
+		analyzeResend(r, samples, res)
 	case "S11", "S11x":
 		analyzeTail(r, res)
 	}

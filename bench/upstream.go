@@ -35,6 +35,9 @@ type faults struct {
 	RetryAfter time.Duration
 	// Delay holds every answer this long (S4, S11).
 	Delay time.Duration
+	// DelaySpread adds to Delay a wait drawn per arrival, uniformly from
+	// 0 to DelaySpread (S10).
+	DelaySpread time.Duration
 	// PSlow holds this share of arrivals Slow instead (S11): a second
 	// copy of a slow request draws again, and is usually fast.
 	PSlow float64
@@ -51,6 +54,9 @@ type arrival struct {
 	RetryAfter time.Duration
 	Keyed      bool // carried an Idempotency-Key
 	BodyOK     bool // a POST whose body named its order
+	// Executed is a POST whose body named its order and was read to its
+	// end: the order was taken, whatever became of the answer (S10)
+	Executed bool
 }
 
 // upstream is the origin server every proxy forwards to: a Go HTTP
@@ -247,8 +253,9 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id := r.Header.Get("X-Bench-Id")
 
 	if r.Method == http.MethodPost {
-		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 		a.BodyOK = id != "" && bytes.HasPrefix(body, []byte("order="+id+"&"))
+		a.Executed = a.BodyOK && err == nil
 		if !a.BodyOK {
 			u.emptyBodies.Add(1)
 		}
@@ -285,6 +292,9 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "try again", http.StatusServiceUnavailable)
 	default:
 		delay := f.Delay
+		if f.DelaySpread > 0 {
+			delay += time.Duration(u.draw(id, idx, 4) * float64(f.DelaySpread))
+		}
 		if f.PSlow > 0 && u.draw(id, idx, 5) < f.PSlow {
 			delay = f.Slow
 		}
