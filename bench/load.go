@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -42,6 +43,9 @@ type loadSpec struct {
 	// Route picks the path the i-th request goes to, before its id.
 	// Default: /api/.
 	Route func(i int) string
+	// Requests, when set, ends a closed loop after that many requests,
+	// or at Duration if that comes first (S10m).
+	Requests int
 	// Resend makes each request a logical one, which the client sends
 	// again when it gives up on an answer (S10); Timeout then bounds all
 	// of its sends.
@@ -152,6 +156,7 @@ func closedLoop(ctx context.Context, c *http.Client, targets []string, spec load
 	start := time.Now()
 	end := start.Add(spec.Duration)
 	per := make([][]sample, spec.Concurrency)
+	var next atomic.Int64 // with Requests: the next request's index
 	var wg sync.WaitGroup
 	for w := range spec.Concurrency {
 		wg.Add(1)
@@ -159,6 +164,11 @@ func closedLoop(ctx context.Context, c *http.Client, targets []string, spec load
 			defer wg.Done()
 			out := make([]sample, 0, 1<<14)
 			for i := w; ctx.Err() == nil; i += spec.Concurrency {
+				if spec.Requests > 0 {
+					if i = int(next.Add(1) - 1); i >= spec.Requests {
+						break
+					}
+				}
 				now := time.Now()
 				if !now.Before(end) {
 					break

@@ -220,6 +220,19 @@ func notes(s *summary) string {
 			"sends/request %.2f; 409s %.0f; replays %.0f",
 			x["executions_per_request"], x["max_executions"], x["served_answered"], x["served"], x["served_answered_pct"],
 			x["sends_per_request"], x["conflicts"], x["replays"]))
+	case "S10m":
+		if has("rss_before_mib") {
+			parts = append(parts, fmt.Sprintf("RSS before %.0f MiB, peak %.0f MiB (sampled %.0f MiB at %.0fs), after %.0f MiB: growth %.1f MiB",
+				x["rss_before_mib"], x["rss_peak_mib"], x["rss_sampled_peak_mib"], x["rss_peak_at_s"], x["rss_after_mib"], x["rss_growth_mib"]))
+		}
+		if has("idempotency_bytes_mib") {
+			parts = append(parts, fmt.Sprintf("kept answers (gauge) %.1f MiB", x["idempotency_bytes_mib"]))
+		}
+		if has("go_heap_inuse_mib") {
+			parts = append(parts, fmt.Sprintf("Go heap in use at the end %.0f MiB, next GC at %.0f MiB (GOGC %.0f)",
+				x["go_heap_inuse_mib"], x["go_next_gc_mib"], x["go_gogc"]))
+		}
+		parts = append(parts, fmt.Sprintf("%d requests in %.0fs", s.Requests, x["load_s"]))
 	case "S11", "S11x":
 		parts = append(parts, fmt.Sprintf("extra upstream attempts %.2f%% (the budget's bound %.0f%%), at most %.0f arrivals for one request; "+
 			"arrivals that ended before their answer %.0f", x["extra_attempts_pct"], x["budget_bound_pct"], x["max_arrivals"], x["canceled_arrivals"]))
@@ -552,6 +565,28 @@ func evaluate(sums []*summary, failures map[runKey]string) []target {
 		detail := "answered of served, per repetition: " + strings.Join(per, ", ")
 		if w := find("S10", setupResilientIdem); w != nil {
 			detail += fmt.Sprintf("; resilient-idem (wait 0): %.2f%% (median)", w.Extra["served_answered_pct"])
+		}
+		return ok, detail, true
+	})
+	add("S10m", fmt.Sprintf("resilient-idem (max_memory 64MiB): peak RSS growth ≤ 64 MiB + %d MiB (every run)", memSlack>>20), func() (bool, string, bool) {
+		r := find("S10m", setupResilientIdem)
+		if r == nil {
+			return absent("S10m", setupResilientIdem)
+		}
+		ok := true
+		var per []string
+		for _, run := range r.Runs {
+			g := run.Extra["rss_growth_mib"]
+			ok = ok && g <= mib(memLimit+memSlack)
+			p := fmt.Sprintf("%.1f MiB (before %.0f, peak %.0f, after %.0f", g, run.Extra["rss_before_mib"], run.Extra["rss_peak_mib"], run.Extra["rss_after_mib"])
+			if v, has := run.Extra["idempotency_bytes_mib"]; has {
+				p += fmt.Sprintf("; gauge %.1f MiB", v)
+			}
+			per = append(per, p+")")
+		}
+		detail := "growth per repetition: " + strings.Join(per, ", ")
+		if b := find("S10m", setupResilient); b != nil {
+			detail += fmt.Sprintf("; the same load without idempotency (resilient): %.1f MiB", b.Extra["rss_growth_mib"])
 		}
 		return ok, detail, true
 	})

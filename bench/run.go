@@ -88,9 +88,22 @@ func (e *env) runOne(ctx context.Context, sc *scenario, setup string, rep int, p
 		profDone <- nil
 	}
 
+	var mem *memWatch
+	if sc.Memory {
+		mem = watchMemory(p.cmd.Process.Pid, start)
+	}
 	cpu0, t0 := readCPU(pgids...), time.Now()
 	samples, _, elapsed := generate(ctx, targets, sc.Load, start)
 	cpu1, wall := readCPU(pgids...), time.Since(t0)
+	var memSeen *memStats
+	if mem != nil {
+		st := mem.stop()
+		st.Gauges = readGauges(ctx, p.admin, memGauges)
+		memSeen = &st
+	}
+	if err := <-profDone; err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+	}
 	close(stopAux)
 	<-auxDone
 	if syns != nil {
@@ -107,7 +120,7 @@ func (e *env) runOne(ctx context.Context, sc *scenario, setup string, rep int, p
 		writeSamples(filepath.Join(dir, "samples.csv"), samples)
 	}
 	r := &runData{sc: sc, setup: setup, samples: samples, elapsed: elapsed, start: start,
-		up: up.stats(), tl: tl, measured: sc.Load.Duration}
+		up: up.stats(), tl: tl, measured: sc.Load.Duration, mem: memSeen}
 	if chaos != nil {
 		c1, err := chaos.stats(ctx)
 		if err != nil {

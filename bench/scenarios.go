@@ -54,6 +54,9 @@ type scenario struct {
 	// CountRefused counts the connects to the upstream's port while it
 	// is closed, which reach no handler (S2).
 	CountRefused bool
+	// Memory samples the proxy's resident memory through the load, and
+	// reads its idempotency gauge at the end (S10m).
+	Memory bool
 
 	// Rows splits the samples into table rows; nil: one row, the ID.
 	Rows func(s *sample) string
@@ -73,6 +76,8 @@ type runData struct {
 	measured time.Duration // the load's nominal duration
 	// overLimit is how many requests a chaos quota answered 429 (S8)
 	overLimit int
+	// mem is the proxy's memory through the load (S10m)
+	mem *memStats
 }
 
 // connects counts the connect attempts to the upstream's port from
@@ -103,6 +108,12 @@ func scenarios(quick bool) []*scenario {
 			return v * 3 / 8
 		}
 		return v
+	}
+	count := func(n int) int {
+		if quick {
+			return n * 3 / 8
+		}
+		return n
 	}
 	// a short warm-up, so that its successes do not swell the retry
 	// budget's window (it counts requests over 10s)
@@ -287,6 +298,22 @@ func scenarios(quick bool) []*scenario {
 				"(`Idempotent-Replayed: true`) included.",
 		},
 		{
+			ID: "S10m", Title: "idempotency memory: 200 000 keyed POSTs, distinct keys, 1 KiB answers, closed loop (64 connections), max_memory 64MiB",
+			Setups: []string{setupResilient, setupResilientIdem},
+			Load: loadSpec{Closed: true, Concurrency: 64, Duration: d(2 * time.Minute), Requests: count(200000),
+				Timeout: 5 * time.Second, Mix: func(int) class { return classPostKey }},
+			Warmup:   loadSpec{Closed: true, Concurrency: 64, Duration: time.Second, Timeout: 5 * time.Second},
+			Faults:   faults{BodySize: 1024},
+			Memory:   true,
+			Variants: map[string]string{setupResilientIdem: "idempotency {\nmax_memory 64MiB\n}"},
+			Doc: "The upstream answers every POST at once, 200 with a 1 KiB body. The load stops after 200 000 requests " +
+				"(75 000 with -quick) or 2 minutes. The Caddy process's VmRSS (/proc/<pid>/status) is read after the " +
+				"warm-up (64 connections, GET, 1s), every second, and after the load; the peak is the kernel's " +
+				"high-water mark (VmHWM), which also catches a peak between samples; growth is peak minus before. " +
+				"The gauge is caddy_resilient_idempotency_bytes from the admin /metrics after the load. resilient " +
+				"(defaults, no idempotency block) is the same load's growth without records.",
+		},
+		{
 			ID: "S11", Title: "tail: GET answered in 5ms, but 2% of arrivals held 1s; 200 req/s",
 			Setups: tail, Track: true, Diag: true,
 			Load:     loadSpec{Rate: 200, Duration: d(20 * time.Second), Timeout: 5 * time.Second},
@@ -441,8 +468,8 @@ func analyzeRow(r *runData, row string, samples []*sample, whole bool) *result {
 	} else {
 		res.UpstreamRequests = int(r.up.Requests)
 	}
-	if !posts {
-		res.Duplicates = -1 // not applicable
+	if !posts || !r.sc.Track {
+		res.Duplicates = -1 // not applicable, or not counted
 	}
 	if whole && r.sc.CountRefused && r.tl.outage[1] > 0 {
 		// refused connects reach no handler, but the upstream's host sees them
@@ -467,6 +494,8 @@ func analyzeRow(r *runData, row string, samples []*sample, whole bool) *result {
 		analyzeFleet(r, row, samples, res)
 	case "S10":
 		analyzeResend(r, samples, res)
+	case "S10m":
+		analyzeMemory(r, res)
 	case "S11", "S11x":
 		analyzeTail(r, res)
 	}

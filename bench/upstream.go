@@ -44,6 +44,9 @@ type faults struct {
 	Slow  time.Duration
 	// Hang accepts requests and never answers (S3).
 	Hang bool
+	// BodySize makes a 200's body this many bytes (S10m); 0: okBody.
+	BodySize int
+	body     string // of BodySize, made by setFaults
 }
 
 // arrival is one request as the upstream saw it.
@@ -121,7 +124,12 @@ func (u *upstream) connState(c net.Conn, s http.ConnState) {
 	}
 }
 
-func (u *upstream) setFaults(f faults) { u.faults.Store(&f) }
+func (u *upstream) setFaults(f faults) {
+	if f.BodySize > 0 {
+		f.body = strings.Repeat("x", f.BodySize-1) + "\n"
+	}
+	u.faults.Store(&f)
+}
 
 // draw returns a number in [0, 1) for the kind-th fault of the idx-th
 // arrival of request id: fixed by the seed, so the same for every setup
@@ -315,7 +323,12 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		a.Status = http.StatusOK
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		io.WriteString(w, okBody)
+		if f.body != "" {
+			w.Header().Set("Content-Length", strconv.Itoa(len(f.body)))
+			io.WriteString(w, f.body)
+		} else {
+			io.WriteString(w, okBody)
+		}
 	}
 	a.Done = time.Now()
 
