@@ -498,13 +498,10 @@ func evaluate(sums []*summary, failures map[runKey]string) []target {
 		if r == nil {
 			return absent("S5h", setupResilient)
 		}
-		ok := true
-		var per []string
-		for _, run := range r.Runs {
-			ok = ok && run.SuccessPct >= 98
-			per = append(per, fmt.Sprintf("%.2f%% (seed %d)", run.SuccessPct, run.Seed))
-		}
-		return ok, fmt.Sprintf("per repetition: %s; amplification %.3f%s", strings.Join(per, ", "), r.Amplification,
+		ok, per := everyRun(r, func(run *result) (bool, string) {
+			return run.SuccessPct >= 98, fmt.Sprintf("%.2f%% (seed %d)", run.SuccessPct, run.Seed)
+		})
+		return ok, fmt.Sprintf("per repetition: %s; amplification %.3f%s", per, r.Amplification,
 			peersS5h(find, setupResilientNoBudget, setupCaddyHTTP, setupNginx, setupHAProxy)), true
 	})
 	add("S5h no key", "resilient: zero duplicated POSTs without Idempotency-Key (every run)", func() (bool, string, bool) {
@@ -525,12 +522,13 @@ func evaluate(sums []*summary, failures map[runKey]string) []target {
 			if r == nil {
 				return absent("S10", idem...)
 			}
-			var per []string
-			for _, run := range r.Runs {
-				ok = ok && run.Extra["executions_per_request"] == 1 && run.Extra["max_executions"] == 1
-				per = append(per, fmt.Sprintf("%.3f (at most %.0f)", run.Extra["executions_per_request"], run.Extra["max_executions"]))
-			}
-			parts = append(parts, setup+": "+strings.Join(per, ", "))
+			once, per := everyRun(r, func(run *result) (bool, string) {
+				x := run.Extra
+				return x["executions_per_request"] == 1 && x["max_executions"] == 1,
+					fmt.Sprintf("%.3f (at most %.0f)", x["executions_per_request"], x["max_executions"])
+			})
+			ok = ok && once
+			parts = append(parts, setup+": "+per)
 		}
 		return ok, "per repetition: " + strings.Join(parts, "; "), true
 	})
@@ -556,13 +554,11 @@ func evaluate(sums []*summary, failures map[runKey]string) []target {
 		if r == nil {
 			return absent("S10", setupResilientIdemWait)
 		}
-		ok := true
-		var per []string
-		for _, run := range r.Runs {
-			ok = ok && run.Extra["served_answered"] == run.Extra["served"]
-			per = append(per, fmt.Sprintf("%.0f of %.0f", run.Extra["served_answered"], run.Extra["served"]))
-		}
-		detail := "answered of served, per repetition: " + strings.Join(per, ", ")
+		ok, per := everyRun(r, func(run *result) (bool, string) {
+			x := run.Extra
+			return x["served_answered"] == x["served"], fmt.Sprintf("%.0f of %.0f", x["served_answered"], x["served"])
+		})
+		detail := "answered of served, per repetition: " + per
 		if w := find("S10", setupResilientIdem); w != nil {
 			detail += fmt.Sprintf("; resilient-idem (wait 0): %.2f%% (median)", w.Extra["served_answered_pct"])
 		}
@@ -573,18 +569,16 @@ func evaluate(sums []*summary, failures map[runKey]string) []target {
 		if r == nil {
 			return absent("S10m", setupResilientIdem)
 		}
-		ok := true
-		var per []string
-		for _, run := range r.Runs {
-			g := run.Extra["rss_growth_mib"]
-			ok = ok && g <= mib(memLimit+memSlack)
-			p := fmt.Sprintf("%.1f MiB (before %.0f, peak %.0f, after %.0f", g, run.Extra["rss_before_mib"], run.Extra["rss_peak_mib"], run.Extra["rss_after_mib"])
-			if v, has := run.Extra["idempotency_bytes_mib"]; has {
+		ok, per := everyRun(r, func(run *result) (bool, string) {
+			x := run.Extra
+			g := x["rss_growth_mib"]
+			p := fmt.Sprintf("%.1f MiB (before %.0f, peak %.0f, after %.0f", g, x["rss_before_mib"], x["rss_peak_mib"], x["rss_after_mib"])
+			if v, has := x["idempotency_bytes_mib"]; has {
 				p += fmt.Sprintf("; gauge %.1f MiB", v)
 			}
-			per = append(per, p+")")
-		}
-		detail := "growth per repetition: " + strings.Join(per, ", ")
+			return g <= mib(memLimit+memSlack), p + ")"
+		})
+		detail := "growth per repetition: " + per
 		if b := find("S10m", setupResilient); b != nil {
 			detail += fmt.Sprintf("; the same load without idempotency (resilient): %.1f MiB", b.Extra["rss_growth_mib"])
 		}
@@ -603,16 +597,27 @@ func evaluate(sums []*summary, failures map[runKey]string) []target {
 		if r == nil {
 			return absent("S11x", setupResilientHedgeP95)
 		}
-		ok := true
-		var per []string
-		for _, run := range r.Runs {
-			ok = ok && run.Extra["extra_attempts_pct"] <= run.Extra["budget_bound_pct"]
-			per = append(per, fmt.Sprintf("%.2f%% of %.1f%%", run.Extra["extra_attempts_pct"], run.Extra["budget_bound_pct"]))
-		}
-		return ok, "per repetition: " + strings.Join(per, ", ") + "; " +
+		ok, per := everyRun(r, func(run *result) (bool, string) {
+			x := run.Extra
+			return x["extra_attempts_pct"] <= x["budget_bound_pct"], fmt.Sprintf("%.2f%% of %.1f%%", x["extra_attempts_pct"], x["budget_bound_pct"])
+		})
+		return ok, "per repetition: " + per + "; " +
 			tailDetail(find, "S11x", setupResilientHedgeP95, setupResilientHedge50, setupResilient, setupCaddyHTTP), true
 	})
 	return ts
+}
+
+// everyRun checks a target on each repetition of r: it is met when
+// every one passes; the detail lists each one's value.
+func everyRun(r *summary, check func(*result) (bool, string)) (bool, string) {
+	ok := true
+	per := make([]string, 0, len(r.Runs))
+	for _, run := range r.Runs {
+		pass, v := check(run)
+		ok = ok && pass
+		per = append(per, v)
+	}
+	return ok, strings.Join(per, ", ")
 }
 
 // peersS5h shows the other setups' success and duplicates in S5h, both

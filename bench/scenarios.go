@@ -122,13 +122,6 @@ func scenarios(quick bool) []*scenario {
 	retry := knobs{Retry: true}
 	const breakerS2S3 = "breaker {\nopen_for 1s\n}"
 
-	// S11's setups, and their hedge blocks
-	tail := []string{setupCaddyHTTP, setupResilient, setupResilientHedgeP95, setupResilientHedge50}
-	hedges := map[string]string{
-		setupResilientHedgeP95: "hedge {\nafter p95\n}",
-		setupResilientHedge50:  "hedge {\nafter 50ms\n}",
-	}
-
 	scs := []*scenario{
 		{
 			ID: "S0", Title: "healthy upstream, closed-loop max throughput (64 connections)",
@@ -313,34 +306,38 @@ func scenarios(quick bool) []*scenario {
 				"The gauge is caddy_resilient_idempotency_bytes from the admin /metrics after the load. resilient " +
 				"(defaults, no idempotency block) is the same load's growth without records.",
 		},
-		{
-			ID: "S11", Title: "tail: GET answered in 5ms, but 2% of arrivals held 1s; 200 req/s",
-			Setups: tail, Track: true, Diag: true,
-			Load:     loadSpec{Rate: 200, Duration: d(20 * time.Second), Timeout: 5 * time.Second},
-			Warmup:   warm,
-			Faults:   faults{Delay: 5 * time.Millisecond, PSlow: 0.02, Slow: time.Second},
-			Variants: hedges,
-			Doc: "Each arrival is slow or not by its own draw (per arrival, from the repetition's seed), so a second copy " +
-				"of a slow request is usually fast; a slow answer ends when its request's context does (a canceled " +
-				"copy frees the upstream) and counts as an arrival all the same. No retries configured: " +
-				"caddy-http as in S0; resilient: defaults. Extra attempts: upstream arrivals / requests − 1.",
-		},
-		{
-			ID: "S11x", Title: "tail, 10%: GET answered in 5ms, but 10% of arrivals held 1s; 200 req/s",
-			Setups: tail, Track: true, Diag: true,
-			Load:     loadSpec{Rate: 200, Duration: d(20 * time.Second), Timeout: 5 * time.Second},
-			Warmup:   warm,
-			Faults:   faults{Delay: 5 * time.Millisecond, PSlow: 0.10, Slow: time.Second},
-			Variants: hedges,
-			Doc: "S11 with five times the slow answers, to show that the retry budget (default 0.2 + 10/s, which hedges " +
-				"pass like retries) holds the hedges to its share: 20% of requests + 10 per second.",
-		},
+		tailScenario("S11", "tail: GET answered in 5ms, but 2% of arrivals held 1s; 200 req/s", 0.02, d(20*time.Second), warm,
+			"Each arrival is slow or not by its own draw (per arrival, from the repetition's seed), so a second copy "+
+				"of a slow request is usually fast; a slow answer ends when its request's context does (a canceled "+
+				"copy frees the upstream) and counts as an arrival all the same. No retries configured: "+
+				"caddy-http as in S0; resilient: defaults. Extra attempts: upstream arrivals / requests − 1."),
+		tailScenario("S11x", "tail, 10%: GET answered in 5ms, but 10% of arrivals held 1s; 200 req/s", 0.10, d(20*time.Second), warm,
+			"S11 with five times the slow answers, to show that the retry budget (default 0.2 + 10/s, which hedges "+
+				"pass like retries) holds the hedges to its share: 20% of requests + 10 per second."),
 	}
 	shown := map[string]string{} // config: the scenario that showed it
 	for _, sc := range scs {
 		sc.Doc += variantConfigs(sc, shown)
 	}
 	return scs
+}
+
+// tailScenario is S11 with share slow of the upstream's arrivals held 1s
+// instead of 5ms: GET at 200 req/s, against the hedge setups.
+func tailScenario(id, title string, slow float64, d time.Duration, warm loadSpec, doc string) *scenario {
+	return &scenario{
+		ID: id, Title: title,
+		Setups: []string{setupCaddyHTTP, setupResilient, setupResilientHedgeP95, setupResilientHedge50},
+		Track:  true, Diag: true,
+		Load:   loadSpec{Rate: 200, Duration: d, Timeout: 5 * time.Second},
+		Warmup: warm,
+		Faults: faults{Delay: 5 * time.Millisecond, PSlow: slow, Slow: time.Second},
+		Variants: map[string]string{
+			setupResilientHedgeP95: "hedge {\nafter p95\n}",
+			setupResilientHedge50:  "hedge {\nafter 50ms\n}",
+		},
+		Doc: doc,
+	}
 }
 
 // halfKeyed makes every other request a POST with Idempotency-Key, the
