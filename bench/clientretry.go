@@ -28,12 +28,7 @@ type resend struct {
 // stops at any other status, or after Sends sends. The latency counts
 // from the intended time to the last answer, or to giving up.
 func (r *resend) run(ctx context.Context, c *http.Client, s *sample, targets []string, start, intended time.Time) {
-	first := time.Now()
-	from := intended
-	if first.Before(intended) {
-		from = first
-	}
-	s.Lag = max(0, first.Sub(intended))
+	from := s.sent(intended)
 	began := from
 	for n := 1; n <= r.Sends && ctx.Err() == nil; n++ {
 		s.Sends = n
@@ -59,9 +54,7 @@ func (r *resend) run(ctx context.Context, c *http.Client, s *sample, targets []s
 		}
 		began = time.Now()
 	}
-	now := time.Now()
-	s.Done = now.Sub(start)
-	s.Latency = now.Sub(from)
+	s.done(start, from)
 }
 
 // retryAfter is the wait a Retry-After header asks for (seconds or an

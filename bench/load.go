@@ -200,22 +200,34 @@ func (spec *loadSpec) do(ctx context.Context, c *http.Client, targets []string, 
 		spec.Resend.run(ctx, c, &s, targets, start, intended)
 		return s
 	}
-	sent := time.Now()
-	from := intended
-	if sent.Before(intended) {
-		from = sent
-	}
-	s.Lag = max(0, sent.Sub(intended))
+	from := s.sent(intended)
 	if res, err := send(c, newRequest(ctx, targets, &s)); res != nil {
 		if err == nil {
 			s.Status = res.StatusCode
 		}
 		s.setOutcome(res.Header)
 	}
+	s.done(start, from)
+	return s
+}
+
+// sent notes how late s is sent after its intended time, and returns
+// when its latency counts from: the generator's timers wake up to 1ms
+// early (see openLoop), and a request sent early counts from its send.
+func (s *sample) sent(intended time.Time) time.Time {
+	now := time.Now()
+	s.Lag = max(0, now.Sub(intended))
+	if now.Before(intended) {
+		return now
+	}
+	return intended
+}
+
+// done notes that s ended now; its latency counts from from.
+func (s *sample) done(start, from time.Time) {
 	now := time.Now()
 	s.Done = now.Sub(start)
 	s.Latency = now.Sub(from)
-	return s
 }
 
 func (spec *loadSpec) newSample(targets []string, i int, start, intended time.Time) sample {
