@@ -23,13 +23,13 @@ import (
 // size classes (an object is rounded up to its class, up to 1/8 more),
 // and for the load itself (64 connections' buffers and goroutines on
 // both sides of the proxy, the garbage of the requests in flight): the
-// resilient row, the same load without records, grew by 5 MiB on the
-// 2-core machine of RESULTS.md. It does not cover the collector's
-// headroom over the records themselves: with GOGC=100 the heap may grow
-// to twice its live data before a collection, so a store that holds a
-// full 64 MiB can show up to about as much again in RSS. The notes give
-// Go's heap in use and next GC target after the load, to tell the two
-// apart.
+// resilient row, the same load without records, grew by 5 to 6 MiB in
+// two runs on the 2-core machine of RESULTS.md. It does not cover the
+// collector's headroom over the records themselves: with GOGC=100 the
+// heap may grow to twice its live data before a collection, so a store
+// that holds a full 64 MiB can show up to about as much again in RSS.
+// The notes give Go's heap in use and next GC target after the load,
+// to tell the two apart.
 const memSlack = 32 << 20
 
 // memLimit is S10m's max_memory.

@@ -315,9 +315,8 @@ func scenarios(quick bool) []*scenario {
 			"S11 with five times the slow answers, to show that the retry budget (default 0.2 + 10/s, which hedges "+
 				"pass like retries) holds the hedges to its share: 20% of requests + 10 per second."),
 	}
-	shown := map[string]string{} // config: the scenario that showed it
 	for _, sc := range scs {
-		sc.Doc += variantConfigs(sc, shown)
+		sc.Doc += variantConfigs(sc)
 	}
 	return scs
 }
@@ -361,20 +360,15 @@ func keyRows(id string) func(s *sample) string {
 }
 
 // variantConfigs shows the whole Caddyfile of each setup sc configures
-// in Variants, as the harness writes it but for the ports; one shown
-// for an earlier scenario is named instead.
-func variantConfigs(sc *scenario, shown map[string]string) string {
+// in Variants, as the harness writes it but for the ports (in full for
+// every scenario: a run of one scenario shows no other's).
+func variantConfigs(sc *scenario) string {
 	var b strings.Builder
 	for _, setup := range sc.Setups {
 		if _, ok := sc.Variants[setup]; !ok {
 			continue
 		}
 		conf := caddyfile(setup, sc, "127.0.0.1:<port>", "127.0.0.1:<admin port>", "127.0.0.1:<upstream port>")
-		if id, ok := shown[conf]; ok {
-			fmt.Fprintf(&b, " %s: the Caddyfile of %s's %s.", setup, id, setup)
-			continue
-		}
-		shown[conf] = sc.ID
 		fmt.Fprintf(&b, "\n\n  %s:\n\n  ```caddyfile\n", setup)
 		for line := range strings.Lines(conf) {
 			if strings.TrimSpace(line) == "" {
