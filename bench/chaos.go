@@ -58,9 +58,7 @@ http://:%d {
 	}
 	defer logf.Close()
 	c.cmd = exec.Command(e.caddy, "run", "--config", cfg, "--adapter", "caddyfile")
-	c.cmd.Env = append(os.Environ(),
-		"XDG_CONFIG_HOME="+filepath.Join(e.work, "xdg-config"),
-		"XDG_DATA_HOME="+filepath.Join(e.work, "xdg-data"))
+	c.cmd.Env = e.caddyEnv()
 	c.cmd.Dir, c.cmd.Stdout, c.cmd.Stderr = dir, logf, logf
 	if _, err := e.children.start(c.cmd); err != nil {
 		return nil, err

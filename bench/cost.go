@@ -224,9 +224,7 @@ http://%s {
 	}
 	defer logf.Close()
 	cmd := exec.Command(e.caddy, "run", "--config", path, "--adapter", "caddyfile")
-	cmd.Env = append(os.Environ(),
-		"XDG_CONFIG_HOME="+filepath.Join(e.work, "xdg-config"),
-		"XDG_DATA_HOME="+filepath.Join(e.work, "xdg-data"))
+	cmd.Env = e.caddyEnv()
 	cmd.Dir, cmd.Stdout, cmd.Stderr = dir, logf, logf
 	if _, err := e.children.start(cmd); err != nil {
 		return err

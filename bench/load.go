@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -42,6 +43,13 @@ type loadSpec struct {
 	// Route picks the path the i-th request goes to, before its id.
 	// Default: /api/.
 	Route func(i int) string
+	// Requests, when set, ends a closed loop after that many requests,
+	// or at Duration if that comes first (S10m).
+	Requests int
+	// Resend makes each request a logical one, which the client sends
+	// again when it gives up on an answer (S10); Timeout then bounds all
+	// of its sends.
+	Resend *resend
 }
 
 // sample is one client request.
@@ -59,6 +67,12 @@ type sample struct {
 	Attempts int    // X-Resilient-Attempts, -1 when absent
 	Route    string // the path before the id
 	Gateway  int    // which of the targets it was sent to
+	// with Resend: how many times it was sent, how many sends were
+	// answered 409, and whether its last answer was a replay
+	// (Idempotent-Replayed: true)
+	Sends     int
+	Conflicts int
+	Replayed  bool
 }
 
 func (s *sample) ok() bool { return s.Status >= 200 && s.Status < 300 }
@@ -128,7 +142,7 @@ dispatch:
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			samples[i] = do(ctx, c, targets, spec, i, start, intended)
+			samples[i] = spec.do(ctx, c, targets, i, start, intended)
 		}()
 	}
 	elapsed := time.Since(start)
@@ -142,6 +156,7 @@ func closedLoop(ctx context.Context, c *http.Client, targets []string, spec load
 	start := time.Now()
 	end := start.Add(spec.Duration)
 	per := make([][]sample, spec.Concurrency)
+	var next atomic.Int64 // with Requests: the next request's index
 	var wg sync.WaitGroup
 	for w := range spec.Concurrency {
 		wg.Add(1)
@@ -149,11 +164,16 @@ func closedLoop(ctx context.Context, c *http.Client, targets []string, spec load
 			defer wg.Done()
 			out := make([]sample, 0, 1<<14)
 			for i := w; ctx.Err() == nil; i += spec.Concurrency {
+				if spec.Requests > 0 {
+					if i = int(next.Add(1) - 1); i >= spec.Requests {
+						break
+					}
+				}
 				now := time.Now()
 				if !now.Before(end) {
 					break
 				}
-				out = append(out, do(ctx, c, targets, spec, i, start, now))
+				out = append(out, spec.do(ctx, c, targets, i, start, now))
 			}
 			per[w] = out
 		}()
@@ -170,17 +190,59 @@ func closedLoop(ctx context.Context, c *http.Client, targets []string, spec load
 // postPad makes an order body of about 256 bytes.
 var postPad = strings.Repeat("p", 200)
 
-// do sends request i and waits for its whole answer.
-func do(ctx context.Context, c *http.Client, targets []string, spec loadSpec, i int, start, intended time.Time) sample {
-	cl := spec.Mix(i)
-	s := sample{ID: idPrefix[cl] + strconv.Itoa(i), Class: cl, Intended: intended.Sub(start), Attempts: -1,
-		Route: spec.Route(i), Gateway: i % len(targets)}
+// do sends request i and waits for its whole answer; with Resend, it
+// is a logical request, sent until it gets one.
+func (spec *loadSpec) do(ctx context.Context, c *http.Client, targets []string, i int, start, intended time.Time) sample {
+	s := spec.newSample(targets, i, start, intended)
 	ctx, cancel := context.WithDeadline(ctx, intended.Add(spec.Timeout))
 	defer cancel()
+	if spec.Resend != nil {
+		spec.Resend.run(ctx, c, &s, targets, start, intended)
+		return s
+	}
+	from := s.sent(intended)
+	if res, err := send(c, newRequest(ctx, targets, &s)); res != nil {
+		if err == nil {
+			s.Status = res.StatusCode
+		}
+		s.setOutcome(res.Header)
+	}
+	s.done(start, from)
+	return s
+}
+
+// sent notes how late s is sent after its intended time, and returns
+// when its latency counts from: the generator's timers wake up to 1ms
+// early (see openLoop), and a request sent early counts from its send.
+func (s *sample) sent(intended time.Time) time.Time {
+	now := time.Now()
+	s.Lag = max(0, now.Sub(intended))
+	if now.Before(intended) {
+		return now
+	}
+	return intended
+}
+
+// done notes that s ended now; its latency counts from from.
+func (s *sample) done(start, from time.Time) {
+	now := time.Now()
+	s.Done = now.Sub(start)
+	s.Latency = now.Sub(from)
+}
+
+func (spec *loadSpec) newSample(targets []string, i int, start, intended time.Time) sample {
+	cl := spec.Mix(i)
+	return sample{ID: idPrefix[cl] + strconv.Itoa(i), Class: cl, Intended: intended.Sub(start), Attempts: -1,
+		Route: spec.Route(i), Gateway: i % len(targets)}
+}
+
+// newRequest builds the request of sample s: a GET, or a POST whose
+// body names its order, with or without an Idempotency-Key.
+func newRequest(ctx context.Context, targets []string, s *sample) *http.Request {
 	var req *http.Request
 	var err error
 	url := "http://" + targets[s.Gateway] + s.Route + s.ID
-	if cl == classGet {
+	if s.Class == classGet {
 		req, err = http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	} else {
 		body := "order=" + s.ID + "&amount=100&pad=" + postPad
@@ -193,29 +255,28 @@ func do(ctx context.Context, c *http.Client, targets []string, spec loadSpec, i 
 		panic(fmt.Sprintf("bench: build request: %v", err))
 	}
 	req.Header.Set("X-Bench-Id", s.ID)
-	if cl == classPostKey {
+	if s.Class == classPostKey {
 		req.Header.Set("Idempotency-Key", "key-"+s.ID)
 	}
-	sent := time.Now()
-	from := intended
-	if sent.Before(intended) {
-		from = sent
-	}
-	s.Lag = max(0, sent.Sub(intended))
+	return req
+}
+
+// send sends req and reads its whole answer; an answer whose body
+// breaks off comes with the error.
+func send(c *http.Client, req *http.Request) (*http.Response, error) {
 	res, err := c.Do(req)
-	if err == nil {
-		_, err = io.Copy(io.Discard, res.Body)
-		res.Body.Close()
-		if err == nil {
-			s.Status = res.StatusCode
-		}
-		s.Outcome = res.Header.Get("X-Resilient-Outcome")
-		if a, aerr := strconv.Atoi(res.Header.Get("X-Resilient-Attempts")); aerr == nil {
-			s.Attempts = a
-		}
+	if err != nil {
+		return nil, err
 	}
-	now := time.Now()
-	s.Done = now.Sub(start)
-	s.Latency = now.Sub(from)
-	return s
+	_, err = io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	return res, err
+}
+
+// setOutcome reads the resilient setups' outcome headers.
+func (s *sample) setOutcome(h http.Header) {
+	s.Outcome = h.Get("X-Resilient-Outcome")
+	if a, err := strconv.Atoi(h.Get("X-Resilient-Attempts")); err == nil {
+		s.Attempts = a
+	}
 }

@@ -4,9 +4,13 @@
 //
 // Run it from the repository root:
 //
-//	go run ./bench                          # every scenario, 3 repetitions; about 9 minutes on 2 cores
-//	go run ./bench -quick                   # smoke run: runs 3/8 as long, 1 repetition; about 1.5 minutes
+//	go run ./bench                          # every scenario, 3 repetitions; about 40 minutes on 2 cores
+//	go run ./bench -quick                   # smoke run: runs 3/8 as long, 1 repetition; about 5 minutes
 //	go run ./bench -scenarios S9 -quick     # the fleet scenario alone: about 20 s (70 s without -quick)
+//	go run ./bench -scenarios S5h -repeat 3 # S5 hard, its target per repetition: about 4 minutes (80 s a repetition)
+//	go run ./bench -scenarios S10 -repeat 1 # client retries against idempotency keys: about 2 minutes
+//	go run ./bench -scenarios S10m -repeat 1 # idempotency memory, 200 000 keys: 1 to 2 minutes a setup
+//	go run ./bench -scenarios S11,S11x -repeat 1 # the tail, with and without hedges: about 3 minutes
 //	go run ./bench -scenarios S0,S1 -repeat 5 -setups caddy-http,resilient
 //	go run ./bench -scenarios S0 -profile   # also CPU-profile the Caddy setups (bench/results/profiles/)
 //	go tool pprof -top bench/results/profiles/S0-resilient-*.pprof
@@ -20,6 +24,25 @@
 // refused connects of S2 exactly needs root (a packet socket on lo);
 // otherwise the kernel's failed-connect counter stands in.
 //
+// Scenarios: S0 healthy upstream at full speed; S1 10% 503 on GET; S2
+// refused connections for a stretch; S3 a hanging upstream; S4 a slow
+// upstream behind a pool limit; S5 POSTs with 503s and resets after the
+// body was read, half with Idempotency-Key, and S5h the same at the
+// peers' fault rates (20% + 10%, 1500 requests); S6 429 with
+// Retry-After; S7 a dead upstream; S8 a provider quota; S9 three
+// gateways with and without a fleet; S10 clients that give up after
+// 300ms and send their keyed POST again (idempotency at the gateway),
+// and S10m the memory 200 000 distinct keys cost under max_memory;
+// S11 a tail of 1s answers on 2% of arrivals (hedged requests), and
+// S11x with 10%. `go run ./bench -scenarios X` with an unknown X lists
+// them.
+//
+// Before any run, each Caddy setup's Caddyfile is adapted once: a setup
+// whose options this Caddy does not have (a feature not built yet)
+// fails then, named, with Caddy's message (listed under "failed" in the
+// report, and its targets NOT YET), the other setups run, and bench
+// exits 1.
+//
 // It builds the project's Caddy once (go build ./cmd/caddy), then for
 // every scenario, repetition and setup, in an order rotated per
 // repetition: starts a fresh upstream in this process (a Go HTTP server
@@ -28,10 +51,12 @@
 // transport http, Caddy with transport resilient, nginx, HAProxy; the
 // last two only when installed; S9 runs three Caddy gateways, and for
 // the fleet a redis-server), warms it up, resets the upstream's counts,
-// drives the load, and stops the proxy. S0 is closed-loop (max
-// throughput); the others are open-loop at a fixed rate, with latency
-// counted from each request's intended send time, so a stalled proxy is
-// charged for the whole stall (no coordinated omission).
+// drives the load, and stops the proxy. S0 and S10m are closed-loop
+// (max throughput); the others are open-loop at a fixed rate, with
+// latency counted from each request's intended send time, so a stalled
+// proxy is charged for the whole stall (no coordinated omission). In
+// S10 a request is a logical one: its latency runs from its intended
+// time to its last answer, across the client's resends.
 //
 // It prints a markdown table of the medians over the repetitions
 // (success %, p50/p99/p99.9 latency over all requests, failed ones
@@ -46,9 +71,14 @@
 //
 // Files: scenarios.go (the scenarios, and how a run is analysed),
 // run.go (one run), load.go (the load generator), upstream.go (the
-// upstream), proxies.go (the proxies' configs and start), fleet.go (S9:
-// the gateways, their Redis, the analysis), host.go (child processes,
-// CPU accounting, SYN capture), report.go (table, targets, JSON).
+// upstream), proxies.go (the proxies' configs and start), adapt.go
+// (each Caddy setup's config adapted before the runs), fleet.go (S9:
+// the gateways, their Redis, the analysis), clientretry.go (S10: the
+// client that sends again, executions per logical request),
+// memory.go (S10m: the gateway's RSS and gauges), tail.go (S11: extra
+// attempts against the retry budget's bound), chaos.go (S8's quota
+// upstream), cost.go (-cost), host.go (child processes, CPU
+// accounting, SYN capture), report.go (table, targets, JSON).
 package main
 
 import (
@@ -179,23 +209,44 @@ func run(ctx context.Context, o options, kids *children) error {
 		}
 	}
 
+	setupsOf := func(sc *scenario) []string {
+		var setups []string
+		for _, s := range sc.Setups {
+			if (s == setupNginx && e.nginx == "") || (s == setupHAProxy && e.haproxy == "") {
+				continue
+			}
+			if o.setups == "" || containsFold(o.setups, s) {
+				setups = append(setups, s)
+			}
+		}
+		return setups
+	}
+	// failures, by scenario and setup: configs that do not adapt, and runs that broke
+	failures, err := e.checkConfigs(ctx, scs, setupsOf)
+	if err != nil {
+		return err
+	}
+	var failed []string
+	for _, sc := range scs {
+		for _, setup := range setupsOf(sc) {
+			if msg, ok := failures[runKey{sc.ID, setup}]; ok {
+				fmt.Fprintln(os.Stderr, msg)
+				failed = append(failed, msg)
+			}
+		}
+	}
+
 	var results []*result
 	for _, sc := range scs {
-		setups := sc.Setups
-		if o.setups != "" {
-			setups = nil
-			for _, s := range sc.Setups {
-				if containsFold(o.setups, s) {
-					setups = append(setups, s)
-				}
+		var setups []string
+		for _, s := range setupsOf(sc) {
+			if _, bad := failures[runKey{sc.ID, s}]; !bad {
+				setups = append(setups, s)
 			}
 		}
 		for rep := range o.repeat {
 			for i := range setups {
 				setup := setups[(i+rep)%len(setups)] // interleave: rotate the order per repetition
-				if (setup == setupNginx && e.nginx == "") || (setup == setupHAProxy && e.haproxy == "") {
-					continue
-				}
 				prof := ""
 				if profDir != "" && setup != setupNginx && setup != setupHAProxy {
 					prof = filepath.Join(profDir, fmt.Sprintf("%s-%s-%d.pprof", sc.ID, setup, rep+1))
@@ -209,7 +260,8 @@ func run(ctx context.Context, o options, kids *children) error {
 					// one broken run should not cost the other ten minutes
 					msg := fmt.Sprintf("%s %s rep %d failed: %v", sc.ID, setup, rep+1, err)
 					fmt.Fprintln(os.Stderr, msg)
-					skipped = append(skipped, msg)
+					failed = append(failed, msg)
+					failures[runKey{sc.ID, setup}] = msg
 					continue
 				}
 				for _, r := range rs {
@@ -222,7 +274,7 @@ func run(ctx context.Context, o options, kids *children) error {
 	}
 
 	sums := summarize(scs, results)
-	targets := evaluate(sums)
+	targets := evaluate(sums, failures)
 	m := describeMachine(e)
 	w := os.Stdout
 	command := strings.TrimSpace("go run ./bench " + strings.Join(os.Args[1:], " "))
@@ -230,6 +282,9 @@ func run(ctx context.Context, o options, kids *children) error {
 	writeMachine(w, m)
 	for _, s := range skipped {
 		fmt.Fprintln(w, "- skipped:", s)
+	}
+	for _, s := range failed {
+		fmt.Fprintln(w, "- failed:", s)
 	}
 	fmt.Fprintln(w)
 	writeTable(w, sums)
@@ -252,6 +307,7 @@ func run(ctx context.Context, o options, kids *children) error {
 		Seconds:   elapsed.Seconds(),
 		Machine:   m,
 		Skipped:   skipped,
+		Failed:    failed,
 		Scenarios: docs,
 		Runs:      results,
 		Summary:   sums,
@@ -261,6 +317,9 @@ func run(ctx context.Context, o options, kids *children) error {
 		return err
 	}
 	fmt.Fprintln(os.Stderr, "wrote", o.out)
+	if len(failed) > 0 {
+		return fmt.Errorf("%d setup(s) or run(s) failed: see \"failed\" above", len(failed))
+	}
 	return nil
 }
 
@@ -280,7 +339,11 @@ func selectScenarios(o options) ([]*scenario, error) {
 			}
 		}
 		if !found {
-			return nil, fmt.Errorf("unknown scenario %q (S0-S9)", id)
+			ids := make([]string, len(all))
+			for i, sc := range all {
+				ids[i] = sc.ID
+			}
+			return nil, fmt.Errorf("unknown scenario %q (%s)", id, strings.Join(ids, ", "))
 		}
 	}
 	return out, nil

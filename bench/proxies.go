@@ -25,9 +25,51 @@ const (
 	setupHAProxy     = "haproxy"
 	setupFleet       = "fleet"    // S9: three gateways with transport resilient, one fleet through Redis
 	setupNoFleet     = "no-fleet" // S9: the same three gateways, each on its own
+
+	// transport resilient with the block the scenario gives in Variants
+	setupResilientNoBudget = "resilient-nobudget"   // `retry { budget off }`
+	setupResilientIdem     = "resilient-idem"       // an `idempotency` block
+	setupResilientIdemWait = "resilient-idem-wait"  // an `idempotency` block whose repeats wait for the first
+	setupResilientHedgeP95 = "resilient-hedge-p95"  // `hedge { after p95 }`
+	setupResilientHedge50  = "resilient-hedge-50ms" // `hedge { after 50ms }`
 )
 
-var allSetups = []string{setupCaddyHTTP, setupResilient, setupResilientNB, setupResilientRL, setupNginx, setupHAProxy, setupFleet, setupNoFleet}
+var allSetups = []string{setupCaddyHTTP, setupResilient, setupResilientNB, setupResilientNoBudget, setupResilientRL,
+	setupResilientIdem, setupResilientIdemWait, setupResilientHedgeP95, setupResilientHedge50,
+	setupNginx, setupHAProxy, setupFleet, setupNoFleet}
+
+// isCaddy reports whether setup runs this repository's Caddy.
+func isCaddy(setup string) bool {
+	switch setup {
+	case setupCaddyHTTP, setupFleet, setupNoFleet:
+		return true
+	}
+	return isResilient(setup)
+}
+
+// isResilient reports whether setup is one Caddy with transport resilient.
+func isResilient(setup string) bool {
+	switch setup {
+	case setupResilient, setupResilientNB, setupResilientNoBudget, setupResilientRL,
+		setupResilientIdem, setupResilientIdemWait, setupResilientHedgeP95, setupResilientHedge50:
+		return true
+	}
+	return false
+}
+
+// block is the body of `transport resilient { … }` of a resilient setup
+// in sc.
+func (sc *scenario) block(setup string) string {
+	switch setup {
+	case setupResilient:
+		return sc.Resilient
+	case setupResilientNB:
+		return sc.ResilientNoBreaker
+	case setupResilientRL:
+		return sc.ResilientRateLimit
+	}
+	return sc.Variants[setup]
+}
 
 // knobs is how the baseline proxies are configured in a scenario; the
 // resilient setup has its own Caddyfile block in the scenario instead.
@@ -117,26 +159,20 @@ func (e *env) startProxy(ctx context.Context, setup string, sc *scenario, bk bac
 	}
 	p := &proxy{setup: setup, addr: "127.0.0.1:" + strconv.Itoa(port), dir: dir, log: filepath.Join(dir, "proxy.log")}
 	var cmd *exec.Cmd
-	switch setup {
-	case setupCaddyHTTP, setupResilient, setupResilientNB, setupResilientRL, setupFleet, setupNoFleet:
+	switch {
+	case isCaddy(setup):
 		adminPort, err := freePort()
 		if err != nil {
 			return nil, err
 		}
 		p.admin = "127.0.0.1:" + strconv.Itoa(adminPort)
 		cfg := filepath.Join(dir, "Caddyfile")
-		conf := caddyfile(setup, sc, p.addr, p.admin, bk.upstream)
-		if sc.Gateways > 0 {
-			conf = gatewayCaddyfile(setup, sc, p.addr, p.admin, bk)
-		}
-		if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+		if err := os.WriteFile(cfg, []byte(caddyConfig(setup, sc, p.addr, p.admin, bk)), 0o644); err != nil {
 			return nil, err
 		}
 		cmd = exec.Command(e.caddy, "run", "--config", cfg, "--adapter", "caddyfile")
-		cmd.Env = append(os.Environ(),
-			"XDG_CONFIG_HOME="+filepath.Join(e.work, "xdg-config"),
-			"XDG_DATA_HOME="+filepath.Join(e.work, "xdg-data"))
-	case setupNginx:
+		cmd.Env = e.caddyEnv()
+	case setup == setupNginx:
 		if e.nginx == "" {
 			return nil, errSkipped
 		}
@@ -148,7 +184,7 @@ func (e *env) startProxy(ctx context.Context, setup string, sc *scenario, bk bac
 			return nil, err
 		}
 		cmd = exec.Command(e.nginx, "-p", dir, "-c", cfg, "-e", filepath.Join(dir, "error.log"))
-	case setupHAProxy:
+	case setup == setupHAProxy:
 		if e.haproxy == "" {
 			return nil, errSkipped
 		}
@@ -232,46 +268,19 @@ http://%s {
 	bind 127.0.0.1
 `
 
+// caddyConfig is the whole Caddyfile of a Caddy setup in sc.
+func caddyConfig(setup string, sc *scenario, listen, admin string, bk backends) string {
+	if sc.Gateways > 0 {
+		return gatewayCaddyfile(setup, sc, listen, admin, bk)
+	}
+	return caddyfile(setup, sc, listen, admin, bk.upstream)
+}
+
 // caddyfile is the whole config of a Caddy setup.
 func caddyfile(setup string, sc *scenario, listen, admin, upstream string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, caddySite, admin, listen)
-	fmt.Fprintf(&b, "\treverse_proxy %s {\n", upstream)
-	k := sc.Knobs
-	switch setup {
-	case setupCaddyHTTP:
-		if k.Retry {
-			codes := make([]string, 0, len(k.statuses()))
-			for _, s := range k.statuses() {
-				codes = append(codes, strconv.Itoa(s))
-			}
-			fmt.Fprintf(&b, `		lb_retries 2
-		lb_try_interval 25ms
-		lb_retry_match {
-			expression `+"`{rp.status_code} in [%s]`"+`
-		}
-		lb_retry_match {
-			expression `+"`{rp.is_transport_error} == true`"+`
-		}
-`, strings.Join(codes, ", "))
-		}
-		b.WriteString("\t\ttransport http {\n\t\t\tdial_timeout 1s\n")
-		fmt.Fprintf(&b, "\t\t\tresponse_header_timeout %s\n", k.read())
-		if k.MaxConns > 0 {
-			fmt.Fprintf(&b, "\t\t\tmax_conns_per_host %d\n", k.MaxConns)
-		}
-		b.WriteString("\t\t}\n")
-	case setupResilient, setupResilientNB, setupResilientRL:
-		block := sc.Resilient
-		switch setup {
-		case setupResilientNB:
-			block = sc.ResilientNoBreaker
-		case setupResilientRL:
-			block = sc.ResilientRateLimit
-		}
-		writeResilient(&b, "\t\t", block, sc.Diag)
-	}
-	b.WriteString("\t}\n")
+	b.WriteString(reverseProxy(setup, sc, upstream, "\t"))
 	if sc.Diag && setup != setupCaddyHTTP {
 		b.WriteString(diagErrors)
 	}
@@ -279,13 +288,50 @@ func caddyfile(setup string, sc *scenario, listen, admin, upstream string) strin
 	return b.String()
 }
 
+// reverseProxy is the reverse_proxy directive of a Caddy setup, at indent.
+func reverseProxy(setup string, sc *scenario, upstream, indent string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%sreverse_proxy %s {\n", indent, upstream)
+	in := indent + "\t"
+	k := sc.Knobs
+	switch {
+	case setup == setupCaddyHTTP:
+		if k.Retry {
+			codes := make([]string, 0, len(k.statuses()))
+			for _, s := range k.statuses() {
+				codes = append(codes, strconv.Itoa(s))
+			}
+			fmt.Fprintf(&b, "%[1]slb_retries 2\n%[1]slb_try_interval 25ms\n"+
+				"%[1]slb_retry_match {\n%[1]s\texpression `{rp.status_code} in [%[2]s]`\n%[1]s}\n"+
+				"%[1]slb_retry_match {\n%[1]s\texpression `{rp.is_transport_error} == true`\n%[1]s}\n",
+				in, strings.Join(codes, ", "))
+		}
+		fmt.Fprintf(&b, "%[1]stransport http {\n%[1]s\tdial_timeout 1s\n%[1]s\tresponse_header_timeout %[2]s\n", in, k.read())
+		if k.MaxConns > 0 {
+			fmt.Fprintf(&b, "%s\tmax_conns_per_host %d\n", in, k.MaxConns)
+		}
+		b.WriteString(in + "}\n")
+	case isResilient(setup):
+		writeResilient(&b, in, sc.block(setup), sc.Diag)
+	}
+	b.WriteString(indent + "}\n")
+	return b.String()
+}
+
 // writeResilient writes `transport resilient { block }` at indent, and
 // with diag the response headers that report the outcome.
 func writeResilient(b *strings.Builder, indent, block string, diag bool) {
 	b.WriteString(indent + "transport resilient {\n")
+	depth := 1 // the block's own lines carry no indentation: nest them by their braces
 	for line := range strings.SplitSeq(strings.TrimSpace(block), "\n") {
 		if line = strings.TrimSpace(line); line != "" {
-			b.WriteString(indent + "\t" + line + "\n")
+			if strings.HasPrefix(line, "}") {
+				depth = max(1, depth-1)
+			}
+			b.WriteString(indent + strings.Repeat("\t", depth) + line + "\n")
+			if strings.HasSuffix(line, "{") {
+				depth++
+			}
 		}
 	}
 	b.WriteString(indent + "}\n")

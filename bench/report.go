@@ -118,7 +118,7 @@ func median(rs []*result) *summary {
 			}
 		}
 		switch k {
-		case "upstream_max_concurrency", "upstream_over_limit":
+		case "upstream_max_concurrency", "upstream_over_limit", "max_executions", "max_arrivals":
 			s.Extra[k] = slices.Max(v) // the worst run
 		case "got_429", "retried_429", "retried_early", "retried_within_100ms":
 			s.Extra[k] = sum(v) // events that must never happen: all of them
@@ -211,10 +211,31 @@ func notes(s *summary) string {
 		if x["rejected"] > 0 {
 			parts = append(parts, fmt.Sprintf("rejected %.0f: p99 %sms, max %sms", x["rejected"], num(x["rejected_p99_ms"]), num(x["rejected_max_ms"])))
 		}
-	case "S5":
+	case "S5", "S5h":
 		if s.EmptyBodies > 0 {
 			parts = append(parts, fmt.Sprintf("POSTs re-sent with an empty body: %d", s.EmptyBodies))
 		}
+	case "S10":
+		parts = append(parts, fmt.Sprintf("executions/request %.3f (at most %.0f for one, worst run); answered %.0f of %.0f served (%.2f%%); "+
+			"sends/request %.2f; 409s %.0f; replays %.0f",
+			x["executions_per_request"], x["max_executions"], x["served_answered"], x["served"], x["served_answered_pct"],
+			x["sends_per_request"], x["conflicts"], x["replays"]))
+	case "S10m":
+		if has("rss_before_mib") {
+			parts = append(parts, fmt.Sprintf("RSS before %.0f MiB, peak %.0f MiB (sampled %.0f MiB at %.0fs), after %.0f MiB: growth %.1f MiB",
+				x["rss_before_mib"], x["rss_peak_mib"], x["rss_sampled_peak_mib"], x["rss_peak_at_s"], x["rss_after_mib"], x["rss_growth_mib"]))
+		}
+		if has("idempotency_bytes_mib") {
+			parts = append(parts, fmt.Sprintf("kept answers (gauge) %.1f MiB", x["idempotency_bytes_mib"]))
+		}
+		if has("go_heap_inuse_mib") {
+			parts = append(parts, fmt.Sprintf("Go heap in use at the end %.0f MiB, next GC at %.0f MiB (GOGC %.0f)",
+				x["go_heap_inuse_mib"], x["go_next_gc_mib"], x["go_gogc"]))
+		}
+		parts = append(parts, fmt.Sprintf("%d requests in %.0fs", s.Requests, x["load_s"]))
+	case "S11", "S11x":
+		parts = append(parts, fmt.Sprintf("extra upstream attempts %.2f%% (the budget's bound %.0f%%), at most %.0f arrivals for one request; "+
+			"arrivals that ended before their answer %.0f", x["extra_attempts_pct"], x["budget_bound_pct"], x["max_arrivals"], x["canceled_arrivals"]))
 	case "S8":
 		parts = append(parts, quotaNote(x))
 	case "S9":
@@ -285,7 +306,9 @@ type target struct {
 	Detail string `json:"detail"`
 }
 
-func evaluate(sums []*summary) []target {
+// evaluate checks the targets; failures, by scenario and setup, say why
+// a row is missing.
+func evaluate(sums []*summary, failures map[runKey]string) []target {
 	find := func(row, setup string) *summary {
 		for _, s := range sums {
 			if s.Row == row && s.Setup == setup {
@@ -311,6 +334,19 @@ func evaluate(sums []*summary) []target {
 		ts = append(ts, t)
 	}
 	notRun := func(row string) (bool, string, bool) { return false, row + " not run", false }
+	// absent says why the setups a target needs have no row in scenario id
+	absent := func(id string, setups ...string) (bool, string, bool) {
+		var why []string
+		for _, setup := range setups {
+			if msg, ok := failures[runKey{id, setup}]; ok {
+				why = append(why, msg)
+			}
+		}
+		if len(why) == 0 {
+			return false, id + " " + strings.Join(setups, ", ") + " not run", false
+		}
+		return false, strings.Join(why, "; "), false
+	}
 
 	// a shared machine's slow spells hit both setups of a repetition
 	// alike: the verdicts go by the median of the per-repetition ratios
@@ -457,7 +493,158 @@ func evaluate(sums []*summary) []target {
 			fd.Extra["until_all_refused"], byGateway(fd.Extra, "until_all_refused"), nd.Extra["until_all_refused"], byGateway(nd.Extra, "until_all_refused"),
 			fq.Extra["upstream_over_limit"], nq.Extra["upstream_over_limit"], fq.SuccessPct, nq.SuccessPct, num(fq.P99), num(nq.P99)), true
 	})
+	add("S5h key", "resilient: success ≥ 98% with Idempotency-Key on each repetition (20% 503 + 10% reset after the body was read)", func() (bool, string, bool) {
+		r := find("S5h key", setupResilient)
+		if r == nil {
+			return absent("S5h", setupResilient)
+		}
+		ok, per := everyRun(r, func(run *result) (bool, string) {
+			return run.SuccessPct >= 98, fmt.Sprintf("%.2f%% (seed %d)", run.SuccessPct, run.Seed)
+		})
+		return ok, fmt.Sprintf("per repetition: %s; amplification %.3f%s", per, r.Amplification,
+			peersS5h(find, setupResilientNoBudget, setupCaddyHTTP, setupNginx, setupHAProxy)), true
+	})
+	add("S5h no key", "resilient: zero duplicated POSTs without Idempotency-Key (every run)", func() (bool, string, bool) {
+		r := find("S5h no key", setupResilient)
+		if r == nil {
+			return absent("S5h", setupResilient)
+		}
+		return r.Duplicates == 0, fmt.Sprintf("%d duplicates (worst run), success %.2f%%%s", r.Duplicates, r.SuccessPct,
+			peersS5h(find, setupCaddyHTTP, setupNginx, setupHAProxy)), true
+	})
+
+	idem := []string{setupResilientIdem, setupResilientIdemWait}
+	add("S10 once", "resilient-idem and resilient-idem-wait: exactly 1.000 upstream executions per logical request (every run, none executed twice)", func() (bool, string, bool) {
+		ok := true
+		var parts []string
+		for _, setup := range idem {
+			r := find("S10", setup)
+			if r == nil {
+				return absent("S10", idem...)
+			}
+			once, per := everyRun(r, func(run *result) (bool, string) {
+				x := run.Extra
+				return x["executions_per_request"] == 1 && x["max_executions"] == 1,
+					fmt.Sprintf("%.3f (at most %.0f)", x["executions_per_request"], x["max_executions"])
+			})
+			ok = ok && once
+			parts = append(parts, setup+": "+per)
+		}
+		return ok, "per repetition: " + strings.Join(parts, "; "), true
+	})
+	add("S10 others", "every other row: more than 1 upstream execution per logical request (median): the client's resends reach the upstream", func() (bool, string, bool) {
+		ok, ran := true, false
+		var parts []string
+		for _, setup := range []string{setupCaddyHTTP, setupResilient, setupNginx, setupHAProxy} {
+			r := find("S10", setup)
+			if r == nil {
+				continue
+			}
+			ran = true
+			ok = ok && r.Extra["executions_per_request"] > 1
+			parts = append(parts, fmt.Sprintf("%s %.3f", setup, r.Extra["executions_per_request"]))
+		}
+		if !ran {
+			return absent("S10", setupCaddyHTTP, setupResilient, setupNginx, setupHAProxy)
+		}
+		return ok, "executions per logical request: " + strings.Join(parts, ", "), true
+	})
+	add("S10 wait", "resilient-idem-wait: every logical request the upstream served got its answer (100%, every run)", func() (bool, string, bool) {
+		r := find("S10", setupResilientIdemWait)
+		if r == nil {
+			return absent("S10", setupResilientIdemWait)
+		}
+		ok, per := everyRun(r, func(run *result) (bool, string) {
+			x := run.Extra
+			return x["served_answered"] == x["served"], fmt.Sprintf("%.0f of %.0f", x["served_answered"], x["served"])
+		})
+		detail := "answered of served, per repetition: " + per
+		if w := find("S10", setupResilientIdem); w != nil {
+			detail += fmt.Sprintf("; resilient-idem (wait 0): %.2f%% (median)", w.Extra["served_answered_pct"])
+		}
+		return ok, detail, true
+	})
+	add("S10m", fmt.Sprintf("resilient-idem (max_memory 64MiB): peak RSS growth ≤ 64 MiB + %d MiB (every run)", memSlack>>20), func() (bool, string, bool) {
+		r := find("S10m", setupResilientIdem)
+		if r == nil {
+			return absent("S10m", setupResilientIdem)
+		}
+		ok, per := everyRun(r, func(run *result) (bool, string) {
+			x := run.Extra
+			g := x["rss_growth_mib"]
+			p := fmt.Sprintf("%.1f MiB (before %.0f, peak %.0f, after %.0f", g, x["rss_before_mib"], x["rss_peak_mib"], x["rss_after_mib"])
+			if v, has := x["idempotency_bytes_mib"]; has {
+				p += fmt.Sprintf("; gauge %.1f MiB", v)
+			}
+			return g <= mib(memLimit+memSlack), p + ")"
+		})
+		detail := "growth per repetition: " + per
+		if b := find("S10m", setupResilient); b != nil {
+			detail += fmt.Sprintf("; the same load without idempotency (resilient): %.1f MiB", b.Extra["rss_growth_mib"])
+		}
+		return ok, detail, true
+	})
+	add("S11", "resilient-hedge-p95 with 2% slow answers: p99 ≤ 30ms, p99.9 ≤ 100ms, extra upstream attempts ≤ 6% (median)", func() (bool, string, bool) {
+		r := find("S11", setupResilientHedgeP95)
+		if r == nil {
+			return absent("S11", setupResilientHedgeP95)
+		}
+		ok := r.P99 <= 30 && r.P999 <= 100 && r.Extra["extra_attempts_pct"] <= 6
+		return ok, tailDetail(find, "S11", setupResilientHedgeP95, setupResilientHedge50, setupResilient, setupCaddyHTTP), true
+	})
+	add("S11x", "resilient-hedge-p95 with 10% slow answers: extra upstream attempts within the retry budget's bound, 20% of requests + 10/s (every run)", func() (bool, string, bool) {
+		r := find("S11x", setupResilientHedgeP95)
+		if r == nil {
+			return absent("S11x", setupResilientHedgeP95)
+		}
+		ok, per := everyRun(r, func(run *result) (bool, string) {
+			x := run.Extra
+			return x["extra_attempts_pct"] <= x["budget_bound_pct"], fmt.Sprintf("%.2f%% of %.1f%%", x["extra_attempts_pct"], x["budget_bound_pct"])
+		})
+		return ok, "per repetition: " + per + "; " +
+			tailDetail(find, "S11x", setupResilientHedgeP95, setupResilientHedge50, setupResilient, setupCaddyHTTP), true
+	})
 	return ts
+}
+
+// everyRun checks a target on each repetition of r: it is met when
+// every one passes; the detail lists each one's value.
+func everyRun(r *summary, check func(*result) (bool, string)) (bool, string) {
+	ok := true
+	per := make([]string, 0, len(r.Runs))
+	for _, run := range r.Runs {
+		pass, v := check(run)
+		ok = ok && pass
+		per = append(per, v)
+	}
+	return ok, strings.Join(per, ", ")
+}
+
+// peersS5h shows the other setups' success and duplicates in S5h, both
+// rows.
+func peersS5h(find func(row, setup string) *summary, setups ...string) string {
+	var b strings.Builder
+	for _, setup := range setups {
+		k, n := find("S5h key", setup), find("S5h no key", setup)
+		if k == nil || n == nil {
+			continue
+		}
+		fmt.Fprintf(&b, "; %s: success %.2f%% key, %.2f%% no key, duplicates %d + %d in %d requests",
+			setup, k.SuccessPct, n.SuccessPct, k.Duplicates, n.Duplicates, k.Requests+n.Requests)
+	}
+	return b.String()
+}
+
+// tailDetail shows the latency and extra attempts of S11's setups.
+func tailDetail(find func(row, setup string) *summary, id string, setups ...string) string {
+	var parts []string
+	for _, setup := range setups {
+		if r := find(id, setup); r != nil {
+			parts = append(parts, fmt.Sprintf("%s p99 %sms, p99.9 %sms, extra attempts %.2f%%",
+				setup, num(r.P99), num(r.P999), r.Extra["extra_attempts_pct"]))
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 // paired is the median over repetitions of a/b within each repetition:
@@ -545,6 +732,7 @@ type report struct {
 	Seconds   float64    `json:"seconds"`
 	Machine   machine    `json:"machine"`
 	Skipped   []string   `json:"skipped,omitempty"`
+	Failed    []string   `json:"failed,omitempty"`
 	Scenarios []scDoc    `json:"scenarios"`
 	Runs      []*result  `json:"runs"`
 	Summary   []*summary `json:"summary"`

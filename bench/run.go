@@ -88,9 +88,19 @@ func (e *env) runOne(ctx context.Context, sc *scenario, setup string, rep int, p
 		profDone <- nil
 	}
 
+	var mem *memWatch
+	if sc.Memory {
+		mem = watchMemory(p.cmd.Process.Pid, start)
+	}
 	cpu0, t0 := readCPU(pgids...), time.Now()
 	samples, _, elapsed := generate(ctx, targets, sc.Load, start)
 	cpu1, wall := readCPU(pgids...), time.Since(t0)
+	var memSeen *memStats
+	if mem != nil {
+		st := mem.stop()
+		st.Gauges = readGauges(ctx, p.admin, memGauges)
+		memSeen = &st
+	}
 	if err := <-profDone; err != nil {
 		fmt.Fprintln(os.Stderr, "profile:", err)
 	}
@@ -110,7 +120,7 @@ func (e *env) runOne(ctx context.Context, sc *scenario, setup string, rep int, p
 		writeSamples(filepath.Join(dir, "samples.csv"), samples)
 	}
 	r := &runData{sc: sc, setup: setup, samples: samples, elapsed: elapsed, start: start,
-		up: up.stats(), tl: tl, measured: sc.Load.Duration}
+		up: up.stats(), tl: tl, measured: sc.Load.Duration, mem: memSeen}
 	if chaos != nil {
 		c1, err := chaos.stats(ctx)
 		if err != nil {
@@ -235,9 +245,9 @@ func writeSamples(path string, samples []sample) {
 		return
 	}
 	defer f.Close()
-	fmt.Fprintln(f, "id,intended_ms,done_ms,latency_ms,lag_ms,status,outcome,attempts")
+	fmt.Fprintln(f, "id,intended_ms,done_ms,latency_ms,lag_ms,status,outcome,attempts,sends,conflicts,replayed")
 	for _, s := range samples {
-		fmt.Fprintf(f, "%s,%.3f,%.3f,%.3f,%.3f,%d,%s,%d\n", s.ID, ms(s.Intended), ms(s.Done),
-			ms(s.Latency), ms(s.Lag), s.Status, s.Outcome, s.Attempts)
+		fmt.Fprintf(f, "%s,%.3f,%.3f,%.3f,%.3f,%d,%s,%d,%d,%d,%t\n", s.ID, ms(s.Intended), ms(s.Done),
+			ms(s.Latency), ms(s.Lag), s.Status, s.Outcome, s.Attempts, s.Sends, s.Conflicts, s.Replayed)
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"math"
 	"sort"
 	"strings"
@@ -27,6 +28,10 @@ type scenario struct {
 	Resilient          string
 	ResilientNoBreaker string
 	ResilientRateLimit string
+	// Variants are the bodies of `transport resilient { … }` of the
+	// other resilient setups (resilient-idem, resilient-hedge-p95, …),
+	// by setup.
+	Variants map[string]string
 	// Chaos, when set, makes the upstream a Caddy running this chaos
 	// block in front of `respond 200` instead of the harness's own (S8);
 	// the upstream's counts then come from chaos's stats.
@@ -49,6 +54,9 @@ type scenario struct {
 	// CountRefused counts the connects to the upstream's port while it
 	// is closed, which reach no handler (S2).
 	CountRefused bool
+	// Memory samples the proxy's resident memory through the load, and
+	// reads its idempotency gauge at the end (S10m).
+	Memory bool
 
 	// Rows splits the samples into table rows; nil: one row, the ID.
 	Rows func(s *sample) string
@@ -68,6 +76,8 @@ type runData struct {
 	measured time.Duration // the load's nominal duration
 	// overLimit is how many requests a chaos quota answered 429 (S8)
 	overLimit int
+	// mem is the proxy's memory through the load (S10m)
+	mem *memStats
 }
 
 // connects counts the connect attempts to the upstream's port from
@@ -99,6 +109,12 @@ func scenarios(quick bool) []*scenario {
 		}
 		return v
 	}
+	count := func(n int) int {
+		if quick {
+			return n * 3 / 8
+		}
+		return n
+	}
 	// a short warm-up, so that its successes do not swell the retry
 	// budget's window (it counts requests over 10s)
 	warm := loadSpec{Rate: 200, Duration: 250 * time.Millisecond, Timeout: 2 * time.Second}
@@ -106,7 +122,7 @@ func scenarios(quick bool) []*scenario {
 	retry := knobs{Retry: true}
 	const breakerS2S3 = "breaker {\nopen_for 1s\n}"
 
-	return []*scenario{
+	scs := []*scenario{
 		{
 			ID: "S0", Title: "healthy upstream, closed-loop max throughput (64 connections)",
 			Setups: baseline,
@@ -164,25 +180,29 @@ func scenarios(quick bool) []*scenario {
 		{
 			ID: "S5", Title: "POST, 5% 503 + 5% reset after the body was read; half with Idempotency-Key; 600 req/s",
 			Setups: baseline, Track: true, Diag: true,
-			Load: loadSpec{Rate: 600, Duration: d(4 * time.Second), Timeout: 5 * time.Second,
-				Mix: func(i int) class {
-					if i%2 == 0 {
-						return classPost
-					}
-					return classPostKey
-				}},
+			Load:   loadSpec{Rate: 600, Duration: d(4 * time.Second), Timeout: 5 * time.Second, Mix: halfKeyed},
 			Warmup: warm,
 			Faults: faults{P503: 0.05, PReset: 0.05},
 			Knobs:  retry,
-			Rows: func(s *sample) string {
-				if s.Class == classPostKey {
-					return "S5 key"
-				}
-				return "S5 no key"
-			},
+			Rows:   keyRows("S5"),
 			Doc: "Baselines retry 503 and dropped connections, POST included (nginx `non_idempotent`, Caddy `lb_retry_match` " +
 				"on `{rp.status_code}` and `{rp.is_transport_error}`, no `request_buffers`). Resilient: defaults " +
 				"(retries POST only with `Idempotency-Key`, or when it never left).",
+		},
+		{
+			ID: "S5h", Title: "S5 hard: POST, 20% 503 + 10% connection closed after the body was read; half with Idempotency-Key; 100 req/s",
+			Setups: []string{setupCaddyHTTP, setupResilient, setupResilientNoBudget, setupNginx, setupHAProxy},
+			Track:  true, Diag: true,
+			Load:     loadSpec{Rate: 100, Duration: d(15 * time.Second), Timeout: 5 * time.Second, Mix: halfKeyed},
+			Warmup:   warm,
+			Faults:   faults{P503: 0.20, PReset: 0.10},
+			Knobs:    retry,
+			Variants: map[string]string{setupResilientNoBudget: "retry {\nbudget off\n}"},
+			Rows:     keyRows("S5h"),
+			Doc: "S5's setups and retry configs, with the peers' fault rates of SPEC §1: 1500 requests, of which " +
+				"20% of arrivals answer 503 and 10% of POST arrivals have their body read and then the connection " +
+				"reset. Resilient: defaults; resilient-nobudget: `retry { budget off }`, so only `attempts` bounds " +
+				"the retries of keyed POSTs.",
 		},
 		{
 			ID: "S6", Title: "every request gets 429 with Retry-After: 1 on its first try; 100 req/s",
@@ -247,7 +267,119 @@ func scenarios(quick bool) []*scenario {
 				"run (the scenario is skipped without one); no-fleet: the same gateways, each on its own. \"until every gateway " +
 				"refused\" counts what reached the dead provider until each gateway had answered breaker_open once.",
 		},
+		{
+			ID: "S10", Title: "client retries: keyed POSTs answered in 0-600ms; the client gives up after 300ms and sends again, same key (4 sends at most); 50 logical req/s",
+			Setups: []string{setupCaddyHTTP, setupResilient, setupResilientIdem, setupResilientIdemWait, setupNginx, setupHAProxy},
+			Track:  true, Diag: true,
+			Load: loadSpec{Rate: 50, Duration: d(20 * time.Second), Timeout: 5 * time.Second,
+				Mix:    func(int) class { return classPostKey },
+				Resend: &resend{Sends: 4, Timeout: 300 * time.Millisecond, MaxWait: 300 * time.Millisecond}},
+			Warmup: warm,
+			Faults: faults{DelaySpread: 600 * time.Millisecond},
+			Variants: map[string]string{
+				setupResilientIdem:     "retry {\nidempotency_header off\n}\nidempotency {\nwait 0\n}",
+				setupResilientIdemWait: "retry {\nidempotency_header off\n}\nidempotency {\nwait 1s\n}",
+			},
+			Doc: "Each logical request is a POST with its own Idempotency-Key and X-Bench-Id; the upstream holds each " +
+				"arrival a time drawn uniformly from 0 to 600ms (per arrival, from the repetition's seed). The client " +
+				"gives up on a send after 300ms (the first counted from its intended time) or when it fails, and sends " +
+				"again at once, same key and body; on a 409 it waits its Retry-After, at most 300ms, and sends again; it " +
+				"stops at any other status or after the 4th send. Latency: from the intended time to the last answer " +
+				"or giving up. No proxy retries (the baselines as in S0; resilient: defaults). An execution is an " +
+				"arrival whose body the upstream read to its end, answered or not; a logical request the upstream " +
+				"served had an arrival it answered 2xx; \"answered\" counts 2xx on some send, replays " +
+				"(`Idempotent-Replayed: true`) included.",
+		},
+		{
+			ID: "S10m", Title: "idempotency memory: 200 000 keyed POSTs, distinct keys, 1 KiB answers, closed loop (64 connections), max_memory 64MiB",
+			Setups: []string{setupResilient, setupResilientIdem},
+			Load: loadSpec{Closed: true, Concurrency: 64, Duration: d(2 * time.Minute), Requests: count(200000),
+				Timeout: 5 * time.Second, Mix: func(int) class { return classPostKey }},
+			Warmup:   loadSpec{Closed: true, Concurrency: 64, Duration: time.Second, Timeout: 5 * time.Second},
+			Faults:   faults{BodySize: 1024},
+			Memory:   true,
+			Variants: map[string]string{setupResilientIdem: "idempotency {\nmax_memory 64MiB\n}"},
+			Doc: "The upstream answers every POST at once, 200 with a 1 KiB body. The load stops after 200 000 requests " +
+				"(75 000 with -quick) or 2 minutes. The Caddy process's VmRSS (/proc/<pid>/status) is read after the " +
+				"warm-up (64 connections, GET, 1s), every second, and after the load; the peak is the kernel's " +
+				"high-water mark (VmHWM), which also catches a peak between samples; growth is peak minus before. " +
+				"The gauge is caddy_resilient_idempotency_bytes from the admin /metrics after the load. resilient " +
+				"(defaults, no idempotency block) is the same load's growth without records.",
+		},
+		tailScenario("S11", "tail: GET answered in 5ms, but 2% of arrivals held 1s; 200 req/s", 0.02, d(20*time.Second), warm,
+			"Each arrival is slow or not by its own draw (per arrival, from the repetition's seed), so a second copy "+
+				"of a slow request is usually fast; a slow answer ends when its request's context does (a canceled "+
+				"copy frees the upstream) and counts as an arrival all the same. No retries configured: "+
+				"caddy-http as in S0; resilient: defaults. Extra attempts: upstream arrivals / requests − 1."),
+		tailScenario("S11x", "tail, 10%: GET answered in 5ms, but 10% of arrivals held 1s; 200 req/s", 0.10, d(20*time.Second), warm,
+			"S11 with five times the slow answers, to show that the retry budget (default 0.2 + 10/s, which hedges "+
+				"pass like retries) holds the hedges to its share: 20% of requests + 10 per second."),
 	}
+	for _, sc := range scs {
+		sc.Doc += variantConfigs(sc)
+	}
+	return scs
+}
+
+// tailScenario is S11 with share slow of the upstream's arrivals held 1s
+// instead of 5ms: GET at 200 req/s, against the hedge setups.
+func tailScenario(id, title string, slow float64, d time.Duration, warm loadSpec, doc string) *scenario {
+	return &scenario{
+		ID: id, Title: title,
+		Setups: []string{setupCaddyHTTP, setupResilient, setupResilientHedgeP95, setupResilientHedge50},
+		Track:  true, Diag: true,
+		Load:   loadSpec{Rate: 200, Duration: d, Timeout: 5 * time.Second},
+		Warmup: warm,
+		Faults: faults{Delay: 5 * time.Millisecond, PSlow: slow, Slow: time.Second},
+		Variants: map[string]string{
+			setupResilientHedgeP95: "hedge {\nafter p95\n}",
+			setupResilientHedge50:  "hedge {\nafter 50ms\n}",
+		},
+		Doc: doc,
+	}
+}
+
+// halfKeyed makes every other request a POST with Idempotency-Key, the
+// others POSTs without (S5).
+func halfKeyed(i int) class {
+	if i%2 == 0 {
+		return classPost
+	}
+	return classPostKey
+}
+
+// keyRows splits S5's samples into a row with Idempotency-Key and one
+// without.
+func keyRows(id string) func(s *sample) string {
+	return func(s *sample) string {
+		if s.Class == classPostKey {
+			return id + " key"
+		}
+		return id + " no key"
+	}
+}
+
+// variantConfigs shows the whole Caddyfile of each setup sc configures
+// in Variants, as the harness writes it but for the ports (in full for
+// every scenario: a run of one scenario shows no other's).
+func variantConfigs(sc *scenario) string {
+	var b strings.Builder
+	for _, setup := range sc.Setups {
+		if _, ok := sc.Variants[setup]; !ok {
+			continue
+		}
+		conf := caddyfile(setup, sc, "127.0.0.1:<port>", "127.0.0.1:<admin port>", "127.0.0.1:<upstream port>")
+		fmt.Fprintf(&b, "\n\n  %s:\n\n  ```caddyfile\n", setup)
+		for line := range strings.Lines(conf) {
+			if strings.TrimSpace(line) == "" {
+				b.WriteString("\n")
+			} else {
+				b.WriteString("  " + line)
+			}
+		}
+		b.WriteString("  ```")
+	}
+	return b.String()
 }
 
 // rowOf names the table row of a sample.
@@ -327,8 +459,8 @@ func analyzeRow(r *runData, row string, samples []*sample, whole bool) *result {
 	} else {
 		res.UpstreamRequests = int(r.up.Requests)
 	}
-	if !posts {
-		res.Duplicates = -1 // not applicable
+	if !posts || !r.sc.Track {
+		res.Duplicates = -1 // not applicable, or not counted
 	}
 	if whole && r.sc.CountRefused && r.tl.outage[1] > 0 {
 		// refused connects reach no handler, but the upstream's host sees them
@@ -351,6 +483,12 @@ func analyzeRow(r *runData, row string, samples []*sample, whole bool) *result {
 		analyzeQuota(r, samples, res)
 	case "S9":
 		analyzeFleet(r, row, samples, res)
+	case "S10":
+		analyzeResend(r, samples, res)
+	case "S10m":
+		analyzeMemory(r, res)
+	case "S11", "S11x":
+		analyzeTail(r, res)
 	}
 	return res
 }

@@ -33,20 +33,33 @@ type faults struct {
 	// their first arrival only (S6).
 	P429       float64
 	RetryAfter time.Duration
-	// Delay holds every answer this long (S4).
+	// Delay holds every answer this long (S4, S11).
 	Delay time.Duration
+	// DelaySpread adds to Delay a wait drawn per arrival, uniformly from
+	// 0 to DelaySpread (S10).
+	DelaySpread time.Duration
+	// PSlow holds this share of arrivals Slow instead (S11): a second
+	// copy of a slow request draws again, and is usually fast.
+	PSlow float64
+	Slow  time.Duration
 	// Hang accepts requests and never answers (S3).
 	Hang bool
+	// BodySize makes a 200's body this many bytes (S10m); 0: okBody.
+	BodySize int
+	body     string // of BodySize, made by setFaults
 }
 
 // arrival is one request as the upstream saw it.
 type arrival struct {
 	At, Done   time.Time
 	Method     string
-	Status     int // 0: reset or hung
+	Status     int // 0: reset, hung, or its request ended before the answer
 	RetryAfter time.Duration
 	Keyed      bool // carried an Idempotency-Key
 	BodyOK     bool // a POST whose body named its order
+	// Executed is a POST whose body named its order and was read to its
+	// end: the order was taken, whatever became of the answer (S10)
+	Executed bool
 }
 
 // upstream is the origin server every proxy forwards to: a Go HTTP
@@ -111,7 +124,12 @@ func (u *upstream) connState(c net.Conn, s http.ConnState) {
 	}
 }
 
-func (u *upstream) setFaults(f faults) { u.faults.Store(&f) }
+func (u *upstream) setFaults(f faults) {
+	if f.BodySize > 0 {
+		f.body = strings.Repeat("x", f.BodySize-1) + "\n"
+	}
+	u.faults.Store(&f)
+}
 
 // draw returns a number in [0, 1) for the kind-th fault of the idx-th
 // arrival of request id: fixed by the seed, so the same for every setup
@@ -243,8 +261,9 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id := r.Header.Get("X-Bench-Id")
 
 	if r.Method == http.MethodPost {
-		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 		a.BodyOK = id != "" && bytes.HasPrefix(body, []byte("order="+id+"&"))
+		a.Executed = a.BodyOK && err == nil
 		if !a.BodyOK {
 			u.emptyBodies.Add(1)
 		}
@@ -280,8 +299,15 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		a.Status = http.StatusServiceUnavailable
 		http.Error(w, "try again", http.StatusServiceUnavailable)
 	default:
-		if f.Delay > 0 {
-			t := time.NewTimer(f.Delay)
+		delay := f.Delay
+		if f.DelaySpread > 0 {
+			delay += time.Duration(u.draw(id, idx, 4) * float64(f.DelaySpread))
+		}
+		if f.PSlow > 0 && u.draw(id, idx, 5) < f.PSlow {
+			delay = f.Slow
+		}
+		if delay > 0 {
+			t := time.NewTimer(delay)
 			select {
 			case <-t.C:
 			case <-u.quit:
@@ -289,10 +315,20 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			case <-r.Context().Done():
 				t.Stop()
 			}
+			if r.Context().Err() != nil {
+				// the proxy gave up (its client gone, a hedge that lost):
+				// nothing to answer, and the handler is free at once
+				break
+			}
 		}
 		a.Status = http.StatusOK
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		io.WriteString(w, okBody)
+		if f.body != "" {
+			w.Header().Set("Content-Length", strconv.Itoa(len(f.body)))
+			io.WriteString(w, f.body)
+		} else {
+			io.WriteString(w, okBody)
+		}
 	}
 	a.Done = time.Now()
 
