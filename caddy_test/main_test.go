@@ -100,10 +100,11 @@ func loadGatewayWith(t *testing.T, options, sites string) *gateway {
 	return &gateway{Tester: tester, t: t, logPath: logPath}
 }
 
-// loadCheckSite answers with the number of the config load that holds it.
+// loadCheckSite answers with the number of the config load that holds
+// it, after a word: `respond` takes a lone three-digit number for a status.
 const loadCheckSite = `
 http://loadcheck.test:9080 {
-	respond "%d"
+	respond "load %d"
 }
 `
 
@@ -118,7 +119,7 @@ func waitForLoad(t *testing.T, id int64) {
 		Transport: &http.Transport{DisableKeepAlives: true},
 		Timeout:   2 * time.Second,
 	}
-	want := fmt.Sprint(id)
+	want := fmt.Sprint("load ", id)
 	deadline := time.Now().Add(5 * time.Second)
 	for streak := 0; streak < 10; {
 		if time.Now().After(deadline) {

@@ -28,7 +28,7 @@ func metricsScrape(t *testing.T) string {
 	return string(b)
 }
 
-var metricsLine = regexp.MustCompile(`^(\w+)\{([^}]*)\} (\S+)$`)
+var metricsLine = regexp.MustCompile(`^(\w+)(?:\{([^}]*)\})? (\S+)$`)
 
 // metricsValue returns the value of the series name{labels}; -1 when
 // it is not there.
@@ -40,6 +40,9 @@ func metricsValue(scrape, name string, labels map[string]string) float64 {
 		}
 		got := map[string]string{}
 		for _, kv := range strings.Split(m[2], ",") {
+			if kv == "" {
+				continue
+			}
 			k, v, _ := strings.Cut(kv, "=")
 			got[k] = strings.Trim(v, `"`)
 		}

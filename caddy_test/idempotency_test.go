@@ -1,0 +1,495 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// One execution per key (SPEC §13): the gateway keeps each
+// Idempotency-Key's record, so a keyed POST reaches the upstream at most
+// once, whatever the client repeats.
+
+// executions is an upstream that counts the requests it executed per
+// Idempotency-Key (and Authorization), and answers as answer says.
+type executions struct {
+	*upstream
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func startExecutions(t *testing.T, answer func(w http.ResponseWriter, r *http.Request, body string)) *executions {
+	e := &executions{n: map[string]int{}}
+	e.upstream = startUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		e.mu.Lock()
+		e.n[r.Header.Get("Authorization")+"|"+r.Header.Get("Idempotency-Key")]++
+		e.mu.Unlock()
+		answer(w, r, string(body))
+	})
+	return e
+}
+
+// of returns how many times the upstream executed key (for auth).
+func (e *executions) of(key string, auth ...string) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.n[strings.Join(auth, "")+"|"+key]
+}
+
+// idemSite is a gateway site in front of up with an idempotency block.
+func idemSite(up, idem string) string {
+	return fmt.Sprintf(`
+http://localhost:9080 {
+	reverse_proxy %s {
+		transport resilient {
+			retry {
+				idempotency_header off
+				backoff 1ms 1ms
+			}
+			breaker off
+			idempotency {
+				%s
+			}
+		}
+		header_down X-Outcome {http.resilient.outcome}
+		header_down X-Idem {http.resilient.idempotency}
+	}
+	handle_errors {
+		header X-Outcome {http.resilient.outcome}
+		header X-Idem {http.resilient.idempotency}
+		respond "{http.resilient.outcome}" {http.error.status_code}
+	}
+}
+`, up, idem)
+}
+
+// keyed POSTs body to path with the Idempotency-Key key (none when "")
+// and the other headers given as name, value pairs.
+func keyed(t *testing.T, g *gateway, key, body string, header ...string) (*http.Response, string) {
+	t.Helper()
+	if key != "" {
+		header = append(header, "Idempotency-Key", key)
+	}
+	return post(t, g, "/orders", body, header...)
+}
+
+// expectKeyed checks status, outcome and the idempotency placeholder.
+func expectKeyed(t *testing.T, res *http.Response, status int, outcome, idem string) {
+	t.Helper()
+	if res.StatusCode != status || res.Header.Get("X-Outcome") != outcome || res.Header.Get("X-Idem") != idem {
+		t.Fatalf("got %d outcome %q idempotency %q, want %d %q %q", res.StatusCode,
+			res.Header.Get("X-Outcome"), res.Header.Get("X-Idem"), status, outcome, idem)
+	}
+}
+
+// expectProblem checks that body is an RFC 9457 problem of status.
+func expectProblem(t *testing.T, res *http.Response, body string, status int) {
+	t.Helper()
+	var p struct {
+		Type, Title, Detail string
+		Status              int
+	}
+	if ct := res.Header.Get("Content-Type"); ct != "application/problem+json" {
+		t.Fatalf("content type %q, want application/problem+json", ct)
+	}
+	if err := json.Unmarshal([]byte(body), &p); err != nil || p.Status != status || p.Type == "" || p.Title == "" || p.Detail == "" {
+		t.Fatalf("problem %q (%v): want type, title, detail and status %d", body, err, status)
+	}
+}
+
+func TestIdempotencyRepeatGetsTheStoredAnswer(t *testing.T) {
+	var n atomic.Int64
+	up := startExecutions(t, func(w http.ResponseWriter, r *http.Request, body string) {
+		w.Header().Set("X-Order", strconv.FormatInt(n.Add(1), 10))
+		w.WriteHeader(http.StatusCreated)
+		io.WriteString(w, "created "+body)
+	})
+	g := loadGateway(t, idemSite(up.addr, ""))
+
+	res, body := keyed(t, g, "order-1", "sku=1")
+	expectKeyed(t, res, http.StatusCreated, "ok", "new")
+	res2, body2 := keyed(t, g, `"order-1"`, "sku=1") // "k" and k are one key
+	expectKeyed(t, res2, http.StatusCreated, "replayed", "replayed")
+	if body2 != body || res2.Header.Get("X-Order") != res.Header.Get("X-Order") || res2.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("replay %q (X-Order %q, Idempotent-Replayed %q), want %q as first answered (X-Order %q)",
+			body2, res2.Header.Get("X-Order"), res2.Header.Get("Idempotent-Replayed"), body, res.Header.Get("X-Order"))
+	}
+	if got := up.of("order-1"); got != 1 {
+		t.Fatalf("the upstream executed order-1 %d times, want 1", got)
+	}
+	if e := g.lastEntry(); e.Outcome != "replayed" || e.Attempts != 0 || !strings.Contains(e.raw, `"idempotency":"replayed"`) {
+		t.Errorf("log entry of the repeat: %s", e.raw)
+	}
+
+	// the same key with another body: 422, nothing sent
+	res, body = keyed(t, g, "order-1", "sku=2")
+	expectKeyed(t, res, http.StatusUnprocessableEntity, "key_mismatch", "mismatch")
+	expectProblem(t, res, body, http.StatusUnprocessableEntity)
+	// nor another path
+	res, _ = post(t, g, "/elsewhere", "sku=1", "Idempotency-Key", "order-1")
+	expectKeyed(t, res, http.StatusUnprocessableEntity, "key_mismatch", "mismatch")
+	if got := up.of("order-1"); got != 1 {
+		t.Fatalf("the upstream executed order-1 %d times, want 1", got)
+	}
+
+	// not managed: GET with a key, and POST without one
+	for range 2 {
+		req, _ := http.NewRequest(http.MethodGet, "http://localhost:9080/orders", nil)
+		req.Header.Set("Idempotency-Key", "get-1")
+		res, _ := g.do(req)
+		expectKeyed(t, res, http.StatusCreated, "ok", "")
+		res, _ = keyed(t, g, "", "sku=3")
+		expectKeyed(t, res, http.StatusCreated, "ok", "")
+	}
+	if got := up.of("get-1"); got != 2 {
+		t.Fatalf("GET with a key executed %d times, want 2: GET is not managed", got)
+	}
+}
+
+func TestIdempotencyBadKeysAreRefused(t *testing.T) {
+	up := startExecutions(t, func(w http.ResponseWriter, r *http.Request, body string) {})
+	g := loadGateway(t, idemSite(up.addr, "require"))
+	for _, tc := range []struct {
+		name   string
+		values []string
+	}{
+		{"missing with require", nil},
+		{"empty", []string{""}},
+		{"too long", []string{strings.Repeat("k", 256)}},
+		{"a list", []string{"a, b"}},
+		{"twice", []string{"a", "b"}},
+		{"unclosed quote", []string{`"abc`}},
+		{"not a token", []string{"a/b"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodPost, "http://localhost:9080/orders", strings.NewReader("x"))
+			for _, v := range tc.values {
+				req.Header.Add("Idempotency-Key", v)
+			}
+			res, body := g.do(req)
+			expectKeyed(t, res, http.StatusBadRequest, "key_invalid", "invalid")
+			expectProblem(t, res, body, http.StatusBadRequest)
+		})
+	}
+	if n := up.count.Load(); n != 0 {
+		t.Fatalf("the upstream got %d requests with bad keys", n)
+	}
+	// valid ones: a quoted list is one key, 255 characters are fine
+	for _, k := range []string{`"a,b"`, strings.Repeat("k", 255), "8e03978e-40d5-43e8-bc93-6894a57f9324"} {
+		res, _ := keyed(t, g, k, "x")
+		expectKeyed(t, res, http.StatusOK, "ok", "new")
+	}
+}
+
+func TestIdempotencyRepeatInFlightGets409(t *testing.T) {
+	release := make(chan struct{})
+	up := startExecutions(t, func(w http.ResponseWriter, r *http.Request, body string) {
+		<-release
+		io.WriteString(w, "done")
+	})
+	g := loadGateway(t, idemSite(up.addr, ""))
+	first := make(chan *http.Response, 1)
+	go func() {
+		res, _ := keyed(t, g, "slow-1", "x")
+		first <- res
+	}()
+	poll(t, 2*time.Second, "the first request at the upstream", func() bool { return up.of("slow-1") == 1 })
+	res, body := keyed(t, g, "slow-1", "x")
+	expectKeyed(t, res, http.StatusConflict, "key_conflict", "conflict")
+	expectProblem(t, res, body, http.StatusConflict)
+	if ra, err := strconv.Atoi(res.Header.Get("Retry-After")); err != nil || ra < 1 {
+		t.Fatalf("Retry-After %q, want whole seconds >= 1", res.Header.Get("Retry-After"))
+	}
+	close(release)
+	expectKeyed(t, <-first, http.StatusOK, "ok", "new")
+	if got := up.of("slow-1"); got != 1 {
+		t.Fatalf("executed %d times, want 1", got)
+	}
+}
+
+func TestIdempotencyTenRepeatsAtOnceExecuteOnce(t *testing.T) {
+	up := startExecutions(t, func(w http.ResponseWriter, r *http.Request, body string) {
+		time.Sleep(100 * time.Millisecond)
+		io.WriteString(w, "charged")
+	})
+	g := loadGateway(t, idemSite(up.addr, "wait 2s"))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	statuses := map[string]int{}
+	for range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, body := keyed(t, g, "once", "amount=10")
+			mu.Lock()
+			statuses[strconv.Itoa(res.StatusCode)+" "+res.Header.Get("X-Outcome")+" "+body]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if got := up.of("once"); got != 1 {
+		t.Fatalf("10 requests with one key executed %d times, want 1", got)
+	}
+	// with wait, every repeat got the first one's answer
+	if statuses["200 ok charged"] != 1 || statuses["200 replayed charged"] != 9 {
+		t.Fatalf("answers %v, want one ok and nine replays", statuses)
+	}
+}
+
+func TestIdempotencyWaitingRepeatTakesOverAReleasedKey(t *testing.T) {
+	var n atomic.Int64
+	up := startExecutions(t, func(w http.ResponseWriter, r *http.Request, body string) {
+		if n.Add(1) == 1 {
+			time.Sleep(200 * time.Millisecond)
+			w.WriteHeader(http.StatusServiceUnavailable) // did nothing: the key is released
+			return
+		}
+		io.WriteString(w, "second time lucky")
+	})
+	g := loadGateway(t, idemSite(up.addr, "wait 2s"))
+	first := make(chan *http.Response, 1)
+	go func() {
+		res, _ := keyed(t, g, "handover", "x")
+		first <- res
+	}()
+	poll(t, 2*time.Second, "the first request at the upstream", func() bool { return up.of("handover") == 1 })
+	res, body := keyed(t, g, "handover", "x")
+	expectKeyed(t, res, http.StatusOK, "ok", "new")
+	if body != "second time lucky" {
+		t.Fatalf("the waiting repeat got %q", body)
+	}
+	expectKeyed(t, <-first, http.StatusServiceUnavailable, "upstream_status", "released")
+	if got := up.of("handover"); got != 2 {
+		t.Fatalf("executed %d times, want 2: the first one did nothing (503)", got)
+	}
+}
+
+func TestIdempotencyWhatAFirstRequestLeaves(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		answer  func(w http.ResponseWriter)
+		status  int
+		outcome string
+		idem    string
+		// what a repeat gets, and whether it is sent
+		again, againOutcome string
+		sent                bool
+	}{
+		{"500 is kept", func(w http.ResponseWriter) { w.WriteHeader(500) }, 500, "upstream_status", "new", "500", "replayed", false},
+		{"422 of the upstream is kept", func(w http.ResponseWriter) { w.WriteHeader(422) }, 422, "ok", "new", "422", "replayed", false},
+		{"503 releases", func(w http.ResponseWriter) { w.WriteHeader(503) }, 503, "upstream_status", "released", "503", "upstream_status", true},
+		{"429 releases", func(w http.ResponseWriter) { w.WriteHeader(429) }, 429, "ok", "released", "429", "ok", true},
+		{"a reset after the body was read is kept as 502", hangUp, 502, "reset", "new", "502", "replayed", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := startExecutions(t, func(w http.ResponseWriter, r *http.Request, body string) { tc.answer(w) })
+			g := loadGateway(t, idemSite(up.addr, ""))
+			// records outlive a config reload: a key of its own
+			key := "k-" + strings.ReplaceAll(tc.name, " ", "-")
+			res, _ := keyed(t, g, key, "x")
+			expectKeyed(t, res, tc.status, tc.outcome, tc.idem)
+			res, body := keyed(t, g, key, "x")
+			if strconv.Itoa(res.StatusCode) != tc.again || res.Header.Get("X-Outcome") != tc.againOutcome {
+				t.Fatalf("repeat: %d %q, want %s %q", res.StatusCode, res.Header.Get("X-Outcome"), tc.again, tc.againOutcome)
+			}
+			if tc.againOutcome == "replayed" && res.Header.Get("Idempotent-Replayed") != "true" {
+				t.Fatal("a replay without Idempotent-Replayed: true")
+			}
+			if tc.outcome == "reset" {
+				expectProblem(t, res, body, http.StatusBadGateway)
+			}
+			want := 1
+			if tc.sent {
+				want = 2
+			}
+			if got := up.of(key); got != want {
+				t.Fatalf("executed %d times, want %d", got, want)
+			}
+		})
+	}
+	t.Run("nothing sent releases", func(t *testing.T) {
+		g := loadGateway(t, idemSite(closedPort(t), ""))
+		res, _ := keyed(t, g, "never-sent", "x")
+		expectKeyed(t, res, http.StatusBadGateway, "connect_error", "released")
+		res, _ = keyed(t, g, "never-sent", "x")
+		expectKeyed(t, res, http.StatusBadGateway, "connect_error", "released")
+	})
+}
+
+func TestIdempotencyClientThatLeavesDoesNotLoseTheAnswer(t *testing.T) {
+	arrived := make(chan struct{}, 1)
+	canceled := make(chan struct{}, 1)
+	up := startExecutions(t, func(w http.ResponseWriter, r *http.Request, body string) {
+		arrived <- struct{}{}
+		select {
+		case <-time.After(300 * time.Millisecond):
+		case <-r.Context().Done():
+			canceled <- struct{}{} // the gateway gave up on it
+			return
+		}
+		io.WriteString(w, "booked "+body)
+	})
+	g := loadGateway(t, idemSite(up.addr, ""))
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://localhost:9080/orders", strings.NewReader("seat=4"))
+	req.Header.Set("Idempotency-Key", "trip-1")
+	done := make(chan error, 1)
+	go func() {
+		res, err := g.Client.Do(req)
+		if err == nil {
+			res.Body.Close()
+		}
+		done <- err
+	}()
+	<-arrived
+	cancel() // the client times out, the request was sent
+	<-done
+	var res *http.Response
+	var body string
+	poll(t, 3*time.Second, "the answer kept for the repeat", func() bool {
+		res, body = keyed(t, g, "trip-1", "seat=4")
+		return res.StatusCode != http.StatusConflict
+	})
+	expectKeyed(t, res, http.StatusOK, "replayed", "replayed")
+	if body != "booked seat=4" {
+		t.Fatalf("replay %q", body)
+	}
+	select {
+	case <-canceled:
+		t.Fatal("the upstream request was canceled when its client left")
+	default:
+	}
+	if got := up.of("trip-1"); got != 1 {
+		t.Fatalf("executed %d times, want 1", got)
+	}
+}
+
+func TestIdempotencyLargeAnswerStreamsAndIsNotKept(t *testing.T) {
+	const size = 4 << 20
+	up := startExecutions(t, func(w http.ResponseWriter, r *http.Request, body string) {
+		chunk := strings.Repeat("z", 64<<10)
+		for i := 0; i < size/len(chunk); i++ {
+			io.WriteString(w, chunk)
+		}
+	})
+	g := loadGateway(t, idemSite(up.addr, "max_response 1MiB"))
+	res, body := keyed(t, g, "big", "x")
+	expectKeyed(t, res, http.StatusOK, "ok", "new")
+	if len(body) != size {
+		t.Fatalf("the first client got %d bytes of %d", len(body), size)
+	}
+	res, body = keyed(t, g, "big", "x")
+	expectKeyed(t, res, http.StatusConflict, "key_conflict", "conflict")
+	expectProblem(t, res, body, http.StatusConflict)
+	if ra := res.Header.Get("Retry-After"); ra != "" {
+		t.Fatalf("Retry-After %q for a key whose answer was not kept: repeating will not help", ra)
+	}
+	if got := up.of("big"); got != 1 {
+		t.Fatalf("executed %d times, want 1", got)
+	}
+}
+
+func TestIdempotencyKeysAreScopedByAuthorization(t *testing.T) {
+	up := startExecutions(t, func(w http.ResponseWriter, r *http.Request, body string) {
+		io.WriteString(w, "for "+r.Header.Get("Authorization"))
+	})
+	g := loadGateway(t, idemSite(up.addr, ""))
+	_, alice := keyed(t, g, "shared", "x", "Authorization", "Bearer alice")
+	res, bob := keyed(t, g, "shared", "x", "Authorization", "Bearer bob")
+	expectKeyed(t, res, http.StatusOK, "ok", "new")
+	if alice != "for Bearer alice" || bob != "for Bearer bob" {
+		t.Fatalf("answers %q and %q: one crossed to the other caller", alice, bob)
+	}
+	res, again := keyed(t, g, "shared", "x", "Authorization", "Bearer alice")
+	expectKeyed(t, res, http.StatusOK, "replayed", "replayed")
+	if again != alice {
+		t.Fatalf("alice's repeat got %q", again)
+	}
+	if up.of("shared", "Bearer alice") != 1 || up.of("shared", "Bearer bob") != 1 {
+		t.Fatalf("executions: alice %d, bob %d, want 1 each", up.of("shared", "Bearer alice"), up.of("shared", "Bearer bob"))
+	}
+}
+
+func TestIdempotencyOldestAnswersGoFirstUnderMaxMemory(t *testing.T) {
+	up := startExecutions(t, func(w http.ResponseWriter, r *http.Request, body string) {
+		io.WriteString(w, strings.Repeat("a", 100<<10))
+	})
+	g := loadGateway(t, idemSite(up.addr, "max_response 200KiB\n max_memory 512KiB"))
+	for i := range 8 { // 800 KiB of answers into 512 KiB
+		keyed(t, g, "mem"+strconv.Itoa(i), "x")
+	}
+	keyed(t, g, "mem0", "x") // dropped: sent again
+	keyed(t, g, "mem7", "x") // kept: replayed
+	if up.of("mem0") != 2 || up.of("mem7") != 1 {
+		t.Fatalf("executions: oldest %d, newest %d; want the oldest dropped (2) and the newest kept (1)", up.of("mem0"), up.of("mem7"))
+	}
+	s := metricsScrape(t)
+	if b := metricsValue(s, "caddy_resilient_idempotency_bytes", nil); b <= 0 || b > 512<<10 {
+		t.Fatalf("idempotency_bytes %v, want within max_memory", b)
+	}
+	if n := metricsValue(s, "caddy_resilient_idempotency_records", nil); n < 1 {
+		t.Fatalf("idempotency_records %v", n)
+	}
+}
+
+// The first request's answer streams to its client as the upstream
+// sends it: nothing is held back to be kept.
+func TestIdempotencyFirstAnswerStillStreams(t *testing.T) {
+	read := make(chan struct{})
+	up := startExecutions(t, func(w http.ResponseWriter, r *http.Request, body string) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: first\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-read:
+		case <-time.After(5 * time.Second):
+			return // the client never saw the first event
+		}
+		io.WriteString(w, "data: second\n\n")
+	})
+	g := loadGateway(t, idemSite(up.addr, ""))
+	req, _ := http.NewRequest(http.MethodPost, "http://localhost:9080/orders", strings.NewReader("x"))
+	req.Header.Set("Idempotency-Key", "stream")
+	res, err := g.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	br := bufio.NewReader(res.Body)
+	line, err := br.ReadString('\n')
+	if err != nil || line != "data: first\n" {
+		t.Fatalf("first event %q, %v", line, err)
+	}
+	close(read)
+	rest, _ := io.ReadAll(br)
+	if string(rest) != "\ndata: second\n\n" {
+		t.Fatalf("rest %q", rest)
+	}
+	res2, body := keyed(t, g, "stream", "x")
+	expectKeyed(t, res2, http.StatusOK, "replayed", "replayed")
+	if body != "data: first\n\ndata: second\n\n" {
+		t.Fatalf("replay %q", body)
+	}
+}
+
+// poll waits until cond holds, failing t after d.
+func poll(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
