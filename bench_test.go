@@ -60,6 +60,19 @@ func BenchmarkTransportResilientPOST(b *testing.B) {
 	benchTransport(b, http.MethodPost, false, benchResilient(b, new(Transport)))
 }
 
+// BenchmarkTransportResilientPOSTNoKey sends a POST without a key: it
+// is not retried once sent, so nothing is kept for replay.
+func BenchmarkTransportResilientPOSTNoKey(b *testing.B) {
+	benchTransportKey(b, http.MethodPost, false, "", benchResilient(b, new(Transport)))
+}
+
+// BenchmarkTransportResilientIdempotencyNoKey is
+// BenchmarkTransportResilientPOSTNoKey with an idempotency block: what
+// the idempotency step costs a request that carries no key.
+func BenchmarkTransportResilientIdempotencyNoKey(b *testing.B) {
+	benchTransportKey(b, http.MethodPost, false, "", benchResilient(b, &Transport{Idempotency: new(Idempotency)}))
+}
+
 // BenchmarkTransportHTTPParallel is BenchmarkTransportHTTP from
 // several goroutines at once.
 func BenchmarkTransportHTTPParallel(b *testing.B) {
@@ -108,6 +121,16 @@ func benchResilient(b *testing.B, t *Transport) benchBuild {
 // holding a fresh Replacer and the server (without them the resilient
 // transport takes it for a health check and passes it through).
 func benchTransport(b *testing.B, method string, parallel bool, build benchBuild) {
+	key := ""
+	if method == http.MethodPost {
+		key = "k-1"
+	}
+	benchTransportKey(b, method, parallel, key, build)
+}
+
+// benchTransportKey is benchTransport with the Idempotency-Key of every
+// request given ("": none).
+func benchTransportKey(b *testing.B, method string, parallel bool, key string, build benchBuild) {
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		w.Header().Set("Content-Type", "text/plain")
@@ -154,8 +177,8 @@ func benchTransport(b *testing.B, method string, parallel bool, build benchBuild
 		if err != nil {
 			return err
 		}
-		if method == http.MethodPost {
-			req.Header.Set("Idempotency-Key", "k-1")
+		if key != "" {
+			req.Header.Set("Idempotency-Key", key)
 		}
 		t0 := time.Now()
 		res, err := rt.RoundTrip(req)

@@ -77,6 +77,28 @@ func TestCaddyfileValid(t *testing.T) {
 			want: `{"fleet":{"redis":"redis://:s3cret@10.0.0.5:6379/2","prefix":"payments","timeout":80000000}}`,
 		},
 		{
+			name: "idempotency",
+			input: `resilient {
+				idempotency {
+					header X-Request-Key
+					methods post PATCH
+					scope {http.request.header.X-Tenant}
+					ttl 1h
+					max_response 512KiB
+					max_memory 32MiB
+					wait 2s
+					require
+				}
+			}`,
+			want: `{"idempotency":{"header":"X-Request-Key","methods":["POST","PATCH"],"scope":["{http.request.header.X-Tenant}"],
+				"ttl":3600000000000,"max_response":524288,"max_memory":33554432,"wait":2000000000,"require":true}}`,
+		},
+		{
+			name:  "idempotency with its defaults",
+			input: "resilient {\n\tidempotency\n}",
+			want:  `{"idempotency":{}}`,
+		},
+		{
 			name:  "rate_limit that never waits",
 			input: "resilient {\n\trate_limit {\n\t\trate 600/m\n\t\tmax_wait 0\n\t}\n}",
 			want:  `{"rate_limit":{"rate":"600/m","max_wait":0}}`,
@@ -372,6 +394,16 @@ func TestCaddyfileInvalid(t *testing.T) {
 		{"bad dial_timeout", "resilient {\n\tdial_timeout abc\n}", 2, []string{"timeout", "abc"}},
 		{"bad http option after ours", "resilient {\n\ttimeouts {\n\t\tread 5s\n\t}\n\tretry off\n\tkeepalive_idle_conns_per_host lots\n}", 6, []string{"lots"}},
 		{"bad proxy_protocol", "resilient {\n\tbreaker off\n\tproxy_protocol v3\n}", 3, []string{"proxy protocol", "v3"}},
+		{"idempotency header bad", "resilient {\n\tidempotency {\n\t\theader Idem:Key\n\t}\n}", 3, []string{"idempotency", "header", "Idem:Key"}},
+		{"idempotency methods empty", "resilient {\n\tidempotency {\n\t\tmethods\n\t}\n}", 3, []string{"idempotency", "methods", "at least one"}},
+		{"idempotency ttl 0", "resilient {\n\tidempotency {\n\t\tttl 0\n\t}\n}", 3, []string{"idempotency", "ttl", "0"}},
+		{"idempotency max_response garbage", "resilient {\n\tidempotency {\n\t\tmax_response lots\n\t}\n}", 3, []string{"idempotency", "max_response", "lots"}},
+		{"idempotency max_response over max_memory", "resilient {\n\tidempotency {\n\t\tmax_response 2MiB\n\t\tmax_memory 1MiB\n\t}\n}", 5, []string{"idempotency", "max_response", "max_memory"}},
+		{"idempotency wait negative", "resilient {\n\tidempotency {\n\t\twait -1s\n\t}\n}", 3, []string{"idempotency", "wait", "-1s"}},
+		{"idempotency require yes", "resilient {\n\tidempotency {\n\t\trequire yes\n\t}\n}", 3, []string{"require", "yes"}},
+		{"idempotency misspelled option", "resilient {\n\tidempotency {\n\t\tmax_respons 1MiB\n\t}\n}", 3, []string{"idempotency", "max_respons", "did you mean", "max_response"}},
+		{"idempotency argument", "resilient {\n\tidempotency on\n}", 2, []string{"idempotency", "on"}},
+		{"idempotency twice", "resilient {\n\tidempotency\n\tidempotency\n}", 3, []string{"idempotency", "already specified"}},
 		// whole numbers, with the range in the message whatever is wrong
 		{"attempts 3.5", "resilient {\n\tretry {\n\t\tattempts 3.5\n\t}\n}", 3, []string{"attempts", "whole number", "1", "10", "3.5"}},
 		{"attempts 0 gives the range", "resilient {\n\tretry {\n\t\tattempts 0\n\t}\n}", 3, []string{"whole number from 1 to 10", "0"}},
@@ -652,6 +684,11 @@ func TestCaddyfileValidateJSON(t *testing.T) {
 		{`{"rate_limit":{"rate":"1/s","max_wait":-5}}`, []string{"rate_limit", "max_wait"}},
 		{`{"rate_limit":{"rate":"1/s","key":"tenant"}}`, []string{"rate_limit", "key", "tenant"}},
 		{`{"rate_limit":{"rate":"99999999999999999999/s"}}`, []string{"rate_limit", "rate", "too large"}},
+		{`{"idempotency":{"header":"a b"}}`, []string{"idempotency", "header", "a b"}},
+		{`{"idempotency":{"methods":[]}}`, []string{"idempotency", "methods"}},
+		{`{"idempotency":{"ttl":-1}}`, []string{"idempotency", "ttl"}},
+		{`{"idempotency":{"wait":"-1s"}}`, []string{"idempotency", "wait"}},
+		{`{"idempotency":{"max_response":2048,"max_memory":1024}}`, []string{"idempotency", "max_response", "max_memory"}},
 		{`{"rate_limit":{"rate":"1/s","burst":2000000000}}`, []string{"rate_limit", "burst", "2000000000"}},
 		{`{"breaker":{"half_open_requests":5000000000}}`, []string{"breaker", "half_open_requests", "5000000000"}},
 		{`{"breaker":{"min_requests":5000000000}}`, []string{"breaker", "min_requests", "5000000000"}},
