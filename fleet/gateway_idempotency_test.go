@@ -10,10 +10,10 @@ package fleet_test
 import (
 	"fmt"
 	"io"
-
+	"maps"
 	"net/http"
 	"net/http/httptest"
-
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -320,4 +320,172 @@ func TestGatewayIdemConcurrentRepeats(t *testing.T) {
 		}
 		t.Logf("%s: %d requests at once over %d instances: %d executed, %d replayed, %d conflicts (409)", path, n, len(fl.gws), len(firsts), len(replays), len(conflicts))
 	}
+}
+
+// Redis killed under keyed load, and started again: no request hangs
+// or fails, a repeat on the same instance is still caught while Redis
+// is gone (the instance's own records), the failures are counted, and
+// once Redis is back a repeat on another instance is caught again.
+func TestGatewayIdemRedisKilledUnderLoad(t *testing.T) {
+	rdb := startRedis(t)
+	up := newKeyedUpstream(t, 30*time.Millisecond)
+	fl := startFleet(t, 2, rdb, routes(proxyRoute("/pay", up.addr(), idemOptions(0))))
+	a, b := fl.gws[0], fl.gws[1]
+	const (
+		auth     = "Bearer caller-1"
+		body     = `{"amount":100}`
+		workers  = 3 // per instance
+		killAt   = time.Second
+		downFor  = time.Second
+		duration = 3500 * time.Millisecond
+		slow     = 2 * time.Second // no answer may take this long
+	)
+	// a client bound of its own, well above slow: a request that hangs
+	// shows as slow, not as the shared client's 10s timeout
+	c := &http.Client{Transport: client.Transport, Timeout: 5 * time.Second}
+	idemErrors := func() map[string]float64 {
+		m := map[string]float64{}
+		for _, g := range fl.gws {
+			m[g.name], _ = g.metric(`caddy_resilient_fleet_errors_total{op="idempotency"}`)
+		}
+		return m
+	}
+	errorsBefore := idemErrors()
+
+	// per key, its three requests to one instance: two at once, a third
+	// once both answered
+	type keyRun struct {
+		g       *gateway
+		key     string
+		started time.Duration
+		answers [3]keyedAnswer
+	}
+	var (
+		mu        sync.Mutex
+		runs      []*keyRun
+		wg        sync.WaitGroup
+		killed    atomic.Int64 // since start, once killed
+		restarted atomic.Int64
+	)
+	start := time.Now()
+	stop := start.Add(duration)
+	for _, g := range fl.gws {
+		for w := range workers {
+			wg.Go(func() {
+				for i := 0; time.Now().Before(stop); i++ {
+					run := &keyRun{g: g, key: fmt.Sprintf("load-%s-%d-%d", g.name, w, i), started: time.Since(start)}
+					var pair sync.WaitGroup
+					for j := range 2 {
+						pair.Go(func() { run.answers[j] = g.postWith(c, "/pay", auth, run.key, body) })
+					}
+					pair.Wait()
+					run.answers[2] = g.postWith(c, "/pay", auth, run.key, body)
+					mu.Lock()
+					runs = append(runs, run)
+					mu.Unlock()
+				}
+			})
+		}
+	}
+	time.Sleep(killAt) // the schedule of the load, not an assertion
+	rdb.kill()
+	killed.Store(int64(time.Since(start)))
+	time.Sleep(downFor)
+	rdb.start()
+	restarted.Store(int64(time.Since(start)))
+	wg.Wait()
+	t.Logf("redis-server killed at %s, answering again at %s; the load ran for %s",
+		time.Duration(killed.Load()).Round(time.Millisecond), time.Duration(restarted.Load()).Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+
+	phase := func(r *keyRun) string {
+		switch {
+		case r.started < time.Duration(killed.Load()):
+			return "before the kill"
+		case r.started < time.Duration(restarted.Load()):
+			return "while redis was down"
+		}
+		return "after the restart"
+	}
+	var (
+		failed   []string
+		slowest  time.Duration
+		requests int
+		byPhase  = map[string]int{}
+		execHist = map[int]int{} // executions per key: keys
+		verdicts = map[string]int{}
+	)
+	for _, r := range runs {
+		byPhase[phase(r)]++
+		e := up.executions(auth, r.key)
+		execHist[e]++
+		if e != 1 {
+			failed = append(failed, fmt.Sprintf("key %s on %s (%s): executed %d times, want exactly 1: %v", r.key, r.g.name, phase(r), e, r.answers))
+		}
+		firsts := 0
+		for j, ans := range r.answers {
+			requests++
+			slowest = max(slowest, ans.took)
+			kind := ""
+			switch {
+			case ans.isFirst():
+				kind, firsts = "executed", firsts+1
+			case ans.isReplay():
+				kind = "replayed"
+			case ans.isConflict():
+				kind = "409"
+			}
+			verdicts[kind]++
+			if kind == "" || ans.took > slow {
+				failed = append(failed, fmt.Sprintf("key %s on %s (%s), request %d: %s; want 200 or 409 within %s", r.key, r.g.name, phase(r), j+1, ans, slow))
+			}
+			if j == 2 && kind != "replayed" && kind != "409" {
+				failed = append(failed, fmt.Sprintf("key %s on %s (%s): the repeat after both answered: %s; want it caught (replayed or 409)", r.key, r.g.name, phase(r), ans))
+			}
+		}
+		if firsts > 1 {
+			failed = append(failed, fmt.Sprintf("key %s on %s (%s): %d answers were executions: %v", r.key, r.g.name, phase(r), firsts, r.answers))
+		}
+	}
+	hist := make([]string, 0, len(execHist))
+	for _, e := range slices.Sorted(maps.Keys(execHist)) {
+		hist = append(hist, fmt.Sprintf("%d key(s) executed %d time(s)", execHist[e], e))
+	}
+	t.Logf("%d keys, %d requests (keys by phase: %v); answers: %v; slowest %s; upstream executions per key: %s",
+		len(runs), requests, byPhase, verdicts, slowest.Round(time.Millisecond), strings.Join(hist, ", "))
+	if len(failed) > 0 {
+		t.Errorf("%d failures while Redis was killed and started again:\n%s", len(failed), strings.Join(failed, "\n"))
+	}
+	if byPhase["while redis was down"] < 10 {
+		t.Errorf("only %d keys were sent while Redis was down: the test proves little of that time", byPhase["while redis was down"])
+	}
+	errorsAfter := idemErrors()
+	grew := false
+	for _, g := range fl.gws {
+		grew = grew || errorsAfter[g.name] > errorsBefore[g.name]
+	}
+	t.Logf(`caddy_resilient_fleet_errors_total{op="idempotency"}: before %v, after %v`, errorsBefore, errorsAfter)
+	if !grew {
+		t.Errorf(`caddy_resilient_fleet_errors_total{op="idempotency"} did not grow on any instance while Redis was killed: before %v, after %v`, errorsBefore, errorsAfter)
+	}
+
+	// back in the fleet: a repeat on the other instance is caught again
+	tries := 0
+	var twice []string
+	back := poll(t, 10*time.Second, "a repeat on "+b.name+" of a key executed on "+a.name+" is caught again after Redis came back", func() bool {
+		tries++
+		key := fmt.Sprintf("back-%d", tries)
+		got := a.postWith(c, "/pay", auth, key, body)
+		if !got.isFirst() {
+			t.Fatalf("a new key to %s after the restart: %s", a.name, got)
+		}
+		r := b.postWith(c, "/pay", auth, key, body)
+		if r.isReplay() && r.exec == got.exec {
+			return true
+		}
+		if e := up.executions(auth, key); e > 1 {
+			twice = append(twice, fmt.Sprintf("%s: %d", key, e))
+		}
+		return false
+	})
+	t.Logf("after the load, a cross-instance repeat was caught again within %s (%d tries; keys executed again on %s meanwhile: %v)", back.Round(time.Millisecond), tries, b.name, twice)
 }
