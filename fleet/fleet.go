@@ -214,16 +214,39 @@ func (r *registry) expire(m *Member, gen uint64) {
 
 // close stops the member's loops and leaves the fleet, so that the
 // others count one member fewer at once rather than a heartbeat TTL later.
+//
+// Another member of this process with the same URL and prefix (a reload
+// that changed the timeout joined anew) is this instance in the same
+// fleet, under the same instance id and metric series: those stay its.
 func (m *Member) close() {
 	m.cancel()
 	m.wg.Wait()
-	if m.health.connected.Load() {
+	r := m.reg
+	r.mu.Lock()
+	twin := r.twin(m)
+	r.mu.Unlock()
+	if m.health.connected.Load() && !twin {
 		ctx, cancel := context.WithTimeout(context.Background(), m.opts.Timeout)
 		_ = m.rdb.ZRem(ctx, m.names.members, m.reg.id).Err()
 		cancel()
 	}
-	connectedGauge.DeleteLabelValues(m.show, m.opts.Prefix)
-	transitionsTotal.DeletePartialMatch(map[string]string{"redis": m.show, "prefix": m.opts.Prefix})
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.twin(m) {
+		connectedGauge.DeleteLabelValues(m.show, m.opts.Prefix)
+		transitionsTotal.DeletePartialMatch(map[string]string{"redis": m.show, "prefix": m.opts.Prefix})
+	}
+}
+
+// twin reports whether r has a member other than m in m's fleet: the
+// same URL and prefix, another timeout. r.mu must be held.
+func (r *registry) twin(m *Member) bool {
+	for o, other := range r.members {
+		if other != m && o.URL == m.opts.URL && o.Prefix == m.opts.Prefix {
+			return true
+		}
+	}
+	return false
 }
 
 // ID returns this process's instance id: what Origin says of the states
