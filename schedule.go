@@ -27,44 +27,59 @@ type scheduler struct {
 	next  time.Time // what the timer is set for; zero: not set
 }
 
-// deadlines is a min-heap of watchdogs by their deadline.
-type deadlines []*watchdog
+// timed is what the scheduler fires: a watchdog, or the hedge timer of
+// an exchange. Its slot is guarded by the scheduler's lock; fire runs
+// outside it, and must not block.
+type timed interface {
+	slot() *schedSlot
+	fire()
+}
+
+// schedSlot is a timed's place in the scheduler.
+type schedSlot struct {
+	dueAt  time.Time
+	dueIdx int // its place in the heap, plus one; 0: not in it
+}
+
+// deadlines is a min-heap of timeds by their deadline.
+type deadlines []timed
 
 func (d deadlines) Len() int           { return len(d) }
-func (d deadlines) Less(i, j int) bool { return d[i].dueAt.Before(d[j].dueAt) }
+func (d deadlines) Less(i, j int) bool { return d[i].slot().dueAt.Before(d[j].slot().dueAt) }
 func (d deadlines) Swap(i, j int) {
 	d[i], d[j] = d[j], d[i]
-	d[i].dueIdx, d[j].dueIdx = i+1, j+1
+	d[i].slot().dueIdx, d[j].slot().dueIdx = i+1, j+1
 }
 func (d *deadlines) Push(x any) {
-	w := x.(*watchdog)
+	w := x.(timed)
 	*d = append(*d, w)
-	w.dueIdx = len(*d)
+	w.slot().dueIdx = len(*d)
 }
 func (d *deadlines) Pop() any {
 	old := *d
 	w := old[len(old)-1]
 	old[len(old)-1] = nil
 	*d = old[:len(old)-1]
-	w.dueIdx = 0
+	w.slot().dueIdx = 0
 	return w
 }
 
 // set makes w's fire run at at, or not at all when at is zero.
-func (s *scheduler) set(w *watchdog, at time.Time) {
+func (s *scheduler) set(w timed, at time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	sl := w.slot()
 	switch {
 	case at.IsZero():
-		if w.dueIdx > 0 {
-			heap.Remove(&s.due, w.dueIdx-1)
+		if sl.dueIdx > 0 {
+			heap.Remove(&s.due, sl.dueIdx-1)
 		}
 		return
-	case w.dueIdx > 0:
-		w.dueAt = at
-		heap.Fix(&s.due, w.dueIdx-1)
+	case sl.dueIdx > 0:
+		sl.dueAt = at
+		heap.Fix(&s.due, sl.dueIdx-1)
 	default:
-		w.dueAt = at
+		sl.dueAt = at
 		heap.Push(&s.due, w)
 	}
 	if s.next.IsZero() || at.Before(s.next) {
@@ -85,15 +100,15 @@ func (s *scheduler) arm(at time.Time) {
 
 // run fires the watchdogs that are due, and sets the timer for the next.
 func (s *scheduler) run() {
-	var fire []*watchdog
+	var fire []timed
 	s.mu.Lock()
 	now := time.Now()
 	s.next = time.Time{}
-	for len(s.due) > 0 && !s.due[0].dueAt.After(now) {
-		fire = append(fire, heap.Pop(&s.due).(*watchdog))
+	for len(s.due) > 0 && !s.due[0].slot().dueAt.After(now) {
+		fire = append(fire, heap.Pop(&s.due).(timed))
 	}
 	if len(s.due) > 0 {
-		s.arm(s.due[0].dueAt)
+		s.arm(s.due[0].slot().dueAt)
 	}
 	s.mu.Unlock()
 	// outside the lock: a watchdog takes its own lock, and sets itself

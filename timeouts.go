@@ -111,9 +111,7 @@ type watchdog struct {
 	headers bool        // the final response headers arrived
 	armed   time.Time   // what the scheduler was asked to fire it at; zero: nothing
 
-	// guarded by the scheduler's lock
-	dueAt  time.Time
-	dueIdx int // its place in the scheduler's heap, plus one; 0: not in it
+	sched schedSlot // guarded by the scheduler's lock
 
 	// The body's silence is watched lazily: a Read only notes when it
 	// began, and the deadline, coming once per idle bound, checks whether
@@ -123,6 +121,8 @@ type watchdog struct {
 	reading  atomic.Int64  // when the Read in progress began (unix nanos); 0 between reads
 	idleFire atomic.Bool   // the body went silent for too long
 }
+
+func (w *watchdog) slot() *schedSlot { return &w.sched }
 
 // init arms w for an attempt bounded by attemptAt and totalAt (zero:
 // none).
