@@ -25,7 +25,9 @@ type attempt struct {
 
 	write, read time.Duration
 	start       time.Time
-	h2c         bool // plain connections speak HTTP/2
+	h2c         bool   // plain connections speak HTTP/2
+	hedge       bool   // a hedge of the first attempt
+	kept        []byte // a hedge's body: the whole body, kept
 	flags       atomic.Uint32
 	conn        atomic.Pointer[countingConn]
 	tlsConn     atomic.Pointer[tls.Conn] // conn's TLS layer, if any

@@ -119,6 +119,18 @@ func (s *bodySource) failed() error {
 	return s.clientErr
 }
 
+// snapshot returns the whole body when it was read from the client to
+// its end and kept, for a hedge to send as it is while the first attempt
+// still reads: the copy no longer changes.
+func (s *bodySource) snapshot() ([]byte, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.done || s.err != io.EOF || !s.keeping || int64(len(s.kept)) != s.n {
+		return nil, false
+	}
+	return s.kept[:s.n:s.n], true
+}
+
 // complete reports whether the whole body was read from the client.
 func (s *bodySource) complete() bool {
 	s.mu.Lock()

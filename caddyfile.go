@@ -51,6 +51,16 @@ import (
 //			wait         <duration>
 //			require
 //		}
+//		hedge {
+//			after <pNN|duration>
+//			min   <duration>
+//			max   <1-3>
+//		}
+//		deadline {
+//			header <name|off>
+//			send   <name>
+//			grpc   on|off
+//		}
 //		breaker off
 //		rate_limit {
 //			rate             <n>/s|<n>/m|<n>/h
@@ -84,7 +94,7 @@ func (t *Transport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
 		switch opt {
-		case "timeouts", "pool", "retry", "breaker", "rate_limit", "fleet", "idempotency":
+		case "timeouts", "pool", "retry", "breaker", "rate_limit", "fleet", "idempotency", "hedge", "deadline":
 			if seen[opt] {
 				return d.Errf("%s already specified", opt)
 			}
@@ -106,6 +116,10 @@ func (t *Transport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			t.Fleet, err = parseFleet(d)
 		case "idempotency":
 			t.Idempotency, err = parseIdempotency(d)
+		case "hedge":
+			t.Hedge, err = parseHedge(d)
+		case "deadline":
+			t.Deadline, err = parseDeadline(d)
 		default:
 			if hint := blockHint(opt); hint != "" {
 				return d.Errf("unrecognized subdirective %s; did you mean `%s`?", opt, hint)
@@ -484,7 +498,7 @@ const (
 )
 
 // blocks are this transport's own subdirectives.
-var blocks = []string{"timeouts", "pool", "retry", "breaker", "rate_limit", "fleet", "idempotency"}
+var blocks = []string{"timeouts", "pool", "retry", "breaker", "rate_limit", "fleet", "idempotency", "hedge", "deadline"}
 
 // blockHints are names people write for our blocks.
 var blockHints = map[string]string{
@@ -493,6 +507,7 @@ var blockHints = map[string]string{
 	"pools": "pool", "connection_pool": "pool", "conn_pool": "pool",
 	"ratelimit": "rate_limit", "rate_limits": "rate_limit", "rate": "rate_limit", "throttle": "rate_limit", "quota": "rate_limit",
 	"redis": "fleet", "cluster": "fleet",
+	"hedging": "hedge", "hedged": "hedge", "speculative": "hedge", "deadlines": "deadline", "timeout_header": "deadline",
 	"idempotency_key": "idempotency", "idempotent": "idempotency", "dedup": "idempotency", "deduplicate": "idempotency",
 }
 

@@ -1,6 +1,7 @@
 package resilient
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -38,6 +39,12 @@ type exchange struct {
 	body   *bodySource // nil when the request has none
 	bkt    tokens      // the rate-limit bucket; nil without rate_limit
 
+	hedge  hedging // the race of the first attempt with its hedges
+	hedges int     // tries that were hedges, which use up no attempts
+	// a caller's deadline that could not be read; the one in grpc-timeout
+	// is rewritten on each attempt
+	deadlineInvalid, grpcTimeout bool
+
 	keyed      *keyed // the idempotency key's claim this request holds; nil: none
 	keyVerdict string // what the idempotency step said, for the log; "" when not managed
 
@@ -65,6 +72,7 @@ type try struct {
 	took     time.Duration
 	wait     time.Duration // the wait before this attempt
 	admitted bool          // past the breaker and the pool
+	hedge    bool          // a hedge of the first attempt
 }
 
 // attemptResult is how one attempt ended, and what it still holds when
@@ -124,6 +132,12 @@ func (ex *exchange) totalDeadline() time.Time {
 
 func (ex *exchange) run() (*http.Response, error) {
 	ex.idem, ex.header = ex.t.Retry.classify(ex.req)
+	if dl := ex.t.Deadline; dl != nil {
+		// the caller's deadline caps total
+		if res, err, done := ex.callerDeadline(dl); done {
+			return res, err
+		}
+	}
 	if ix := ex.t.Idempotency; ix != nil {
 		// one execution per key: a repeat is answered here
 		if res, err, done := ex.keyBegin(ix); done {
@@ -161,12 +175,20 @@ func (ex *exchange) run() (*http.Response, error) {
 		}
 	}
 	for {
-		res, at := ex.attempt(a, tk)
+		var res *http.Response
+		var at *attemptResult
+		if delay, ok := ex.hedgeDelay(a); ok {
+			// step 5a: a first attempt with no answer after delay is hedged
+			res, at = ex.hedged(a, tk, delay)
+		} else {
+			res, at = ex.attempt(a, tk)
+		}
 		ex.settleShare(at)
 		if ex.keyed != nil {
 			ex.keyed.note(at)
 		}
-		ex.tries = append(ex.tries, try{outcome: at.outcome, status: at.status, took: at.took, wait: wait, admitted: at.admitted})
+		ex.tries = append(ex.tries, try{outcome: at.outcome, status: at.status, took: at.took, wait: wait,
+			admitted: at.admitted, hedge: at.a != nil && at.a.hedge})
 		if at.admitted {
 			ex.up.m.attempt(at.outcome)
 		}
@@ -372,7 +394,18 @@ func (ex *exchange) attempt(a *attempt, tk *ticket) (*http.Response, *attemptRes
 		at.took = time.Since(start)
 		return nil, at
 	}
+	res, at := ex.send(a, tk, start, totalAt)
+	ex.sent = ex.sent || !at.neverSent
+	return res, at
+}
 
+// send makes attempt a, which holds a connection slot, with ticket tk:
+// the round trip under the phase timeouts, from start, the total bound
+// running out at totalAt. A hedge sends the request's kept body of its
+// own; every other attempt reads the request's body source.
+func (ex *exchange) send(a *attempt, tk *ticket, start, totalAt time.Time) (*http.Response, *attemptResult) {
+	at := &a.res
+	at.a, at.ticket = a, tk
 	at.admitted = true
 	ctx, cancel := context.WithCancelCause(ex.ctx)
 	var attemptAt time.Time
@@ -382,9 +415,16 @@ func (ex *exchange) attempt(a *attempt, tk *ticket) (*http.Response, *attemptRes
 	a.write, a.read, a.start, a.h2c = on(ex.t.Timeouts.Write), on(ex.t.Timeouts.Read), start, ex.t.h2c
 	w := &a.w
 	w.init(cancel, attemptAt, totalAt)
+	if h := &ex.hedge; h.first == a {
+		// its watchdog is armed: a hedge that wins may cancel it
+		sched.set(h, start.Add(h.every))
+	}
 	r := ex.req.WithContext(httptrace.WithClientTrace(ctx, a.trace()))
-	r.Header = ex.header
-	if ex.body != nil {
+	r.Header = ex.deadlineHeader(totalAt)
+	switch {
+	case a.hedge && a.kept != nil:
+		r.Body, r.GetBody = io.NopCloser(bytes.NewReader(a.kept)), nil
+	case ex.body != nil && !a.hedge:
 		// no GetBody: net/http must not send the body again on its own
 		r.Body, r.GetBody = ex.body.reader(w), nil
 	}
@@ -431,14 +471,15 @@ func (ex *exchange) attempt(a *attempt, tk *ticket) (*http.Response, *attemptRes
 		at.outcome, at.err = classify(err, a, cause), cleanError(err)
 		at.neverSent = !ex.t.untraced && a.neverSent(err)
 		at.noRetry = strings.Contains(err.Error(), errHeaderTooLarge)
-		ex.sent = ex.sent || !at.neverSent
 		var excluded bool
 		at.failed, excluded = ex.t.Breaker.isFailure(at.outcome, 0, at.took)
 		tk.report(at.failed, excluded)
 		return nil, at
 	}
 	reported = true
-	ex.sent = true
+	if l := ex.up.latency; l != nil {
+		l.observe(time.Time{}, at.took)
+	}
 	at.status = res.StatusCode
 	at.outcome = OutcomeOK
 	if ex.t.Breaker.isFailureStatus(res.StatusCode) {

@@ -97,6 +97,9 @@ func (ex *exchange) log(e *Error) {
 	if ex.final != nil {
 		fields = append(fields, zap.Object("phases", ex.final.phases))
 	}
+	if ex.deadlineInvalid {
+		fields = append(fields, zap.Bool("deadline_invalid", true))
+	}
 	if ex.keyVerdict != "" {
 		fields = append(fields, zap.String("idempotency", ex.keyVerdict))
 	}
@@ -166,6 +169,9 @@ func (t try) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	}
 	enc.AddDuration("duration", t.took)
 	enc.AddDuration("wait", t.wait)
+	if t.hedge {
+		enc.AddBool("hedge", true)
+	}
 	return nil
 }
 

@@ -38,6 +38,7 @@ var metrics = struct {
 	inFlight       *prometheus.GaugeVec
 	poolWait       *prometheus.HistogramVec
 	rateLimitWait  *prometheus.HistogramVec
+	hedges         *prometheus.CounterVec
 
 	mu     sync.Mutex
 	labels map[string]string // upstream address -> label value
@@ -84,6 +85,10 @@ func initMetrics() {
 		Help:    "Time spent waiting for a connection slot, for upstreams with pool.max_conns.",
 		Buckets: waitBuckets,
 	}, up)
+	metrics.hedges = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Subsystem: sub, Name: "hedges_total",
+		Help: "Hedged attempts, by upstream and result: won (its answer was used), lost (it was not), denied (the breaker, the pool, the rate limit or the budget refused it).",
+	}, []string{"upstream", "result"})
 	metrics.rateLimitWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: ns, Subsystem: sub, Name: "rate_limit_wait_seconds",
 		Help:    "Time attempts waited for a rate-limit token, for upstreams with rate_limit.",
@@ -98,7 +103,7 @@ func registerMetrics(reg *prometheus.Registry) error {
 	return registerAll(reg, []prometheus.Collector{
 		metrics.requests, metrics.attempts, metrics.retries, metrics.retriesDenied,
 		metrics.duration, metrics.breakerState, metrics.breakerChanges,
-		metrics.inFlight, metrics.poolWait, metrics.rateLimitWait,
+		metrics.inFlight, metrics.poolWait, metrics.rateLimitWait, metrics.hedges,
 	})
 }
 
@@ -166,6 +171,7 @@ type upstreamMetrics struct {
 	attempts [numOutcomes]lazyCounter
 	duration [numOutcomes]lazyObserver
 	denied   [numDenials]lazyCounter
+	hedges   [numHedgeResults]lazyCounter
 	retries  sync.Map // reason string -> prometheus.Counter
 	inFlight prometheus.Gauge
 	poolWait prometheus.Observer // nil without max_conns
@@ -194,6 +200,23 @@ func (m *upstreamMetrics) request(o Outcome, took time.Duration) {
 // attempt counts a try that reached the upstream and ended in o.
 func (m *upstreamMetrics) attempt(o Outcome) {
 	m.attempts[o].get(metrics.attempts, m.label, o.String()).Inc()
+}
+
+// hedgeResult is how a hedged attempt ended, as hedges_total counts it.
+type hedgeResult uint8
+
+const (
+	hedgeWon hedgeResult = iota
+	hedgeLost
+	hedgeDenied
+	numHedgeResults
+)
+
+var hedgeResultNames = [numHedgeResults]string{"won", "lost", "denied"}
+
+// hedged counts a hedge that ended in r.
+func (m *upstreamMetrics) hedged(r hedgeResult) {
+	m.hedges[r].get(metrics.hedges, m.label, hedgeResultNames[r]).Inc()
 }
 
 // deniedRetry counts a retry refused for d.

@@ -64,6 +64,14 @@ type Transport struct {
 	// Default: none; see Idempotency.
 	Idempotency *Idempotency `json:"idempotency,omitempty"`
 
+	// Hedged requests: a second copy of a slow first attempt.
+	// Default: none; see Hedge.
+	Hedge *Hedge `json:"hedge,omitempty"`
+
+	// The caller's deadline caps total, and travels upstream.
+	// Default: none; see Deadline.
+	Deadline *Deadline `json:"deadline,omitempty"`
+
 	logger    *zap.Logger
 	upstreams *upstreamTable
 	untraced  bool // HTTP/3: net/http/httptrace sees nothing, so nothing counts as never sent
@@ -122,6 +130,16 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 		}
 		if err := t.Fleet.join(t.logger); err != nil {
 			return fmt.Errorf("fleet: %v", err)
+		}
+	}
+	if t.Hedge != nil {
+		if err := t.Hedge.provision(); err != nil {
+			return fmt.Errorf("hedge: %v", err)
+		}
+	}
+	if t.Deadline != nil {
+		if err := t.Deadline.provision(); err != nil {
+			return fmt.Errorf("deadline: %v", err)
 		}
 	}
 	if t.Idempotency != nil {

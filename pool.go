@@ -90,6 +90,19 @@ func (s slots) acquire(ctx context.Context, wait time.Duration) (time.Duration, 
 	}
 }
 
+// tryAcquire takes a slot if one is free now.
+func (s slots) tryAcquire() bool {
+	if s == nil {
+		return true
+	}
+	select {
+	case s <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
 func (s slots) release() {
 	if s != nil {
 		<-s

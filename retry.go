@@ -362,7 +362,7 @@ func isDigits(s string) bool {
 // asked for comes with the reason.
 func (ex *exchange) retryWait(res *http.Response, at *attemptResult, now time.Time) (time.Duration, denial, bool) {
 	r := ex.t.Retry
-	if len(ex.tries) >= r.Attempts || at.noRetry || !r.matches(at.outcome, at.status) {
+	if len(ex.tries)-ex.hedges >= r.Attempts || at.noRetry || !r.matches(at.outcome, at.status) {
 		return 0, denyNone, false
 	}
 	if ex.idem == idemNo && !at.neverSent {

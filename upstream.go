@@ -17,6 +17,7 @@ type upstream struct {
 	breaker   *breaker // nil when the breaker is off
 	budget    *budget  // nil when retries or the budget are off
 	limiter   *limiter // nil without rate_limit
+	latency   *latency // times to response headers; nil unless hedged after a percentile
 	m         *upstreamMetrics
 	// log sampling of breaker_open, pool_timeout and rate_limited
 	refusals [3]refusalLog
@@ -37,6 +38,9 @@ func newUpstream(t *Transport, addr string) *upstream {
 	if t.Retry.Attempts > 1 {
 		u.budget = newBudget(t.Retry.Budget)
 	}
+	if t.Hedge != nil && t.Hedge.quantile > 0 {
+		u.latency = newLatency(time.Now)
+	}
 	return u
 }
 
@@ -50,6 +54,15 @@ func (u *upstream) takeSlot(ctx context.Context, wait time.Duration) error {
 		u.m.inFlight.Inc()
 	}
 	return err
+}
+
+// takeSlotNow takes a connection slot if one is free now.
+func (u *upstream) takeSlotNow() bool {
+	if !u.slots.tryAcquire() {
+		return false
+	}
+	u.m.inFlight.Inc()
+	return true
 }
 
 // freeSlot gives back a slot taken with takeSlot.

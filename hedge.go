@@ -1,0 +1,424 @@
+package resilient
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// Hedge sends a second copy of a slow request (SPEC §14): when the first
+// attempt has no response headers after After, another attempt starts,
+// to the same upstream, and the first answer that is not a failure in
+// retry.on wins; the others are canceled. Only requests whose method is
+// in retry.methods are hedged, with no body or one wholly received and
+// kept within max_body, and only their first attempt. Every hedge asks
+// the breaker, takes a connection slot and a rate-limit token without
+// waiting, and passes the retry budget like a retry; when any of them
+// refuses, the first attempt goes on alone. Off unless configured.
+type Hedge struct {
+	// When to hedge: a percentile (`p50` … `p99.9`) of the upstream's
+	// times to response headers over the last 10s, or a duration
+	// (`200ms`). With a percentile, nothing is hedged before 20 samples.
+	// Default: `p95`.
+	After string `json:"after,omitempty"`
+
+	// With a percentile, never sooner than this. Default: `10ms`.
+	Min caddy.Duration `json:"min,omitempty"`
+
+	// Extra attempts in flight at once, 1 to 3: another starts after each
+	// further After. Default: `1`.
+	Max int `json:"max,omitempty"`
+
+	quantile float64       // 0: a fixed delay
+	delay    time.Duration // the fixed delay
+}
+
+const (
+	defaultHedgeMin = 10 * time.Millisecond
+	maxHedges       = 3
+)
+
+// parseAfter reads `after`: a percentile (its quantile) or a duration.
+func parseAfter(s string) (q float64, d time.Duration, err error) {
+	if rest, ok := strings.CutPrefix(s, "p"); ok {
+		f, perr := strconv.ParseFloat(rest, 64)
+		if perr != nil || !(f >= 50 && f <= 99.9) {
+			return 0, 0, fmt.Errorf("after: %q is not a percentile from p50 to p99.9", s)
+		}
+		return f / 100, 0, nil
+	}
+	d, perr := caddy.ParseDuration(s)
+	if perr != nil || d <= 0 {
+		return 0, 0, fmt.Errorf("after must be a percentile such as p95 or a positive duration such as 200ms, got %q", s)
+	}
+	return 0, d, nil
+}
+
+func (h *Hedge) provision() error {
+	if h.After == "" {
+		h.After = "p95"
+	}
+	q, d, err := parseAfter(h.After)
+	if err != nil {
+		return err
+	}
+	h.quantile, h.delay = q, d
+	switch {
+	case h.Min < 0:
+		return fmt.Errorf("min must be a duration >= 0, got %v", time.Duration(h.Min))
+	case h.Min != 0 && q == 0:
+		return fmt.Errorf("min applies to a percentile only: after %s is a duration", h.After)
+	case h.Min == 0 && q != 0:
+		h.Min = caddy.Duration(defaultHedgeMin)
+	}
+	if h.Max == 0 {
+		h.Max = 1
+	}
+	if h.Max < 1 || h.Max > maxHedges {
+		return fmt.Errorf("max must be a whole number from 1 to %d, got %d", maxHedges, h.Max)
+	}
+	return nil
+}
+
+// hedgeDelay returns how long attempt a of ex may go without response
+// headers before it is hedged; ok is false when it is not to be hedged:
+// a retry, a request whose method is not idempotent, or one whose body
+// cannot be kept whole.
+func (ex *exchange) hedgeDelay(a *attempt) (time.Duration, bool) {
+	h := ex.t.Hedge
+	if h == nil || a != &ex.first || ex.idem != idemMethod || ex.keyed != nil || (ex.body != nil && !ex.body.replayable()) {
+		return 0, false
+	}
+	d := h.delay
+	if h.quantile > 0 {
+		q, ok := ex.up.latency.quantile(time.Now(), h.quantile)
+		if !ok {
+			return 0, false // too few samples yet
+		}
+		d = max(q, time.Duration(h.Min))
+	}
+	if totalAt := ex.totalDeadline(); !totalAt.IsZero() && time.Until(totalAt) <= d {
+		return 0, false
+	}
+	return d, true
+}
+
+// errHedgeLost cancels the attempts that lost a hedged race.
+var errHedgeLost = errors.New("another attempt of the request answered first")
+
+// hedging is the race of an exchange's first attempt with its hedges.
+// It lives inside the exchange; its timer is an entry of the process-wide
+// scheduler, so a request that is never hedged pays for no goroutine and
+// no runtime timer. A hedge runs on a goroutine of its own; the first
+// attempt stays on the request's.
+type hedging struct {
+	timer schedSlot // guarded by the scheduler's lock
+	ex    *exchange
+	first *attempt
+	every time.Duration // between hedges
+
+	mu       sync.Mutex
+	racing   bool // the first attempt is under way: hedges may start
+	decided  bool // the race is over: every attempt still under way lost
+	winner   *hedgeRun
+	lastFail *hedgeRun // the latest hedge that failed on its own
+	runs     []*hedgeRun
+	launched int
+	inflight int
+	sent     bool          // some hedge may have reached the upstream
+	wake     chan struct{} // a hedge ended; made with the first hedge
+}
+
+// hedgeRun is one hedge.
+type hedgeRun struct {
+	a     *attempt
+	res   *http.Response
+	at    *attemptResult
+	share share
+	start time.Time
+}
+
+func (h *hedging) slot() *schedSlot { return &h.timer }
+
+// fire implements timed: the first attempt is still without an answer.
+func (h *hedging) fire() { go h.launch() }
+
+// hedged makes the first attempt a of ex, with ticket tk, hedged after
+// delay; it returns the result the request goes on with: the first
+// answer that is not a failure in retry.on, or else the last failure.
+func (ex *exchange) hedged(a *attempt, tk *ticket, delay time.Duration) (*http.Response, *attemptResult) {
+	h := &ex.hedge
+	h.ex, h.first, h.every, h.racing = ex, a, delay, true
+	// the timer is set once the attempt holds its slot (see send)
+	res, at := ex.attempt(a, tk)
+	sched.set(h, time.Time{})
+	h.mu.Lock()
+	h.racing = false
+	if h.launched == 0 {
+		h.mu.Unlock()
+		return res, at
+	}
+	if h.decided { // a hedge answered first; the first attempt was canceled
+		w := h.winner
+		h.mu.Unlock()
+		return ex.tookHedge(res, at, w)
+	}
+	if (res != nil && !ex.retryable(at)) || h.inflight == 0 {
+		h.decided = true
+		last, losers := h.lastFail, h.inFlightRuns()
+		h.lastFail = nil
+		h.mu.Unlock()
+		for _, r := range losers {
+			r.a.w.abort(errHedgeLost)
+		}
+		if last != nil {
+			ex.letGo(last)
+		}
+		ex.sent = ex.sent || h.sentNow()
+		return res, at
+	}
+	// the first attempt failed while hedges are under way: the first
+	// of them to answer wins; when they all fail, the last failure is
+	// the request's
+	for {
+		h.mu.Unlock()
+		<-h.wake
+		h.mu.Lock()
+		if h.decided {
+			w := h.winner
+			h.mu.Unlock()
+			return ex.tookHedge(res, at, w)
+		}
+		if h.inflight == 0 {
+			h.decided = true
+			last := h.lastFail
+			h.lastFail = nil
+			h.mu.Unlock()
+			if last == nil { // every hedge was refused
+				return res, at
+			}
+			return ex.tookHedge(res, at, last)
+		}
+	}
+}
+
+// inFlightRuns returns the hedges still under way. Called with mu held.
+func (h *hedging) inFlightRuns() []*hedgeRun {
+	var out []*hedgeRun
+	for _, r := range h.runs {
+		if r.at == nil {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func (h *hedging) sentNow() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.sent
+}
+
+// tookHedge ends the race with hedge w's result: the first attempt's
+// (res, at) is let go, and logged as a try of its own.
+func (ex *exchange) tookHedge(res *http.Response, at *attemptResult, w *hedgeRun) (*http.Response, *attemptResult) {
+	if res != nil {
+		ex.discard(res, at)
+	}
+	ex.tries = append(ex.tries, try{outcome: at.outcome, status: at.status, took: at.took, admitted: at.admitted})
+	if at.admitted {
+		ex.up.m.attempt(at.outcome)
+	}
+	ex.sent = ex.sent || !at.neverSent || ex.hedge.sentNow()
+	ex.hedges++
+	ex.up.m.hedged(hedgeWon)
+	if w.res != nil && !ex.retryable(w.at) {
+		ex.up.budget.giveBack(w.share)
+	}
+	return w.res, w.at
+}
+
+// launch starts a hedge, if the race is still on and everything the
+// hedge needs lets it through at once.
+func (h *hedging) launch() {
+	ex := h.ex
+	cfg := ex.t.Hedge
+	h.mu.Lock()
+	if !h.racing || h.decided || h.launched >= cfg.Max {
+		h.mu.Unlock()
+		return
+	}
+	var kept []byte
+	if ex.body != nil {
+		var ok bool
+		if kept, ok = ex.body.snapshot(); !ok {
+			h.mu.Unlock()
+			return // the body is not all here: the request is not hedged
+		}
+	}
+	h.launched++
+	h.inflight++
+	if h.wake == nil {
+		h.wake = make(chan struct{}, 1)
+	}
+	r := &hedgeRun{a: new(attempt), start: time.Now()}
+	r.a.hedge, r.a.kept = true, kept
+	h.runs = append(h.runs, r)
+	h.mu.Unlock()
+
+	tk, ok := ex.admitHedge(r)
+	if !ok {
+		ex.up.m.hedged(hedgeDenied)
+		h.mu.Lock()
+		h.inflight--
+		h.launched = cfg.Max // no other hedge for this request
+		h.runs = h.runs[:len(h.runs)-1]
+		h.mu.Unlock()
+		signal(h.wake)
+		return
+	}
+	if h.launched < cfg.Max {
+		sched.set(h, time.Now().Add(h.every))
+	}
+	res, at := ex.send(r.a, tk, r.start, ex.totalDeadline())
+	h.finish(r, res, at)
+}
+
+// admitHedge asks what every attempt needs, without waiting: the
+// breaker, a connection slot, a rate-limit token and the retry budget.
+// When one refuses, what the others gave is given back.
+func (ex *exchange) admitHedge(r *hedgeRun) (*ticket, bool) {
+	tk, _, ok := ex.up.breaker.allow(&r.a.tk)
+	if !ok {
+		return nil, false
+	}
+	if !ex.up.takeSlotNow() {
+		tk.report(false, true)
+		return nil, false
+	}
+	now := time.Now()
+	if ex.bkt != nil {
+		if _, _, ok := ex.bkt.take(now, 0); !ok {
+			ex.up.freeSlot()
+			tk.report(false, true)
+			return nil, false
+		}
+	}
+	if sh, ok := ex.up.budget.allow(now); ok {
+		r.share = sh
+	} else {
+		ex.up.freeSlot()
+		tk.report(false, true)
+		return nil, false
+	}
+	return tk, true
+}
+
+// finish ends hedge r with (res, at): it wins when nothing else did and
+// its answer is not a failure in retry.on; it loses when the race was
+// decided meanwhile; else it failed, and is kept as the latest failure.
+func (h *hedging) finish(r *hedgeRun, res *http.Response, at *attemptResult) {
+	ex := h.ex
+	if at.admitted {
+		ex.up.m.attempt(at.outcome)
+	}
+	usable := res != nil && !ex.retryable(at)
+	h.mu.Lock()
+	r.res, r.at = res, at
+	h.inflight--
+	h.sent = h.sent || !at.neverSent
+	switch {
+	case h.decided:
+		h.mu.Unlock()
+		ex.letGo(r)
+		return
+	case usable:
+		h.decided, h.winner = true, r
+		first, losers := h.first, h.inFlightRuns()
+		old := h.lastFail
+		h.lastFail = nil
+		h.mu.Unlock()
+		first.w.abort(errHedgeLost)
+		for _, o := range losers {
+			o.a.w.abort(errHedgeLost)
+		}
+		if old != nil {
+			ex.letGo(old)
+		}
+	default:
+		old := h.lastFail
+		h.lastFail = r
+		h.mu.Unlock()
+		if old != nil {
+			ex.letGo(old)
+		}
+	}
+	signal(h.wake)
+}
+
+// letGo lets go of a hedge whose result is not used: its answer is
+// drained and closed, and the budget gets its share back unless it
+// failed on its own (a canceled loser counts for neither the breaker,
+// which was told so, nor the budget).
+func (ex *exchange) letGo(r *hedgeRun) {
+	ex.up.m.hedged(hedgeLost)
+	if r.res != nil {
+		ex.discard(r.res, r.at)
+	}
+	if r.at.outcome == OutcomeCanceled || (r.res != nil && !ex.retryable(r.at)) {
+		ex.up.budget.giveBack(r.share)
+	}
+}
+
+// retryable reports whether at ended in a failure that retry.on names:
+// an answer that is not one loses a hedged race to one that is.
+func (ex *exchange) retryable(at *attemptResult) bool {
+	return at.outcome != OutcomeOK && at.outcome != OutcomeUpstreamStatus || ex.t.Retry.matches(at.outcome, at.status)
+}
+
+// signal wakes whoever waits on ch, without blocking.
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// hedgeOptions are the options of the hedge block.
+var hedgeOptions = []string{"after", "min", "max"}
+
+func parseHedge(d *caddyfile.Dispenser) (*Hedge, error) {
+	h := new(Hedge)
+	err := block(d, func(opt string) error {
+		var err error
+		switch opt {
+		case "after":
+			v, err := oneArg(d, "hedge", opt)
+			if err != nil {
+				return err
+			}
+			if _, _, perr := parseAfter(v); perr != nil {
+				return d.Errf("hedge: %v", perr)
+			}
+			h.After = v
+		case "min":
+			h.Min, err = duration(d, "hedge", opt, false)
+		case "max":
+			h.Max, err = integer(d, "hedge", opt, 1, maxHedges)
+		default:
+			return unknownOption(d, "hedge", opt, hedgeOptions)
+		}
+		return err
+	})
+	if err == nil && h.Min != 0 && h.After != "" && !strings.HasPrefix(h.After, "p") {
+		return nil, d.Errf("hedge: min applies to a percentile only: after %s is a duration", h.After)
+	}
+	return h, err
+}
