@@ -73,6 +73,15 @@ func BenchmarkTransportResilientIdempotencyNoKey(b *testing.B) {
 	benchTransportKey(b, http.MethodPost, false, "", benchResilient(b, &Transport{Idempotency: new(Idempotency)}))
 }
 
+// BenchmarkTransportResilientHedge is BenchmarkTransportResilient with
+// `hedge { after p95 }` and `deadline`: the upstream answers long
+// before the delay, so no hedge is sent; what is left is the tracker,
+// the hedge timer set and taken back, and reading a deadline header.
+func BenchmarkTransportResilientHedge(b *testing.B) {
+	t := &Transport{Hedge: new(Hedge), Deadline: new(Deadline)}
+	benchTransport(b, http.MethodGet, false, benchResilient(b, t))
+}
+
 // BenchmarkTransportHTTPParallel is BenchmarkTransportHTTP from
 // several goroutines at once.
 func BenchmarkTransportHTTPParallel(b *testing.B) {

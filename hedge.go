@@ -156,6 +156,10 @@ func (h *hedging) fire() { go h.launch() }
 func (ex *exchange) hedged(a *attempt, tk *ticket, delay time.Duration) (*http.Response, *attemptResult) {
 	h := &ex.hedge
 	h.ex, h.first, h.every, h.racing = ex, a, delay, true
+	// Caddy's transport sets the URL's scheme on the request it is
+	// given, which every attempt shares: set it before any runs, so that
+	// attempts in flight at once only read it
+	ex.t.HTTPTransport.SetScheme(ex.req)
 	// the timer is set once the attempt holds its slot (see send)
 	res, at := ex.attempt(a, tk)
 	sched.set(h, time.Time{})

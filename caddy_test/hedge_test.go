@@ -1,0 +1,307 @@
+package integration
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// The tail (SPEC §14): hedged requests, and caller deadlines.
+
+// tailUpstream is an upstream that answers each arrival as answer says and
+// remembers when each came, what its deadline headers said, and whether
+// its request's context ended before it answered (the gateway gave up
+// on it).
+type tailUpstream struct {
+	*upstream
+	mu       sync.Mutex
+	at       []time.Time
+	headers  []http.Header
+	canceled atomic.Int64
+}
+
+func startTail(t *testing.T, answer func(n int, w http.ResponseWriter, r *http.Request) bool) *tailUpstream {
+	a := &tailUpstream{}
+	a.upstream = startUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		a.mu.Lock()
+		a.at = append(a.at, time.Now())
+		a.headers = append(a.headers, r.Header.Clone())
+		n := len(a.at)
+		a.mu.Unlock()
+		if !answer(n, w, r) {
+			a.canceled.Add(1)
+		}
+	})
+	return a
+}
+
+// hold answers after d, unless the request ends first (it reports false).
+func hold(w http.ResponseWriter, r *http.Request, d time.Duration) bool {
+	select {
+	case <-time.After(d):
+		io.WriteString(w, "after "+d.String())
+		return true
+	case <-r.Context().Done():
+		return false
+	}
+}
+
+func (a *tailUpstream) count() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.at)
+}
+
+func (a *tailUpstream) header(i int, name string) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.headers[i].Get(name)
+}
+
+// hedgeSite is a gateway on :9080 in front of up with the given
+// transport body.
+func hedgeSite(up, transport string) string {
+	return fmt.Sprintf(`
+http://localhost:9080 {
+	reverse_proxy %s {
+		transport resilient {
+			%s
+		}
+		header_down X-Outcome {http.resilient.outcome}
+		header_down X-Attempts {http.resilient.attempts}
+	}
+	handle_errors {
+		header X-Outcome {http.resilient.outcome}
+		respond "{http.resilient.outcome}" {http.error.status_code}
+	}
+}
+`, up, transport)
+}
+
+func TestHedgeWinsAgainstAStuckFirstAttempt(t *testing.T) {
+	up := startTail(t, func(n int, w http.ResponseWriter, r *http.Request) bool {
+		if n == 1 {
+			return hold(w, r, 5*time.Second) // stuck
+		}
+		io.WriteString(w, "hedge")
+		return true
+	})
+	g := loadGateway(t, hedgeSite(up.addr, "hedge {\n after 50ms\n }\n breaker {\n consecutive_failures 1\n }"))
+	start := time.Now()
+	res, body := g.get("/slow")
+	took := time.Since(start)
+	expect(t, res, http.StatusOK, "ok")
+	if body != "hedge" || took > 2*time.Second {
+		t.Fatalf("got %q after %v, want the hedge's answer long before the stuck attempt's", body, took)
+	}
+	if up.count() != 2 {
+		t.Fatalf("%d tailUpstream, want the first and one hedge", up.count())
+	}
+	if gap := up.at[1].Sub(up.at[0]); gap < 40*time.Millisecond {
+		t.Fatalf("the hedge came %v after the first: before after (50ms)", gap)
+	}
+	// the loser is canceled upstream
+	poll(t, 2*time.Second, "the stuck attempt's context to end upstream", func() bool { return up.canceled.Load() == 1 })
+	e := g.lastEntry()
+	if !strings.Contains(e.raw, `"hedge":true`) || e.Attempts != 2 {
+		t.Errorf("log entry %s, want two tries, the second a hedge", e.raw)
+	}
+	s := metricsScrape(t)
+	if v := metricsValue(s, "caddy_resilient_hedges_total", map[string]string{"upstream": up.addr, "result": "won"}); v != 1 {
+		t.Errorf("hedges_total{won} = %v, want 1", v)
+	}
+	// the canceled loser counted for neither side of the breaker: with
+	// consecutive_failures 1, a failure would have opened it
+	if b := adminBreakerOf(t, up.addr); b.State != "closed" || b.Counts.Failures != 0 {
+		t.Errorf("breaker %+v after a canceled loser, want closed with no failure", b)
+	}
+}
+
+func TestHedgeNotForPOSTNorAStreamingBody(t *testing.T) {
+	up := startTail(t, func(n int, w http.ResponseWriter, r *http.Request) bool {
+		return hold(w, r, 200*time.Millisecond)
+	})
+	g := loadGateway(t, hedgeSite(up.addr, "hedge {\n after 20ms\n }"))
+	res, _ := post(t, g, "/order", "x")
+	expect(t, res, http.StatusOK, "ok")
+	if n := up.count(); n != 1 {
+		t.Fatalf("a POST reached the upstream %d times: it must never be hedged", n)
+	}
+
+	// a PUT whose body is still coming when after elapses
+	pr, pw := io.Pipe()
+	go func() {
+		io.WriteString(pw, "part one, ")
+		time.Sleep(100 * time.Millisecond)
+		io.WriteString(pw, "part two")
+		pw.Close()
+	}()
+	req, _ := http.NewRequest(http.MethodPut, "http://localhost:9080/doc", pr)
+	res, _ = g.do(req)
+	expect(t, res, http.StatusOK, "ok")
+	if n := up.count(); n != 2 {
+		t.Fatalf("a PUT streaming its body reached the upstream %d times, want once", n-1)
+	}
+}
+
+func TestHedgeRefusedByTheBudgetOrTheBreaker(t *testing.T) {
+	up := startTail(t, func(n int, w http.ResponseWriter, r *http.Request) bool {
+		return hold(w, r, 150*time.Millisecond)
+	})
+	g := loadGateway(t, hedgeSite(up.addr, "hedge {\n after 20ms\n }\n retry {\n budget 0 0\n }"))
+	res, _ := g.get("/a")
+	expect(t, res, http.StatusOK, "ok")
+	if n := up.count(); n != 1 {
+		t.Fatalf("%d tailUpstream: a budget of nothing refuses the hedge", n)
+	}
+	if v := metricsValue(metricsScrape(t), "caddy_resilient_hedges_total", map[string]string{"upstream": up.addr, "result": "denied"}); v != 1 {
+		t.Fatalf("hedges_total{denied} = %v, want 1", v)
+	}
+
+	// a half-open breaker with its one probe in flight
+	var fail atomic.Bool
+	probe := startTail(t, func(n int, w http.ResponseWriter, r *http.Request) bool {
+		if fail.Load() {
+			w.WriteHeader(http.StatusInternalServerError)
+			return true
+		}
+		return hold(w, r, 150*time.Millisecond)
+	})
+	g = loadGateway(t, hedgeSite(probe.addr, "hedge {\n after 20ms\n }\n retry off\n breaker {\n consecutive_failures 1\n open_for 100ms\n half_open_requests 1\n }"))
+	fail.Store(true)
+	g.get("/trip")
+	fail.Store(false)
+	time.Sleep(150 * time.Millisecond) // half-open
+	res, _ = g.get("/probe")
+	expect(t, res, http.StatusOK, "ok")
+	if n := probe.count(); n != 2 {
+		t.Fatalf("%d tailUpstream, want the failure and the probe: no hedge past a half-open breaker", n)
+	}
+}
+
+func TestHedgeDelayFollowsTheUpstreamsPercentile(t *testing.T) {
+	var slow atomic.Bool
+	up := startTail(t, func(n int, w http.ResponseWriter, r *http.Request) bool {
+		if slow.Load() {
+			return hold(w, r, 100*time.Millisecond)
+		}
+		return hold(w, r, 2*time.Millisecond)
+	})
+	g := loadGateway(t, hedgeSite(up.addr, "hedge {\n after p50\n min 5ms\n }\n retry {\n budget off\n }"))
+	for range 25 {
+		g.get("/fast") // 2ms answers: the median is fast
+	}
+	slow.Store(true)
+	gaps := func(n int) []time.Duration {
+		var out []time.Duration
+		for range n {
+			before := up.count()
+			g.get("/slow")
+			up.mu.Lock()
+			if len(up.at) > before+1 {
+				out = append(out, up.at[before+1].Sub(up.at[before]))
+			}
+			up.mu.Unlock()
+		}
+		return out
+	}
+	early := gaps(5)
+	if len(early) == 0 {
+		t.Fatal("no hedge while the median was 2ms and answers took 100ms")
+	}
+	gaps(40) // the window fills with slow answers
+	late := gaps(10)
+	t.Logf("hedge gaps while the median was fast: %v; once it was slow: %v", early, late)
+	for _, d := range late {
+		if d < 50*time.Millisecond {
+			t.Fatalf("a hedge %v after the first, once the median was ~100ms: the delay did not adapt", d)
+		}
+	}
+}
+
+func TestDeadlineCapsTotalAndTravelsUpstream(t *testing.T) {
+	up := startTail(t, func(n int, w http.ResponseWriter, r *http.Request) bool {
+		return hold(w, r, time.Second)
+	})
+	g := loadGateway(t, hedgeSite(up.addr, "deadline {\n send X-Request-Timeout\n }"))
+	req, _ := http.NewRequest(http.MethodGet, "http://localhost:9080/api", nil)
+	req.Header.Set("X-Request-Timeout", "0.2")
+	start := time.Now()
+	res, _ := g.do(req)
+	took := time.Since(start)
+	expect(t, res, http.StatusGatewayTimeout, "total_timeout")
+	if took > 800*time.Millisecond {
+		t.Fatalf("took %v with a 200ms caller deadline on a 1s upstream", took)
+	}
+	sent, err := strconv.Atoi(up.header(0, "X-Request-Timeout"))
+	if err != nil || sent <= 0 || sent > 200 {
+		t.Fatalf("the upstream was told %q ms left, want 1 to 200", up.header(0, "X-Request-Timeout"))
+	}
+
+	// a caller's deadline never raises total
+	g = loadGateway(t, hedgeSite(up.addr, "timeouts {\n total 150ms\n }\n deadline"))
+	req.Header.Set("X-Request-Timeout", "5")
+	start = time.Now()
+	res, _ = g.do(req)
+	expect(t, res, http.StatusGatewayTimeout, "total_timeout")
+	if took := time.Since(start); took > 800*time.Millisecond {
+		t.Fatalf("took %v: a caller's 5s raised a total of 150ms", took)
+	}
+
+	// nothing left: 504 at once, nothing sent
+	before := up.count()
+	req.Header.Set("X-Request-Timeout", "0")
+	res, _ = g.do(req)
+	expect(t, res, http.StatusGatewayTimeout, "total_timeout")
+	if up.count() != before {
+		t.Fatal("a request with no time left was sent")
+	}
+}
+
+func TestDeadlineJunkChangesNothing(t *testing.T) {
+	up := startTail(t, func(n int, w http.ResponseWriter, r *http.Request) bool {
+		return hold(w, r, 20*time.Millisecond)
+	})
+	g := loadGateway(t, hedgeSite(up.addr, "timeouts {\n total 3s\n }\n deadline {\n send X-Time-Left\n }"))
+	for i, v := range []string{"abc", "-1", "NaN", "Inf", "1e309", "", "1.5.2", "10parsecs"} {
+		req, _ := http.NewRequest(http.MethodGet, "http://localhost:9080/api", nil)
+		req.Header.Set("X-Request-Timeout", v)
+		res, _ := g.do(req)
+		expect(t, res, http.StatusOK, "ok")
+		left, _ := strconv.Atoi(up.header(i, "X-Time-Left"))
+		if left < 2500 || left > 3000 {
+			t.Errorf("%q: the upstream was told %d ms left, want about the whole total (3000)", v, left)
+		}
+		if e := g.lastEntry(); !strings.Contains(e.raw, `"deadline_invalid":true`) {
+			t.Errorf("%q: log entry %s, want deadline_invalid", v, e.raw)
+		}
+	}
+}
+
+func TestDeadlineOfAGRPCCall(t *testing.T) {
+	up := startTail(t, func(n int, w http.ResponseWriter, r *http.Request) bool {
+		return hold(w, r, time.Second)
+	})
+	g := loadGateway(t, hedgeSite(up.addr, "deadline"))
+	req, _ := http.NewRequest(http.MethodPost, "http://localhost:9080/pkg.Service/Method", strings.NewReader("\x00\x00\x00\x00\x00"))
+	req.Header.Set("Content-Type", "application/grpc")
+	req.Header.Set("Grpc-Timeout", "200m")
+	start := time.Now()
+	res, _ := g.do(req)
+	expect(t, res, http.StatusGatewayTimeout, "total_timeout")
+	if took := time.Since(start); took > 800*time.Millisecond {
+		t.Fatalf("took %v with grpc-timeout 200m", took)
+	}
+	got := up.header(0, "Grpc-Timeout")
+	ms, err := strconv.Atoi(strings.TrimSuffix(got, "m"))
+	if !strings.HasSuffix(got, "m") || err != nil || ms <= 0 || ms > 200 {
+		t.Fatalf("the upstream got grpc-timeout %q, want what was left: 1m to 200m", got)
+	}
+}
