@@ -162,6 +162,7 @@ func (b *Breaker) key() string {
 // settings, shared by every transport that has both.
 type breaker struct {
 	upstream string
+	label    string // its upstream's metrics label, held while it exists
 	key      string // in the registry
 	cfg      *Breaker
 	win      *window

@@ -41,8 +41,15 @@ var metrics = struct {
 	hedges         *prometheus.CounterVec
 
 	mu     sync.Mutex
-	labels map[string]string // upstream address -> label value
-}{labels: map[string]string{}}
+	labels map[string]*upstreamLabelRef // upstream address -> its label, while in use
+}{labels: map[string]*upstreamLabelRef{}}
+
+// upstreamLabelRef is an upstream address with a label value of its own:
+// held by the upstream's state in each transport and by its breakers.
+type upstreamLabelRef struct {
+	refs     int
+	released time.Time // when the last hold was given back
+}
 
 func initMetrics() {
 	const ns, sub = "caddy", "resilient"
@@ -147,18 +154,73 @@ func registerFleetMetrics(reg *prometheus.Registry) error {
 }
 
 // upstreamLabel returns the label value for an upstream address, folding
-// upstreams past the cap into "other".
+// upstreams past the cap into "other". It takes no hold of the label:
+// the value of an upstream nothing holds is its address while there is
+// room for it.
 func upstreamLabel(addr string) string {
 	metrics.mu.Lock()
 	defer metrics.mu.Unlock()
-	if l, ok := metrics.labels[addr]; ok {
-		return l
+	if _, ok := metrics.labels[addr]; ok || len(metrics.labels) < maxUpstreamLabels {
+		return addr
+	}
+	return "other"
+}
+
+// holdLabel returns the label value of addr and takes a hold of it, to
+// be given back with releaseLabel: while held, addr keeps its value.
+// Under the cap a label stays when nothing holds it any more (a config
+// reload lets go of every upstream's state before the new config takes
+// it again). At the cap, the label of the upstream nothing has held for
+// the longest is given to the new one, its series dropped, so that
+// dynamic upstreams that come and go do not end up all "other"; when
+// every label is held, new upstreams share "other", and hold nothing.
+func holdLabel(addr string) string {
+	metrics.mu.Lock()
+	defer metrics.mu.Unlock()
+	if r, ok := metrics.labels[addr]; ok {
+		r.refs++
+		return addr
 	}
 	if len(metrics.labels) >= maxUpstreamLabels {
-		return "other" // not remembered: the map stays bounded too
+		oldest := ""
+		for a, r := range metrics.labels {
+			if r.refs == 0 && (oldest == "" || r.released.Before(metrics.labels[oldest].released)) {
+				oldest = a
+			}
+		}
+		if oldest == "" {
+			return "other"
+		}
+		delete(metrics.labels, oldest)
+		forgetSeries(oldest)
 	}
-	metrics.labels[addr] = addr
+	metrics.labels[addr] = &upstreamLabelRef{refs: 1}
 	return addr
+}
+
+// releaseLabel gives back a hold taken with holdLabel.
+func releaseLabel(addr, label string) {
+	if label != addr {
+		return // "other": nothing was held
+	}
+	metrics.mu.Lock()
+	defer metrics.mu.Unlock()
+	if r, ok := metrics.labels[addr]; ok && r.refs > 0 {
+		if r.refs--; r.refs == 0 {
+			r.released = time.Now()
+		}
+	}
+}
+
+// forgetSeries drops every series of the upstream label l.
+func forgetSeries(l string) {
+	match := prometheus.Labels{"upstream": l}
+	for _, v := range []interface {
+		DeletePartialMatch(prometheus.Labels) int
+	}{metrics.requests, metrics.attempts, metrics.retries, metrics.retriesDenied, metrics.duration,
+		metrics.breakerChanges, metrics.inFlight, metrics.poolWait, metrics.rateLimitWait, metrics.hedges} {
+		v.DeletePartialMatch(match)
+	}
 }
 
 // upstreamMetrics holds the metric children of one upstream. Each is
@@ -166,6 +228,7 @@ func upstreamLabel(addr string) string {
 // upstream that only ever answered ok costs a handful of series.
 // Once created, recording does not allocate.
 type upstreamMetrics struct {
+	addr     string
 	label    string
 	requests [numOutcomes]lazyCounter
 	attempts [numOutcomes]lazyCounter
@@ -180,7 +243,7 @@ type upstreamMetrics struct {
 
 func newUpstreamMetrics(addr string, pooled, limited bool) *upstreamMetrics {
 	metrics.once.Do(initMetrics)
-	m := &upstreamMetrics{label: upstreamLabel(addr)}
+	m := &upstreamMetrics{addr: addr, label: holdLabel(addr)}
 	m.inFlight = metrics.inFlight.WithLabelValues(m.label)
 	if pooled {
 		m.poolWait = metrics.poolWait.WithLabelValues(m.label)
@@ -190,6 +253,9 @@ func newUpstreamMetrics(addr string, pooled, limited bool) *upstreamMetrics {
 	}
 	return m
 }
+
+// release gives back the hold on the upstream's label.
+func (m *upstreamMetrics) release() { releaseLabel(m.addr, m.label) }
 
 // request counts a request that ended in o, and how long it took.
 func (m *upstreamMetrics) request(o Outcome, took time.Duration) {

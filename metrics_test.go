@@ -16,7 +16,7 @@ import (
 func TestUpstreamLabelCardinalityIsCapped(t *testing.T) {
 	metrics.mu.Lock()
 	saved := metrics.labels
-	metrics.labels = map[string]string{}
+	metrics.labels = map[string]*upstreamLabelRef{}
 	metrics.mu.Unlock()
 	t.Cleanup(func() {
 		metrics.mu.Lock()
@@ -25,11 +25,11 @@ func TestUpstreamLabelCardinalityIsCapped(t *testing.T) {
 	})
 	for i := 0; i < maxUpstreamLabels; i++ {
 		addr := fmt.Sprintf("10.0.0.%d:443", i)
-		if l := upstreamLabel(addr); l != addr {
+		if l := holdLabel(addr); l != addr {
 			t.Fatalf("upstream %d labelled %q, want its address", i, l)
 		}
 	}
-	if l := upstreamLabel("dynamic.example:443"); l != "other" {
+	if l := holdLabel("dynamic.example:443"); l != "other" {
 		t.Fatalf("an upstream past the cap is labelled %q, want other", l)
 	}
 	// known upstreams keep their label
@@ -233,4 +233,48 @@ func TestBreakerStateGaugeOfAnOverrideThatRunsOut(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	expectGauge(t, addr, -1, "once the override of an upstream never seen ran out")
+}
+
+func TestUpstreamLabelsOfUpstreamsGoneAreRecycled(t *testing.T) {
+	metrics.once.Do(initMetrics)
+	metrics.mu.Lock()
+	saved := metrics.labels
+	metrics.labels = map[string]*upstreamLabelRef{}
+	metrics.mu.Unlock()
+	t.Cleanup(func() {
+		metrics.mu.Lock()
+		metrics.labels = saved
+		metrics.mu.Unlock()
+	})
+	run := time.Now().UnixNano()
+	addr := func(i int) string { return fmt.Sprintf("r%d-%d.test:443", run, i) }
+	// the cap is reached by upstreams of which all but the first are gone
+	held := newUpstreamMetrics(addr(0), false, false)
+	for i := 1; i < maxUpstreamLabels; i++ {
+		m := newUpstreamMetrics(addr(i), false, false)
+		m.request(OutcomeOK, time.Millisecond)
+		m.release()
+	}
+	// one comes back, as after a config reload: it keeps its label and series
+	back := newUpstreamMetrics(addr(1), false, false)
+	if back.label != addr(1) || testutil.ToFloat64(metrics.requests.WithLabelValues(addr(1), "ok")) != 1 {
+		t.Fatalf("an upstream back under the cap lost its label or its series")
+	}
+	// a new one takes the label of the one gone the longest
+	late := newUpstreamMetrics("late-"+addr(0), false, false)
+	if late.label == "other" {
+		t.Fatal("a new upstream got other while labels of upstreams gone were there")
+	}
+	metrics.mu.Lock()
+	_, still := metrics.labels[addr(2)]
+	metrics.mu.Unlock()
+	if still {
+		t.Fatal("the label of the upstream gone the longest was not the one given")
+	}
+	if got := testutil.ToFloat64(metrics.requests.WithLabelValues(addr(2), "ok")); got != 0 {
+		t.Errorf("the series of a recycled label stayed: %v", got)
+	}
+	held.release()
+	back.release()
+	late.release()
 }

@@ -34,6 +34,7 @@ func acquireBreaker(cfg *Breaker, upstream string, logger *zap.Logger, fl *fleet
 	}
 	v, _, _ := breakers.LoadOrNew(key, func() (caddy.Destructor, error) {
 		b := newBreaker(cfg, upstream, key)
+		b.label = holdLabel(upstream) // its series last as long as it does
 		if fl != nil {
 			b.fleet.Store(fl)
 			b.remote.Store(pendingRemote(fl, upstream, cfg.key()))
@@ -76,6 +77,7 @@ func allBreakers() []*breaker {
 
 // Destruct implements caddy.Destructor: the registry let go of b.
 func (b *breaker) Destruct() error {
+	releaseLabel(b.upstream, b.label)
 	b.ov.release()
 	breakersByAddr.Lock()
 	defer breakersByAddr.Unlock()

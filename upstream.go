@@ -71,8 +71,9 @@ func (u *upstream) freeSlot() {
 	u.m.inFlight.Dec()
 }
 
-// release lets go of the shared breaker and limiter.
+// release lets go of the shared breaker and limiter, and the label.
 func (u *upstream) release() {
+	u.m.release()
 	if u.breaker != nil {
 		u.breaker.release()
 	}
@@ -195,6 +196,7 @@ func (tb *upstreamTable) drop(addr string, u *upstream) {
 		return
 	}
 	tb.n.Add(-1)
+	u.m.release()
 	switch b := u.breaker; {
 	case b == nil:
 	case b.state() == "closed":

@@ -42,7 +42,7 @@ func upstreamRequest(t *testing.T, addr string) *http.Request {
 func TestUpstreamStateStaysBoundedWithDynamicUpstreams(t *testing.T) {
 	metrics.mu.Lock()
 	saved := metrics.labels
-	metrics.labels = map[string]string{}
+	metrics.labels = map[string]*upstreamLabelRef{}
 	metrics.mu.Unlock()
 	t.Cleanup(func() {
 		metrics.mu.Lock()
