@@ -2,6 +2,7 @@ package idempotency
 
 import (
 	"context"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,6 +49,7 @@ type Memory struct {
 	flying recordList // in flight, in no order that matters
 	done   recordList // completed, oldest first: by completion, and so by expiry
 	bytes  int64
+	ring   *ring // the kept answers; made with the first one
 	sweep  *time.Timer
 	armed  bool // sweep will fire
 	closed bool
@@ -101,9 +103,14 @@ func (m *Memory) Begin(ctx context.Context, k Key, lease, wait time.Duration, fp
 			return Result{Verdict: New, Claim: &memClaim{m: m, r: r}}, nil
 		}
 		if r.done {
-			stored, a := r.fp, r.answer
+			stored, enc := r.fp, m.ring.at(r.pos, r.n)
 			m.mu.Unlock()
-			return judge(stored, a, fp)
+			w, err := decodeRecord(enc)
+			if err != nil {
+				// written by keep itself: it cannot happen, and must not be replayed
+				return Result{Verdict: Used, Answer: &Answer{Status: http.StatusBadGateway}}, nil
+			}
+			return judge(stored, w.answer, fp)
 		}
 		left := time.Until(deadline)
 		if left <= 0 {
@@ -186,44 +193,68 @@ func (m *Memory) drop(r *record) {
 	delete(m.recs, r.key)
 	totals.records.Add(-1)
 	if r.done {
+		wasHead := m.done.head == r
 		m.done.remove(r)
 		m.bytes -= r.size
 		totals.bytes.Add(-r.size)
+		if wasHead {
+			// the ring's room is freed oldest first, as answers go
+			if h := m.done.head; h != nil {
+				m.ring.head = h.pos
+			} else {
+				m.ring.head = m.ring.tail
+			}
+		}
 		return
 	}
 	m.flying.remove(r)
 	r.end()
 }
 
-// keep completes r, if it is still the claim's, with a copy of a.
+// keep completes r, if it is still the claim's, with a copy of a,
+// encoded into the ring.
 func (m *Memory) keep(r *record, fp Fingerprint, a Answer) {
-	a = a.clone()
-	size := a.Size()
-	if size > m.max {
+	if !a.Whole {
+		a.Body = nil
+	}
+	enc := encodeRecord(fp, &a)
+	if int64(len(enc))+answerOverhead > m.max {
 		// Kept whole it would push out every other answer: keep what
 		// says the key was used.
 		a.Body, a.Whole = nil, false
-		if size = a.Size(); size > m.max {
+		if enc = encodeRecord(fp, &a); int64(len(enc))+answerOverhead > m.max {
 			a.Header = nil
-			size = a.Size()
+			enc = encodeRecord(fp, &a)
 		}
 	}
+	size := int64(len(enc)) + answerOverhead
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed || r.done || m.recs[r.key] != r {
 		return // its lease ran out and another request claimed the key
 	}
+	if m.ring == nil {
+		m.ring = newRing(int(min(m.max, maxRing)))
+	}
+	for (m.bytes+size > m.max || !m.ring.fits(len(enc))) && m.done.head != nil {
+		m.drop(m.done.head)
+	}
+	if !m.ring.fits(len(enc)) {
+		m.drop(r) // larger than all the room there is: as if never kept
+		return
+	}
 	m.flying.remove(r)
-	r.done, r.fp, r.answer, r.size = true, fp, a, size
+	r.done, r.fp, r.size = true, fp, size
+	r.pos, r.n = m.ring.put(enc), len(enc)
 	r.expires = m.now().Add(m.ttl)
 	m.done.push(r)
 	m.bytes += size
 	totals.bytes.Add(size)
-	for m.bytes > m.max && m.done.head != r {
-		m.drop(m.done.head)
-	}
 	r.end()
 }
+
+// maxRing bounds the memory one store maps for its answers.
+const maxRing = 64 << 30
 
 // release deletes r, if it is still the claim's.
 func (m *Memory) release(r *record) {
@@ -277,6 +308,10 @@ func (m *Memory) Close() {
 	totals.records.Add(-int64(len(m.recs)))
 	totals.bytes.Add(-m.bytes)
 	m.recs, m.flying, m.done, m.bytes = nil, recordList{}, recordList{}, 0
+	if m.ring != nil {
+		m.ring.release()
+		m.ring = nil
+	}
 }
 
 // Len returns how many records m holds, in flight and completed, and the

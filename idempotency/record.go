@@ -17,8 +17,9 @@ type record struct {
 
 	// completed
 	fp      Fingerprint
-	answer  Answer
-	size    int64
+	pos     uint64 // of its encoded answer in the Memory's ring
+	n       int    // bytes of it there
+	size    int64  // what MaxMemory counts of it: n, and the record itself
 	expires time.Time
 }
 

@@ -43,25 +43,41 @@ type Answer struct {
 	Outcome string
 }
 
-// answerOverhead is what a kept answer costs beyond its bytes: the
-// record, its map entry and the header map, roughly.
+// answerOverhead is what a kept answer costs beyond its encoded bytes:
+// the record itself and its map entry, roughly.
 const answerOverhead = 256
 
-// Size returns the bytes a holds, as MaxMemory counts them: the body,
-// header names and values, the outcome, and a small constant for the
-// rest.
+// Size returns the bytes a holds, as MaxMemory counts them: a record's
+// encoding (see wire.go), with its body only when Whole, and a small
+// constant for the record itself.
 func (a *Answer) Size() int64 {
 	if a == nil {
 		return 0
 	}
-	n := int64(answerOverhead + len(a.Body) + len(a.Outcome))
+	n := 2 + len(Fingerprint{}) + 2 + 1 + uvarintLen(len(a.Outcome)) + len(a.Outcome)
+	lines := 0
 	for name, vs := range a.Header {
-		n += int64(len(name))
 		for _, v := range vs {
-			n += int64(len(v))
+			lines++
+			n += uvarintLen(len(name)) + len(name) + uvarintLen(len(v)) + len(v)
 		}
 	}
-	return n
+	n += uvarintLen(lines)
+	body := 0
+	if a.Whole {
+		body = len(a.Body)
+	}
+	n += uvarintLen(body) + body
+	return int64(answerOverhead + n)
+}
+
+// uvarintLen is how many bytes binary.AppendUvarint takes for n.
+func uvarintLen(n int) int {
+	l := 1
+	for ; n >= 0x80; n >>= 7 {
+		l++
+	}
+	return l
 }
 
 // clone returns a copy of a that shares nothing with it, so that a

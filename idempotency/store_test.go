@@ -13,17 +13,26 @@ func TestVerdictString(t *testing.T) {
 	}
 }
 
-// Size counts the body, header names and values and the outcome, so
-// that MaxMemory bounds what answers really hold.
+// Size is what a kept answer takes in a Memory: its encoding, body
+// included only when whole, and the record's constant; so that
+// MaxMemory bounds what answers really hold.
 func TestAnswerSize(t *testing.T) {
-	a := &Answer{Status: 200, Header: http.Header{"Content-Type": {"text/plain"}, "X-A": {"1", "22"}}, Body: make([]byte, 1000), Whole: true}
-	want := int64(answerOverhead + 1000 + len("Content-Type") + len("text/plain") + len("X-A") + 1 + 2)
-	if got := a.Size(); got != want {
-		t.Errorf("Size() = %d, want %d", got, want)
+	for _, a := range []*Answer{
+		{Status: 200, Header: http.Header{"Content-Type": {"text/plain"}, "X-A": {"1", "22"}}, Body: make([]byte, 1000), Whole: true},
+		{Status: 502, Outcome: "reset", Whole: true},
+		{Status: 200, Header: http.Header{"X-Long": {string(make([]byte, 300))}}, Body: make([]byte, 200)}, // not whole: no body
+		{Status: 204},
+	} {
+		b := *a
+		if !b.Whole {
+			b.Body = nil
+		}
+		if got, want := a.Size(), int64(answerOverhead+len(encodeRecord(fpA, &b))); got != want {
+			t.Errorf("Size() of %+v = %d, want its encoding and the constant, %d", a.Header, got, want)
+		}
 	}
-	a.Outcome = "reset"
-	if got := a.Size(); got != want+5 {
-		t.Errorf("with an outcome: Size() = %d, want %d", got, want+5)
+	if a := (&Answer{Status: 200, Body: make([]byte, 1000), Whole: true}); a.Size() < 1000+answerOverhead {
+		t.Errorf("Size() %d does not count the body", a.Size())
 	}
 	var none *Answer
 	if none.Size() != 0 {
