@@ -200,9 +200,9 @@ func (m *Memory) drop(r *record) {
 		if wasHead {
 			// the ring's room is freed oldest first, as answers go
 			if h := m.done.head; h != nil {
-				m.ring.head = h.pos
+				m.ring.advance(h.pos)
 			} else {
-				m.ring.head = m.ring.tail
+				m.ring.advance(m.ring.tail)
 			}
 		}
 		return

@@ -15,15 +15,39 @@ type ring struct {
 	buf        []byte
 	head, tail uint64 // the oldest byte in use, and where the next answer goes
 	free       func() // gives buf back; nil for heap memory
+	// mapped memory left behind the head goes back to the system a chunk
+	// at a time, so the ring costs what it holds, not its size: every
+	// byte before returned has been
+	returned uint64
 }
+
+// ringChunk is how much memory behind the head goes back at once.
+const ringChunk = 64 << 10
 
 // heapRing bounds a ring on Go's heap: a smaller ring keeps fewer
 // answers, never more memory than asked.
 const heapRing = 256 << 20
 
 func newRing(size int) *ring {
+	// whole chunks, so that a chunk never straddles the end of a lap
+	size = max(ringChunk, size/ringChunk*ringChunk)
 	buf, free := allocRing(size)
 	return &ring{buf: buf, free: free}
+}
+
+// advance moves the head to pos (the oldest answer left, or the tail),
+// and gives back the memory of the chunks wholly behind it.
+func (r *ring) advance(pos uint64) {
+	r.head = pos
+	if r.free == nil {
+		return // heap memory: the garbage collector's, not the system's
+	}
+	size := uint64(len(r.buf))
+	for r.returned+ringChunk <= pos {
+		i := r.returned % size
+		returnMemory(r.buf[i : i+ringChunk])
+		r.returned += ringChunk
+	}
 }
 
 // place returns where an answer of n bytes would go, and the tail past

@@ -13,3 +13,4 @@ func allocRing(size int) ([]byte, func()) {
 	}
 	return b, func() { _ = syscall.Munmap(b) }
 }
+

@@ -8,28 +8,37 @@ import (
 )
 
 func TestRingPutsWholeAnswersAndWraps(t *testing.T) {
-	r := newRing(100)
+	r := newRing(100) // rounded up to a chunk
 	t.Cleanup(r.release)
-	if r.fits(101) {
+	size := len(r.buf)
+	if size != ringChunk {
+		t.Fatalf("a ring of %d bytes, want one chunk (%d)", size, ringChunk)
+	}
+	if r.fits(size + 1) {
 		t.Fatal("an answer larger than the ring fits")
 	}
-	a := r.put(bytes.Repeat([]byte("a"), 60))
-	if !r.fits(40) || r.fits(41) {
-		t.Fatal("room left after 60 of 100 bytes is not 40")
+	n := size / 10
+	a := r.put(bytes.Repeat([]byte("a"), 6*n))
+	if !r.fits(size-6*n) || r.fits(size-6*n+1) {
+		t.Fatal("the room left is not what the first answer left")
 	}
-	b := r.put(bytes.Repeat([]byte("b"), 30))
-	// 10 bytes are left at the end of the lap: 20 must go to the next,
-	// which the first answer still holds
-	if r.fits(20) {
+	b := r.put(bytes.Repeat([]byte("b"), 3*n))
+	// what is left at the end of the lap is too short: the next answer
+	// goes to the next lap, which the first answer still holds
+	if r.fits(2 * n) {
 		t.Fatal("an answer fits over the oldest one, still in use")
 	}
-	r.head = b // the oldest went
-	if !r.fits(20) {
+	r.advance(b) // the oldest went
+	if !r.fits(2 * n) {
 		t.Fatal("no room at the start of the next lap once the oldest went")
 	}
-	c := r.put(bytes.Repeat([]byte("c"), 20))
-	if c != 100 || r.at(b, 30) != string(bytes.Repeat([]byte("b"), 30)) || r.at(c, 20) != string(bytes.Repeat([]byte("c"), 20)) {
+	c := r.put(bytes.Repeat([]byte("c"), 2*n))
+	if c != uint64(size) || r.at(b, 3*n) != string(bytes.Repeat([]byte("b"), 3*n)) || r.at(c, 2*n) != string(bytes.Repeat([]byte("c"), 2*n)) {
 		t.Fatalf("positions a %d b %d c %d, or their bytes, are wrong", a, b, c)
+	}
+	r.advance(r.tail)
+	if r.returned != r.tail/ringChunk*ringChunk {
+		t.Errorf("memory given back up to %d, want every chunk behind the head (%d)", r.returned, r.tail/ringChunk*ringChunk)
 	}
 }
 

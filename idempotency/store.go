@@ -44,8 +44,9 @@ type Answer struct {
 }
 
 // answerOverhead is what a kept answer costs beyond its encoded bytes:
-// the record itself and its map entry, roughly.
-const answerOverhead = 256
+// the record itself and its map entry (about 260 bytes on the heap), and
+// as much again of the room the garbage collector leaves a heap to grow.
+const answerOverhead = 512
 
 // Size returns the bytes a holds, as MaxMemory counts them: a record's
 // encoding (see wire.go), with its body only when Whole, and a small
