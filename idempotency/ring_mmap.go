@@ -13,4 +13,3 @@ func allocRing(size int) ([]byte, func()) {
 	}
 	return b, func() { _ = syscall.Munmap(b) }
 }
-
