@@ -415,9 +415,12 @@ func (ex *exchange) send(a *attempt, tk *ticket, start, totalAt time.Time) (*htt
 	a.write, a.read, a.start, a.h2c = on(ex.t.Timeouts.Write), on(ex.t.Timeouts.Read), start, ex.t.h2c
 	w := &a.w
 	w.init(cancel, attemptAt, totalAt)
-	if h := &ex.hedge; h.first == a {
+	switch h := &ex.hedge; {
+	case h.first == a:
 		// its watchdog is armed: a hedge that wins may cancel it
 		sched.set(h, start.Add(h.every))
+	case a.hedge:
+		h.sends(a)
 	}
 	r := ex.req.WithContext(httptrace.WithClientTrace(ctx, a.trace()))
 	r.Header = ex.deadlineHeader(totalAt)

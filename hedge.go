@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -129,7 +130,7 @@ type hedging struct {
 	decided  bool // the race is over: every attempt still under way lost
 	winner   *hedgeRun
 	lastFail *hedgeRun // the latest hedge that failed on its own
-	runs     []*hedgeRun
+	sending  []*attempt // the hedges whose round trip is under way
 	launched int
 	inflight int
 	sent     bool          // some hedge may have reached the upstream
@@ -176,11 +177,11 @@ func (ex *exchange) hedged(a *attempt, tk *ticket, delay time.Duration) (*http.R
 	}
 	if (res != nil && !ex.retryable(at)) || h.inflight == 0 {
 		h.decided = true
-		last, losers := h.lastFail, h.inFlightRuns()
+		last, losers := h.lastFail, slices.Clone(h.sending)
 		h.lastFail = nil
 		h.mu.Unlock()
-		for _, r := range losers {
-			r.a.w.abort(errHedgeLost)
+		for _, a := range losers {
+			a.w.abort(errHedgeLost)
 		}
 		if last != nil {
 			ex.letGo(last)
@@ -213,15 +214,19 @@ func (ex *exchange) hedged(a *attempt, tk *ticket, delay time.Duration) (*http.R
 	}
 }
 
-// inFlightRuns returns the hedges still under way. Called with mu held.
-func (h *hedging) inFlightRuns() []*hedgeRun {
-	var out []*hedgeRun
-	for _, r := range h.runs {
-		if r.at == nil {
-			out = append(out, r)
-		}
+// sends notes that hedge a, its watchdog armed, starts its round trip:
+// from now on it is canceled when another attempt wins. One that starts
+// after the race was decided is canceled at once.
+func (h *hedging) sends(a *attempt) {
+	h.mu.Lock()
+	decided := h.decided
+	if !decided {
+		h.sending = append(h.sending, a)
 	}
-	return out
+	h.mu.Unlock()
+	if decided {
+		a.w.abort(errHedgeLost)
+	}
 }
 
 func (h *hedging) sentNow() bool {
@@ -274,7 +279,6 @@ func (h *hedging) launch() {
 	}
 	r := &hedgeRun{a: new(attempt), start: time.Now()}
 	r.a.hedge, r.a.kept = true, kept
-	h.runs = append(h.runs, r)
 	h.mu.Unlock()
 
 	tk, ok := ex.admitHedge(r)
@@ -283,7 +287,6 @@ func (h *hedging) launch() {
 		h.mu.Lock()
 		h.inflight--
 		h.launched = cfg.Max // no other hedge for this request
-		h.runs = h.runs[:len(h.runs)-1]
 		h.mu.Unlock()
 		signal(h.wake)
 		return
@@ -337,6 +340,7 @@ func (h *hedging) finish(r *hedgeRun, res *http.Response, at *attemptResult) {
 	h.mu.Lock()
 	r.res, r.at = res, at
 	h.inflight--
+	h.sending = slices.DeleteFunc(h.sending, func(a *attempt) bool { return a == r.a })
 	h.sent = h.sent || !at.neverSent
 	switch {
 	case h.decided:
@@ -345,13 +349,13 @@ func (h *hedging) finish(r *hedgeRun, res *http.Response, at *attemptResult) {
 		return
 	case usable:
 		h.decided, h.winner = true, r
-		first, losers := h.first, h.inFlightRuns()
+		first, losers := h.first, slices.Clone(h.sending)
 		old := h.lastFail
 		h.lastFail = nil
 		h.mu.Unlock()
 		first.w.abort(errHedgeLost)
-		for _, o := range losers {
-			o.a.w.abort(errHedgeLost)
+		for _, a := range losers {
+			a.w.abort(errHedgeLost)
 		}
 		if old != nil {
 			ex.letGo(old)

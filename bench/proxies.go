@@ -28,13 +28,14 @@ const (
 
 	// transport resilient with the block the scenario gives in Variants
 	setupResilientNoBudget = "resilient-nobudget"   // `retry { budget off }`
+	setupResilientAttempts = "resilient-attempts4"  // `retry { attempts 4 }`
 	setupResilientIdem     = "resilient-idem"       // an `idempotency` block
 	setupResilientIdemWait = "resilient-idem-wait"  // an `idempotency` block whose repeats wait for the first
 	setupResilientHedgeP95 = "resilient-hedge-p95"  // `hedge { after p95 }`
 	setupResilientHedge50  = "resilient-hedge-50ms" // `hedge { after 50ms }`
 )
 
-var allSetups = []string{setupCaddyHTTP, setupResilient, setupResilientNB, setupResilientNoBudget, setupResilientRL,
+var allSetups = []string{setupCaddyHTTP, setupResilient, setupResilientNB, setupResilientNoBudget, setupResilientAttempts, setupResilientRL,
 	setupResilientIdem, setupResilientIdemWait, setupResilientHedgeP95, setupResilientHedge50,
 	setupNginx, setupHAProxy, setupFleet, setupNoFleet}
 

@@ -502,7 +502,7 @@ func evaluate(sums []*summary, failures map[runKey]string) []target {
 			return run.SuccessPct >= 98, fmt.Sprintf("%.2f%% (seed %d)", run.SuccessPct, run.Seed)
 		})
 		return ok, fmt.Sprintf("per repetition: %s; amplification %.3f%s", per, r.Amplification,
-			peersS5h(find, setupResilientNoBudget, setupCaddyHTTP, setupNginx, setupHAProxy)), true
+			peersS5h(find, setupResilientNoBudget, setupResilientAttempts, setupCaddyHTTP, setupNginx, setupHAProxy)), true
 	})
 	add("S5h no key", "resilient: zero duplicated POSTs without Idempotency-Key (every run)", func() (bool, string, bool) {
 		r := find("S5h no key", setupResilient)

@@ -305,3 +305,60 @@ func TestDeadlineOfAGRPCCall(t *testing.T) {
 		t.Fatalf("the upstream got grpc-timeout %q, want what was left: 1m to 200m", got)
 	}
 }
+
+// Many hedged requests at once, winners and losers racing every way:
+// every request gets one whole answer, and every attempt ends.
+func TestHedgeUnderLoad(t *testing.T) {
+	var n atomic.Int64
+	up := startTail(t, func(_ int, w http.ResponseWriter, r *http.Request) bool {
+		d := time.Duration(n.Add(1)%7) * 3 * time.Millisecond
+		if n.Load()%10 == 0 {
+			d = 150 * time.Millisecond
+		}
+		return hold(w, r, d)
+	})
+	g := loadGateway(t, hedgeSite(up.addr, "hedge {\n after 5ms\n max 2\n }\n retry {\n budget off\n }"))
+	var wg sync.WaitGroup
+	var bad atomic.Int64
+	for w := range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 20 {
+				req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("http://localhost:9080/load/%d/%d", w, i), nil)
+				res, err := g.Client.Do(req)
+				if err != nil {
+					bad.Add(1)
+					continue
+				}
+				body, err := io.ReadAll(res.Body)
+				res.Body.Close()
+				if err != nil || res.StatusCode != http.StatusOK || !strings.HasPrefix(string(body), "after ") {
+					bad.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if bad.Load() != 0 {
+		t.Fatalf("%d of 200 hedged requests did not get one whole answer", bad.Load())
+	}
+	s := metricsScrape(t)
+	won := metricsValue(s, "caddy_resilient_hedges_total", map[string]string{"upstream": up.addr, "result": "won"})
+	lost := metricsValue(s, "caddy_resilient_hedges_total", map[string]string{"upstream": up.addr, "result": "lost"})
+	t.Logf("%d arrivals for 200 requests; hedges won %v, lost %v; %d attempts canceled upstream", up.count(), won, lost, up.canceled.Load())
+	if won <= 0 {
+		t.Fatal("no hedge won against answers of up to 150ms after 5ms")
+	}
+	// every arrival past the first of each request is a hedge, which
+	// ends won or lost (one canceled before it left counts too)
+	poll(t, 3*time.Second, "every hedge counted", func() bool {
+		s := metricsScrape(t)
+		won := metricsValue(s, "caddy_resilient_hedges_total", map[string]string{"upstream": up.addr, "result": "won"})
+		lost := metricsValue(s, "caddy_resilient_hedges_total", map[string]string{"upstream": up.addr, "result": "lost"})
+		return int(won+max(lost, 0)) >= up.count()-200
+	})
+	poll(t, 3*time.Second, "every slot given back (pool_in_flight 0)", func() bool {
+		return metricsValue(metricsScrape(t), "caddy_resilient_pool_in_flight", map[string]string{"upstream": up.addr}) == 0
+	})
+}
