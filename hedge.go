@@ -129,7 +129,7 @@ type hedging struct {
 	racing   bool // the first attempt is under way: hedges may start
 	decided  bool // the race is over: every attempt still under way lost
 	winner   *hedgeRun
-	lastFail *hedgeRun // the latest hedge that failed on its own
+	lastFail *hedgeRun  // the latest hedge that failed on its own
 	sending  []*attempt // the hedges whose round trip is under way
 	launched int
 	inflight int
