@@ -51,7 +51,7 @@ func isCaddy(setup string) bool {
 // isResilient reports whether setup is one Caddy with transport resilient.
 func isResilient(setup string) bool {
 	switch setup {
-	case setupResilient, setupResilientNB, setupResilientNoBudget, setupResilientRL,
+	case setupResilient, setupResilientNB, setupResilientNoBudget, setupResilientAttempts, setupResilientRL,
 		setupResilientIdem, setupResilientIdemWait, setupResilientHedgeP95, setupResilientHedge50:
 		return true
 	}
