@@ -39,7 +39,7 @@ type exchange struct {
 	body   *bodySource // nil when the request has none
 	bkt    tokens      // the rate-limit bucket; nil without rate_limit
 
-	hedge  hedging // the race of the first attempt with its hedges
+	hedge  *hedging // the race of the first attempt with its hedges; nil: not hedged
 	hedges int     // tries that were hedges, which use up no attempts
 	// a caller's deadline that could not be read; the one in grpc-timeout
 	// is rewritten on each attempt
@@ -415,12 +415,14 @@ func (ex *exchange) send(a *attempt, tk *ticket, start, totalAt time.Time) (*htt
 	a.write, a.read, a.start, a.h2c = on(ex.t.Timeouts.Write), on(ex.t.Timeouts.Read), start, ex.t.h2c
 	w := &a.w
 	w.init(cancel, attemptAt, totalAt)
-	switch h := &ex.hedge; {
-	case h.first == a:
-		// its watchdog is armed: a hedge that wins may cancel it
-		sched.set(h, start.Add(h.every))
-	case a.hedge:
-		h.sends(a)
+	if h := ex.hedge; h != nil {
+		switch {
+		case h.first == a:
+			// its watchdog is armed: a hedge that wins may cancel it
+			sched.set(h, start.Add(h.every))
+		case a.hedge:
+			h.sends(a)
+		}
 	}
 	r := ex.req.WithContext(httptrace.WithClientTrace(ctx, a.trace()))
 	r.Header = ex.deadlineHeader(totalAt)

@@ -115,9 +115,9 @@ func (ex *exchange) hedgeDelay(a *attempt) (time.Duration, bool) {
 var errHedgeLost = errors.New("another attempt of the request answered first")
 
 // hedging is the race of an exchange's first attempt with its hedges.
-// It lives inside the exchange; its timer is an entry of the process-wide
-// scheduler, so a request that is never hedged pays for no goroutine and
-// no runtime timer. A hedge runs on a goroutine of its own; the first
+// Its timer is an entry of the process-wide scheduler, so a request that
+// is never hedged pays for no goroutine and no runtime timer, only this
+// struct. A hedge runs on a goroutine of its own; the first
 // attempt stays on the request's.
 type hedging struct {
 	timer schedSlot // guarded by the scheduler's lock
@@ -155,8 +155,8 @@ func (h *hedging) fire() { go h.launch() }
 // delay; it returns the result the request goes on with: the first
 // answer that is not a failure in retry.on, or else the last failure.
 func (ex *exchange) hedged(a *attempt, tk *ticket, delay time.Duration) (*http.Response, *attemptResult) {
-	h := &ex.hedge
-	h.ex, h.first, h.every, h.racing = ex, a, delay, true
+	h := &hedging{ex: ex, first: a, every: delay, racing: true}
+	ex.hedge = h
 	// Caddy's transport sets the URL's scheme on the request it is
 	// given, which every attempt shares: set it before any runs, so that
 	// attempts in flight at once only read it
