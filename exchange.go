@@ -40,7 +40,7 @@ type exchange struct {
 	bkt    tokens      // the rate-limit bucket; nil without rate_limit
 
 	hedge  *hedging // the race of the first attempt with its hedges; nil: not hedged
-	hedges int     // tries that were hedges, which use up no attempts
+	hedges int      // tries that were hedges, which use up no attempts
 	// a caller's deadline that could not be read; the one in grpc-timeout
 	// is rewritten on each attempt
 	deadlineInvalid, grpcTimeout bool
