@@ -143,6 +143,9 @@ func (ex *exchange) run() (*http.Response, error) {
 		if res, err, done := ex.keyBegin(ix); done {
 			return res, err
 		}
+	} else if ex.repl != nil {
+		// never left unset: header_down would show the placeholder's name
+		ex.repl.Set("http.resilient.idempotency", keyNotManaged)
 	}
 	ex.up.budget.request(ex.start)
 	// The breaker is asked before the body is touched: a request turned

@@ -493,3 +493,20 @@ func poll(t *testing.T, d time.Duration, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// Without an idempotency block the placeholder is empty, never its name.
+func TestIdempotencyPlaceholderIsNeverLeftUnset(t *testing.T) {
+	up := startExecutions(t, func(w http.ResponseWriter, r *http.Request, body string) {})
+	g := loadGateway(t, fmt.Sprintf(`
+http://localhost:9080 {
+	reverse_proxy %s {
+		transport resilient
+		header_down X-Idem "[{http.resilient.idempotency}]"
+	}
+}
+`, up.addr))
+	res, _ := keyed(t, g, "k", "x")
+	if got := res.Header.Get("X-Idem"); got != "[]" {
+		t.Fatalf("X-Idem %q, want the placeholder empty", got)
+	}
+}
