@@ -1,6 +1,7 @@
 package resilient
 
 import (
+	"fmt"
 	"math"
 	"net/http"
 	"strconv"
@@ -50,15 +51,11 @@ func (dl *Deadline) provision() error {
 	dl.grpc = dl.GRPC == nil || *dl.GRPC
 	for _, h := range []string{dl.header, dl.send} {
 		if h != "" && !isToken(h) {
-			return &deadlineError{h}
+			return fmt.Errorf("%q is not a header name", h)
 		}
 	}
 	return nil
 }
-
-type deadlineError struct{ name string }
-
-func (e *deadlineError) Error() string { return strconv.Quote(e.name) + " is not a header name" }
 
 // maxCallerSeconds bounds a caller's value: past it a number of seconds
 // does not fit a duration, and caps nothing anyway.

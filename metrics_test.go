@@ -13,7 +13,11 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 )
 
-func TestUpstreamLabelCardinalityIsCapped(t *testing.T) {
+// freshLabels gives t an empty table of upstream labels, and puts the
+// process's back when t ends.
+func freshLabels(t *testing.T) {
+	t.Helper()
+	metrics.once.Do(initMetrics)
 	metrics.mu.Lock()
 	saved := metrics.labels
 	metrics.labels = map[string]*upstreamLabelRef{}
@@ -23,6 +27,10 @@ func TestUpstreamLabelCardinalityIsCapped(t *testing.T) {
 		metrics.labels = saved
 		metrics.mu.Unlock()
 	})
+}
+
+func TestUpstreamLabelCardinalityIsCapped(t *testing.T) {
+	freshLabels(t)
 	for i := 0; i < maxUpstreamLabels; i++ {
 		addr := fmt.Sprintf("10.0.0.%d:443", i)
 		if l := holdLabel(addr); l != addr {
@@ -236,16 +244,7 @@ func TestBreakerStateGaugeOfAnOverrideThatRunsOut(t *testing.T) {
 }
 
 func TestUpstreamLabelsOfUpstreamsGoneAreRecycled(t *testing.T) {
-	metrics.once.Do(initMetrics)
-	metrics.mu.Lock()
-	saved := metrics.labels
-	metrics.labels = map[string]*upstreamLabelRef{}
-	metrics.mu.Unlock()
-	t.Cleanup(func() {
-		metrics.mu.Lock()
-		metrics.labels = saved
-		metrics.mu.Unlock()
-	})
+	freshLabels(t)
 	run := time.Now().UnixNano()
 	addr := func(i int) string { return fmt.Sprintf("r%d-%d.test:443", run, i) }
 	// the cap is reached by upstreams of which all but the first are gone

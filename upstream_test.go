@@ -40,15 +40,7 @@ func upstreamRequest(t *testing.T, addr string) *http.Request {
 }
 
 func TestUpstreamStateStaysBoundedWithDynamicUpstreams(t *testing.T) {
-	metrics.mu.Lock()
-	saved := metrics.labels
-	metrics.labels = map[string]*upstreamLabelRef{}
-	metrics.mu.Unlock()
-	t.Cleanup(func() {
-		metrics.mu.Lock()
-		metrics.labels = saved
-		metrics.mu.Unlock()
-	})
+	freshLabels(t)
 	tr := upstreamTransport(t)
 	// 10,000 distinct dial addresses, as `reverse_proxy {http.request.host}:1`
 	// would see them; port 1 refuses at once on loopback
