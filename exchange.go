@@ -48,6 +48,12 @@ type exchange struct {
 	keyed      *keyed // the idempotency key's claim this request holds; nil: none
 	keyVerdict string // what the idempotency step said, for the log; "" when not managed
 
+	// what the caller may assume of the upstream, when the transport
+	// answered itself (a replay, a conflict); else the tries tell
+	exec      executed
+	execFixed bool
+	bodyCut   bool // the final answer's body did not end well
+
 	tries    []try
 	triesBuf [1]try          // most requests take one try
 	repl     *caddy.Replacer // nil outside Caddy's HTTP server
@@ -73,6 +79,7 @@ type try struct {
 	wait     time.Duration // the wait before this attempt
 	admitted bool          // past the breaker and the pool
 	hedge    bool          // a hedge of the first attempt
+	exec     executed      // what it tells of the upstream
 }
 
 // attemptResult is how one attempt ended, and what it still holds when
@@ -132,6 +139,11 @@ func (ex *exchange) totalDeadline() time.Time {
 
 func (ex *exchange) run() (*http.Response, error) {
 	ex.idem, ex.header = ex.t.Retry.classify(ex.req)
+	if ex.repl != nil {
+		// never left unset, whatever ends the request: header_down
+		// would show the placeholder's name
+		ex.repl.Set("http.resilient.idempotency", keyNotManaged)
+	}
 	if dl := ex.t.Deadline; dl != nil {
 		// the caller's deadline caps total
 		if res, err, done := ex.callerDeadline(dl); done {
@@ -143,9 +155,6 @@ func (ex *exchange) run() (*http.Response, error) {
 		if res, err, done := ex.keyBegin(ix); done {
 			return res, err
 		}
-	} else if ex.repl != nil {
-		// never left unset: header_down would show the placeholder's name
-		ex.repl.Set("http.resilient.idempotency", keyNotManaged)
 	}
 	ex.up.budget.request(ex.start)
 	// The breaker is asked before the body is touched: a request turned
@@ -191,7 +200,7 @@ func (ex *exchange) run() (*http.Response, error) {
 			ex.keyed.note(at)
 		}
 		ex.tries = append(ex.tries, try{outcome: at.outcome, status: at.status, took: at.took, wait: wait,
-			admitted: at.admitted, hedge: at.a != nil && at.a.hedge})
+			admitted: at.admitted, hedge: at.a != nil && at.a.hedge, exec: executedBy(at)})
 		if at.admitted {
 			ex.up.m.attempt(at.outcome)
 		}
@@ -334,6 +343,9 @@ func (ex *exchange) obeyRetryAfter(res *http.Response, now time.Time) {
 // upgrade sends an upgrade request once, as it is, and reports how it
 // went.
 func (ex *exchange) upgrade() (*http.Response, error) {
+	if ex.repl != nil {
+		ex.repl.Set("http.resilient.idempotency", keyNotManaged)
+	}
 	res, err := ex.t.HTTPTransport.RoundTrip(ex.req)
 	at := &ex.first.res
 	*at = attemptResult{took: time.Since(ex.start), admitted: true}
@@ -343,6 +355,8 @@ func (ex *exchange) upgrade() (*http.Response, error) {
 		var de reverseproxy.DialError
 		if !errors.As(err, &de) {
 			tr.set(flagGotConn)
+		} else {
+			at.neverSent = true
 		}
 		var cause error
 		if ex.req.Context().Err() != nil {
@@ -354,7 +368,7 @@ func (ex *exchange) upgrade() (*http.Response, error) {
 	default:
 		at.outcome, at.status = OutcomeOK, res.StatusCode
 	}
-	ex.tries = append(ex.tries, try{outcome: at.outcome, status: at.status, took: at.took, admitted: true})
+	ex.tries = append(ex.tries, try{outcome: at.outcome, status: at.status, took: at.took, admitted: true, exec: executedBy(at)})
 	ex.final, ex.outcome, ex.took = at, at.outcome, at.took
 	if err != nil {
 		e := &Error{Outcome: at.outcome, Upstream: ex.up.addr, Attempts: 1, Err: at.err}
@@ -567,6 +581,12 @@ func (ex *exchange) finish(res *http.Response, at *attemptResult) (*http.Respons
 	if ex.body != nil {
 		ex.body.end()
 	}
+	if v := res.Header["Retry-After"]; len(v) > 0 {
+		// {http.resilient.retry_after} tells the caller when to repeat
+		if ra, ok := parseRetryAfter(v[0], time.Now()); ok && ra > 0 {
+			at.retryAfter = ra
+		}
+	}
 	if ex.keyed != nil {
 		ex.keyAnswered(res)
 	}
@@ -592,7 +612,7 @@ func (ex *exchange) bodyClosed(a *attempt, end Outcome) {
 		if !at.failed {
 			at.ticket.lateFailure()
 		}
-		ex.outcome = end
+		ex.outcome, ex.bodyCut = end, true
 		ex.report(nil)
 	case !at.failed:
 		at.ticket.settle()

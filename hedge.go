@@ -241,7 +241,7 @@ func (ex *exchange) tookHedge(res *http.Response, at *attemptResult, w *hedgeRun
 	if res != nil {
 		ex.discard(res, at)
 	}
-	ex.tries = append(ex.tries, try{outcome: at.outcome, status: at.status, took: at.took, admitted: at.admitted})
+	ex.tries = append(ex.tries, try{outcome: at.outcome, status: at.status, took: at.took, admitted: at.admitted, exec: executedBy(at)})
 	if at.admitted {
 		ex.up.m.attempt(at.outcome)
 	}

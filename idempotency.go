@@ -52,10 +52,20 @@ type Idempotency struct {
 	// Default: `67108864` (64MiB).
 	MaxMemory int64 `json:"max_memory,omitempty"`
 
-	// A repeat while the first is in flight waits up to this long (never
-	// past timeouts.total) for the first's answer, and gets it as a
-	// replay; 0 answers 409 with Retry-After at once. Default: `0`.
-	Wait caddy.Duration `json:"wait,omitempty"`
+	// A repeat while the first is in flight waits for the first's answer
+	// up to this long, never past its own deadline (timeouts.total, or
+	// the caller's deadline with `deadline`), and gets it as a replay;
+	// when the wait runs out, 409 with Retry-After. 0 answers 409 at once.
+	// Omitted (`auto` in the Caddyfile): as long as the repeat's own
+	// deadline allows. Default: auto.
+	Wait *caddy.Duration `json:"wait,omitempty"`
+
+	// Once sent, the first request with a key is carried to the
+	// upstream's answer for up to this long from its sending, whatever
+	// its client's deadline: a client answered 504 at its deadline
+	// (executed maybe) does not make the gateway abandon the upstream,
+	// whose answer is kept for the repeat. Default: `2m`.
+	CompleteWithin caddy.Duration `json:"complete_within,omitempty"`
 
 	// A request of Methods without the header gets 400. Default: `false`.
 	Require bool `json:"require,omitempty"`
@@ -72,7 +82,8 @@ var (
 )
 
 const (
-	defaultMaxResponse = 1 << 20
+	defaultMaxResponse    = 1 << 20
+	defaultCompleteWithin = 2 * time.Minute
 	// leaseSlack is how long an in-flight record outlives the request's
 	// total bound, which ends at the response headers: the answer may
 	// still stream for a while, and its key must not come free meanwhile.
@@ -119,6 +130,9 @@ func (ix *Idempotency) provision(fl *fleetLink) error {
 	if ix.MaxMemory == 0 {
 		ix.MaxMemory = idempotency.DefaultMaxMemory
 	}
+	if ix.CompleteWithin == 0 {
+		ix.CompleteWithin = caddy.Duration(defaultCompleteWithin)
+	}
 	if err := ix.validate(); err != nil {
 		return err
 	}
@@ -163,8 +177,10 @@ func (ix *Idempotency) validate() error {
 		return fmt.Errorf("max_memory must be a positive size, got %d", ix.MaxMemory)
 	case ix.MaxResponse > ix.MaxMemory:
 		return fmt.Errorf("max_response %d is larger than max_memory %d: no answer that large could be kept", ix.MaxResponse, ix.MaxMemory)
-	case ix.Wait < 0:
-		return fmt.Errorf("wait must be a duration >= 0, got %v", time.Duration(ix.Wait))
+	case ix.Wait != nil && *ix.Wait < 0:
+		return fmt.Errorf("wait must be auto or a duration >= 0, got %v", time.Duration(*ix.Wait))
+	case ix.CompleteWithin < 0:
+		return fmt.Errorf("complete_within must be a positive duration, got %v", time.Duration(ix.CompleteWithin))
 	}
 	return nil
 }
@@ -211,7 +227,7 @@ func (r fleetRecords) Key(name string) string {
 }
 
 // idempotencyOptions are the options of the idempotency block.
-var idempotencyOptions = []string{"header", "methods", "scope", "ttl", "max_response", "max_memory", "wait", "require"}
+var idempotencyOptions = []string{"header", "methods", "scope", "ttl", "max_response", "max_memory", "wait", "complete_within", "require"}
 
 func parseIdempotency(d *caddyfile.Dispenser) (*Idempotency, error) {
 	ix := new(Idempotency)
@@ -263,11 +279,18 @@ func parseIdempotency(d *caddyfile.Dispenser) (*Idempotency, error) {
 			if err != nil {
 				return err
 			}
+			if v == "auto" {
+				ix.Wait = nil
+				return nil
+			}
 			dur, perr := caddy.ParseDuration(v)
 			if perr != nil || dur < 0 {
-				return d.Errf("idempotency: wait must be a duration >= 0 (0: answer 409 at once), got %q", v)
+				return d.Errf("idempotency: wait must be auto, or a duration >= 0 (0: answer 409 at once), got %q", v)
 			}
-			ix.Wait = caddy.Duration(dur)
+			w := caddy.Duration(dur)
+			ix.Wait = &w
+		case "complete_within":
+			ix.CompleteWithin, err = duration(d, "idempotency", opt, false)
 		case "require":
 			if err := noArgs(d, "idempotency", opt); err != nil {
 				return err

@@ -3,7 +3,6 @@ package resilient
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"io"
 	"net/http"
 	"slices"
@@ -82,12 +81,12 @@ func (ex *exchange) keyBegin(ix *Idempotency) (res *http.Response, err error, do
 			ex.setKeyed(keyNotManaged)
 			return nil, nil, false
 		}
-		return ex.keyProblem(OutcomeKeyInvalid, keyInvalid, problemTypeDraft, ix.header+" is missing",
-			"This operation requires an "+ix.header+" header: a client-chosen key that makes the request safe to repeat.", nil), nil, true
+		return ex.keyProblem(OutcomeKeyInvalid, keyInvalid, executedNo, ix.header+" is missing",
+			"This operation requires an "+ix.header+" header: a client-chosen key that makes the request safe to repeat. Nothing was sent.", 0), nil, true
 	}
 	key, perr := idempotency.ParseKey(values)
 	if perr != nil {
-		return ex.keyProblem(OutcomeKeyInvalid, keyInvalid, problemTypeDraft, ix.header+" is invalid", perr.Error()+".", nil), nil, true
+		return ex.keyProblem(OutcomeKeyInvalid, keyInvalid, executedNo, ix.header+" is invalid", perr.Error()+". Nothing was sent.", 0), nil, true
 	}
 	scope := make([]string, len(ix.Scope))
 	if ex.repl != nil {
@@ -108,15 +107,26 @@ func (ex *exchange) keyBegin(ix *Idempotency) (res *http.Response, err error, do
 		}
 		return h.Sum(), nil
 	}
-	lease, wait := leaseSlack, time.Duration(ix.Wait)
+	// wait auto: as long as the repeat's own deadline allows (total,
+	// capped by the caller's); the first is carried to its answer for
+	// at most complete_within, which bounds a wait without a deadline
+	left := time.Duration(ix.CompleteWithin)
 	if totalAt := ex.totalDeadline(); !totalAt.IsZero() {
-		left := time.Until(totalAt)
-		lease += left
-		wait = min(wait, left)
-	} else {
-		lease = 0 // the store's default
+		left = time.Until(totalAt)
 	}
+	wait := left
+	if ix.Wait != nil {
+		wait = min(time.Duration(*ix.Wait), left)
+	}
+	lease := time.Duration(ix.CompleteWithin) + leaseSlack + left
 	r, berr := ix.store.Begin(req.Context(), k, lease, wait, fp)
+	if berr == nil && r.Verdict != idempotency.New {
+		// a repeat whose client left while it waited is answered
+		// nothing: its body may have been there to hash all the same
+		if cerr := req.Context().Err(); cerr != nil {
+			berr = cerr
+		}
+	}
 	if berr != nil {
 		// the client left while it waited, or its body failed
 		ex.setKeyed(keyNotManaged)
@@ -137,73 +147,68 @@ func (ex *exchange) keyBegin(ix *Idempotency) (res *http.Response, err error, do
 	case idempotency.Replay:
 		return ex.replay(r.Answer), nil, true
 	case idempotency.InFlight:
-		h := http.Header{"Retry-After": {"1"}}
-		return ex.keyProblem(OutcomeKeyConflict, keyConflict, problemTypeDraft, "A request with this "+ix.header+" is in flight",
-			"The first request with this key has not ended yet; repeat it once it has, and get its answer.", h), nil, true
+		return ex.keyProblem(OutcomeKeyConflict, keyConflict, executedNo, "A request with this "+ix.header+" is in flight",
+			"The first request with this key has not ended yet, and this one was not sent. Repeat it with the same key after Retry-After to get the first one's answer.", 1), nil, true
 	case idempotency.Used:
-		return ex.keyProblem(OutcomeKeyConflict, keyConflict, problemTypeDraft, "This "+ix.header+" was used",
-			"The first request with this key was answered, but its answer was too large to keep; use a new key for a new request.", nil), nil, true
+		return ex.keyProblem(OutcomeKeyConflict, keyConflict, executedYes, "This "+ix.header+" was used",
+			"The first request with this key was executed, but its answer was not kept (too large to keep). Do not send it again with a new key: check with the upstream.", 0), nil, true
 	default: // Mismatch
-		return ex.keyProblem(OutcomeKeyMismatch, keyMismatch, problemTypeDraft, ix.header+" reused with another request",
-			"This key was used with another method, target or body; use a new key for a new request.", nil), nil, true
+		return ex.keyProblem(OutcomeKeyMismatch, keyMismatch, executedNo, ix.header+" reused with another request",
+			"This key was used with another method, target or body, and this request was not sent. Use a new key for a new request.", 0), nil, true
 	}
-}
-
-// problemTypeDraft names the cases of the Idempotency-Key draft: its
-// error scenarios.
-const problemTypeDraft = "https://datatracker.ietf.org/doc/html/draft-ietf-httpapi-idempotency-key-header-07#section-2.7"
-
-// problem is an RFC 9457 problem details object.
-type problem struct {
-	Type    string `json:"type"`
-	Title   string `json:"title"`
-	Status  int    `json:"status"`
-	Detail  string `json:"detail"`
-	Outcome string `json:"outcome,omitempty"`
 }
 
 // keyProblem answers the request itself with a problem+json of status
-// o.StatusCode(); nothing is sent.
-func (ex *exchange) keyProblem(o Outcome, verdict any, typ, title, detail string, h http.Header) *http.Response {
+// o.StatusCode(); nothing is sent. exec is what the caller may assume of
+// the key's first request; retryAfter, when positive, is also sent as
+// Retry-After.
+func (ex *exchange) keyProblem(o Outcome, verdict any, exec executed, title, detail string, retryAfter int64) *http.Response {
 	status := o.StatusCode()
-	body, _ := json.Marshal(problem{Type: typ, Title: title, Status: status, Detail: detail})
-	if h == nil {
-		h = http.Header{}
+	ex.answered(o, verdict, exec)
+	h := http.Header{"Content-Type": {"application/problem+json"}}
+	if retryAfter > 0 {
+		h.Set("Retry-After", strconv.FormatInt(retryAfter, 10))
 	}
-	h.Set("Content-Type", "application/problem+json")
-	return ex.answerHere(o, verdict, status, h, body)
+	body := problemJSON(ex.problem(status, problemTypeDraft, title, detail, retryAfter))
+	return ex.answerHere(status, h, body)
 }
 
 // replay answers the request with a record's answer, nothing sent: the
 // upstream's status, headers and body as it gave them, or, for a
-// request that got no answer after bytes were sent, the 502/504 its
-// first client got.
+// request that got no answer after bytes of it were sent, the 502/504 its
+// first client got, as a problem.
 func (ex *exchange) replay(a *idempotency.Answer) *http.Response {
 	h, body := a.Header, a.Body
 	if h == nil {
 		h = http.Header{}
 	}
 	if a.Outcome != "" {
-		body, _ = json.Marshal(problem{
-			Type:    "https://caddy-resilient.dev/outcomes/" + a.Outcome,
-			Title:   "Upstream call failed: " + a.Outcome,
-			Status:  a.Status,
-			Detail:  "The answer of an earlier request with this " + ex.t.Idempotency.header + ": the upstream may have acted on it, and gave no answer.",
-			Outcome: a.Outcome,
-		})
+		ex.answered(OutcomeReplayed, keyReplayed, executedMaybe)
+		body = problemJSON(ex.problem(a.Status, problemTypeBase+a.Outcome, "Upstream call failed: "+a.Outcome,
+			"The answer of an earlier request with this "+ex.t.Idempotency.header+": it was sent, and the upstream gave no answer ("+
+				a.Outcome+"). The upstream may have acted on it; the gateway does not know, and will answer the same to every repeat: check with the upstream.", 0))
 		h = http.Header{"Content-Type": {"application/problem+json"}}
+	} else {
+		ex.answered(OutcomeReplayed, keyReplayed, executedYes)
 	}
 	h.Set("Idempotent-Replayed", "true")
-	return ex.answerHere(OutcomeReplayed, keyReplayed, a.Status, h, body)
+	return ex.answerHere(a.Status, h, body)
+}
+
+// answered notes how the transport answers the request itself: its
+// outcome, the idempotency verdict and what the caller may assume.
+func (ex *exchange) answered(o Outcome, verdict any, exec executed) {
+	ex.setKeyed(verdict)
+	ex.outcome, ex.exec, ex.execFixed = o, exec, true
 }
 
 // answerHere ends the exchange with an answer the transport gives
-// itself: placeholders, the log entry and the metrics, as for any other.
-func (ex *exchange) answerHere(o Outcome, verdict any, status int, h http.Header, body []byte) *http.Response {
-	ex.setKeyed(verdict)
+// itself (see answered): placeholders, the log entry and the metrics,
+// as for any other.
+func (ex *exchange) answerHere(status int, h http.Header, body []byte) *http.Response {
 	at := &ex.first.res
-	*at = attemptResult{outcome: o, status: status, neverSent: true}
-	ex.final, ex.outcome, ex.took = at, o, time.Since(ex.start)
+	*at = attemptResult{outcome: ex.outcome, status: status, neverSent: true}
+	ex.final, ex.took = at, time.Since(ex.start)
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	ex.report(nil)
 	ex.done(nil)

@@ -20,16 +20,47 @@ func (ex *exchange) report(e *Error) {
 	repl.Set("http.resilient.attempts", ex.attempts())
 	repl.Set("http.resilient.upstream", ex.up.addrValue)
 	repl.Set("http.resilient.breaker", stateValue(ex.up.breaker.state()))
+	repl.Set("http.resilient.executed", executedValues[ex.executed()])
+	retryAfter := ex.retryAfter(e)
+	if retryAfter > 0 {
+		repl.Set("http.resilient.retry_after", retryAfter)
+	} else {
+		// never left unset: header_down would show its name
+		repl.Set("http.resilient.retry_after", noValue)
+	}
 	if e != nil {
 		if e.Err == nil {
 			repl.Set("http.resilient.error", causeValues[e.Outcome])
 		} else {
 			repl.Set("http.resilient.error", e.cause())
 		}
-		if e.RetryAfter > 0 {
-			repl.Set("http.resilient.retry_after", retryAfterSecs(e.RetryAfter))
-		}
+		// the answer handle_errors writes: one problem schema for every
+		// answer of the gateway's own
+		status := e.Outcome.StatusCode()
+		repl.Set("http.resilient.problem", string(problemJSON(ex.problem(status, "", "", "", retryAfter))))
 	}
+}
+
+// noValue is the empty placeholder value, boxed once.
+var noValue any = ""
+
+// retryAfter returns the whole seconds after which a repeat of the
+// request could succeed, 0 when nothing says: the refusal's own
+// (breaker_open, pool_timeout, rate_limited), the key conflict's, or
+// the upstream answer's Retry-After.
+func (ex *exchange) retryAfter(e *Error) int64 {
+	switch {
+	case e != nil && e.RetryAfter > 0:
+		return retryAfterSecs(e.RetryAfter)
+	case e != nil || ex.final == nil:
+		return 0
+	case ex.outcome == OutcomeKeyConflict && ex.exec == executedNo:
+		return 1
+	}
+	if ex.final.retryAfter > 0 {
+		return retryAfterSecs(ex.final.retryAfter)
+	}
+	return 0
 }
 
 // outcomeValues are the outcomes' names, boxed for the replacer.

@@ -365,7 +365,16 @@ func (ex *exchange) retryWait(res *http.Response, at *attemptResult, now time.Ti
 	if len(ex.tries)-ex.hedges >= r.Attempts || at.noRetry || !r.matches(at.outcome, at.status) {
 		return 0, denyNone, false
 	}
-	if ex.idem == idemNo && !at.neverSent {
+	switch k := ex.keyed; {
+	case k != nil:
+		// one execution per key: a managed request is sent again only
+		// when no attempt may have made the upstream act (nothing sent,
+		// or it answered 408 425 429 503), whatever idempotency_header
+		// says; the key stays claimed meanwhile
+		if k.acted || executedBy(at) != executedNo {
+			return 0, denyUnsafe, false
+		}
+	case ex.idem == idemNo && !at.neverSent:
 		// it may have reached the upstream: never send it twice
 		return 0, denyUnsafe, false
 	}

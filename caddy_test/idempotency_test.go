@@ -197,7 +197,7 @@ func TestIdempotencyRepeatInFlightGets409(t *testing.T) {
 		<-release
 		io.WriteString(w, "done")
 	})
-	g := loadGateway(t, idemSite(up.addr, ""))
+	g := loadGateway(t, idemSite(up.addr, "wait 0"))
 	first := make(chan *http.Response, 1)
 	go func() {
 		res, _ := keyed(t, g, "slow-1", "x")
@@ -249,12 +249,14 @@ func TestIdempotencyTenRepeatsAtOnceExecuteOnce(t *testing.T) {
 func TestIdempotencyWaitingRepeatTakesOverAReleasedKey(t *testing.T) {
 	var n atomic.Int64
 	up := startExecutions(t, func(w http.ResponseWriter, r *http.Request, body string) {
-		if n.Add(1) == 1 {
-			time.Sleep(200 * time.Millisecond)
-			w.WriteHeader(http.StatusServiceUnavailable) // did nothing: the key is released
+		// the first request's three tries: the upstream did nothing, so
+		// the gateway tries again, and then releases the key
+		if n.Add(1) <= 3 {
+			time.Sleep(100 * time.Millisecond)
+			w.WriteHeader(http.StatusServiceUnavailable)
 			return
 		}
-		io.WriteString(w, "second time lucky")
+		io.WriteString(w, "fourth time lucky")
 	})
 	g := loadGateway(t, idemSite(up.addr, "wait 2s"))
 	first := make(chan *http.Response, 1)
@@ -265,12 +267,12 @@ func TestIdempotencyWaitingRepeatTakesOverAReleasedKey(t *testing.T) {
 	poll(t, 2*time.Second, "the first request at the upstream", func() bool { return up.of("handover") == 1 })
 	res, body := keyed(t, g, "handover", "x")
 	expectKeyed(t, res, http.StatusOK, "ok", "new")
-	if body != "second time lucky" {
+	if body != "fourth time lucky" {
 		t.Fatalf("the waiting repeat got %q", body)
 	}
 	expectKeyed(t, <-first, http.StatusServiceUnavailable, "upstream_status", "released")
-	if got := up.of("handover"); got != 2 {
-		t.Fatalf("executed %d times, want 2: the first one did nothing (503)", got)
+	if got := up.of("handover"); got != 4 {
+		t.Fatalf("executed %d times, want 4: the first one's three tries did nothing (503)", got)
 	}
 }
 
@@ -310,7 +312,9 @@ func TestIdempotencyWhatAFirstRequestLeaves(t *testing.T) {
 			}
 			want := 1
 			if tc.sent {
-				want = 2
+				// the upstream did nothing: each request was tried three
+				// times, the key claimed all along, and then released
+				want = 6
 			}
 			if got := up.of(key); got != want {
 				t.Fatalf("executed %d times, want %d", got, want)
