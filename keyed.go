@@ -101,7 +101,9 @@ func (ex *exchange) keyBegin(ix *Idempotency) (res *http.Response, err error, do
 	fp := func() (idempotency.Fingerprint, error) {
 		h := idempotency.NewHasher(req.Method, target)
 		if b := req.Body; b != nil && b != http.NoBody {
-			if _, err := io.Copy(h, b); err != nil {
+			// the fingerprint covers HashedBody bytes, and whether there
+			// are more: one byte past it tells
+			if _, err := io.CopyN(h, b, idempotency.HashedBody+1); err != nil && err != io.EOF {
 				return idempotency.Fingerprint{}, err
 			}
 		}
@@ -301,20 +303,18 @@ func (ex *exchange) keyRelease() {
 	ex.setKeyed(keyReleased)
 }
 
-// keyDrainLimit bounds what is read of a request body the upstream did
-// not read to its end, for its fingerprint.
-const keyDrainLimit = 8 << 20
-
 // keyFingerprint returns the fingerprint of the request. When the
 // upstream answered before reading the whole body, the rest is read
-// (hashed only) now; past keyDrainLimit the fingerprint covers what was
-// read, and a repeat of the request is taken for another one (422):
-// never replayed an answer it may not match.
+// (hashed only) now, as far as the fingerprint covers (HashedBody, and
+// one byte to tell whether there is more): a repeat of the same request
+// gets the same fingerprint however much of the first one's body the
+// upstream read.
 func (ex *exchange) keyFingerprint() idempotency.Fingerprint {
-	if b := ex.body; b != nil && !b.complete() {
-		b.drainHash(keyDrainLimit)
+	h := ex.keyed.hash
+	if b := ex.body; b != nil && !b.complete() && !h.Full() {
+		b.drainHash(idempotency.HashedBody + 1)
 	}
-	return ex.keyed.hash.Sum()
+	return h.Sum()
 }
 
 // drainAnswer reads the rest of an answer whose client stopped reading

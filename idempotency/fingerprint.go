@@ -8,8 +8,14 @@ import (
 
 // Fingerprint is SHA-256 of a request's method, request target and body:
 // what tells a repeat of a request from another request that reuses its
-// key.
+// key. Of a body longer than HashedBody, the first HashedBody bytes
+// count, and that it is longer: what the gateway may never read of a
+// first request's body (an upstream that answered without reading it)
+// must not make a byte-identical repeat look like another request.
 type Fingerprint [32]byte
+
+// HashedBody is how much of a request body a fingerprint covers.
+const HashedBody = 8 << 20
 
 // fingerprintDomain starts every fingerprint's hash, as keyDomain does
 // for keys.
@@ -20,7 +26,9 @@ const fingerprintDomain = "resilient idempotency fingerprint v1\x00"
 // for concurrent use, as a body is read by one goroutine. The zero
 // Hasher is that of an empty method and target.
 type Hasher struct {
-	h hash.Hash
+	h      hash.Hash
+	n      int64 // body bytes written
+	longer bool  // the body is longer than HashedBody
 }
 
 // NewHasher starts the fingerprint of a request of method to target (the
@@ -43,13 +51,24 @@ func (h *Hasher) start(method, target string) {
 	}
 }
 
-// Write adds p, a piece of the body, to the fingerprint. It never fails.
+// Write adds p, a piece of the body, to the fingerprint; past
+// HashedBody bytes only that there are more counts. It never fails.
 func (h *Hasher) Write(p []byte) (int, error) {
 	if h.h == nil {
 		h.start("", "")
 	}
-	return h.h.Write(p)
+	n := len(p)
+	if room := HashedBody - h.n; int64(len(p)) > room {
+		p, h.longer = p[:room], true
+	}
+	h.n += int64(len(p))
+	h.h.Write(p)
+	return n, nil
 }
+
+// Full reports whether the fingerprint covers all it ever will: the body
+// went past HashedBody, so what follows does not count.
+func (h *Hasher) Full() bool { return h.longer }
 
 // Sum returns the fingerprint of what was written so far; writing may
 // go on after it.
@@ -59,5 +78,10 @@ func (h *Hasher) Sum() Fingerprint {
 	}
 	var f Fingerprint
 	h.h.Sum(f[:0])
+	if h.longer {
+		// a mark of its own: a body of HashedBody bytes and a longer one
+		// with the same start differ
+		f = sha256.Sum256(append(f[:], "longer"...))
+	}
 	return f
 }

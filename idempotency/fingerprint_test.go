@@ -116,3 +116,41 @@ func TestNewKey(t *testing.T) {
 		t.Errorf("String() = %q: want 32 hex digits, differing between keys", s)
 	}
 }
+
+// A fingerprint covers HashedBody bytes of a body and whether there are
+// more, however the body is written: two bodies that differ only past
+// HashedBody are one request to it (the gateway may never read that far
+// of a first request's body), and a body of exactly HashedBody bytes is
+// not one that goes on.
+func TestFingerprintCoversHashedBodyAndWhetherThereIsMore(t *testing.T) {
+	sum := func(parts ...[]byte) Fingerprint {
+		h := NewHasher("POST", "/orders")
+		for _, p := range parts {
+			h.Write(p)
+		}
+		return h.Sum()
+	}
+	full := bytes.Repeat([]byte("a"), HashedBody)
+	if sum(full) == sum(full, []byte("b")) {
+		t.Fatal("a body of HashedBody bytes and a longer one have one fingerprint")
+	}
+	if sum(full, []byte("b")) != sum(full, []byte("c"), []byte("more")) {
+		t.Fatal("bodies that differ only past HashedBody have two fingerprints")
+	}
+	// the same bytes in other pieces: one write across the limit
+	if sum(full[:10], full[10:], []byte("b")) != sum(append(full[:HashedBody:HashedBody], 'z')) {
+		t.Fatal("the fingerprint depends on how the body was cut into writes")
+	}
+	if sum(full[:HashedBody-1], []byte("x")) == sum(full) {
+		t.Fatal("a difference within HashedBody is not seen")
+	}
+	h := NewHasher("POST", "/")
+	h.Write(full)
+	if h.Full() {
+		t.Fatal("Full after exactly HashedBody bytes: it cannot know yet whether more follow")
+	}
+	h.Write([]byte("x"))
+	if !h.Full() {
+		t.Fatal("not Full past HashedBody")
+	}
+}
