@@ -42,6 +42,7 @@ const (
 	flagWroteRequest
 	flagReused
 	flagResent
+	flagWritten // the whole request was written
 )
 
 func (a *attempt) set(f uint32)      { a.flags.Or(f) }
@@ -111,6 +112,7 @@ func (a *attempt) onWroteRequest(info httptrace.WroteRequestInfo) {
 	a.wroteAt.Store(a.since())
 	a.set(flagWroteRequest)
 	if info.Err == nil {
+		a.set(flagWritten)
 		// from here to the final response headers: interim 1xx answers
 		// do not end this phase
 		a.w.enterBeforeHeaders(causeRead, a.read)

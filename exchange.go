@@ -431,6 +431,10 @@ func (ex *exchange) send(a *attempt, tk *ticket, start, totalAt time.Time) (*htt
 	}
 	a.write, a.read, a.start, a.h2c = on(ex.t.Timeouts.Write), on(ex.t.Timeouts.Read), start, ex.t.h2c
 	w := &a.w
+	if ex.keyed != nil {
+		// once sent, carried to the upstream's answer (see carry.go)
+		w.carry = newCarrier(ex, a, start)
+	}
 	w.init(cancel, attemptAt, totalAt)
 	if h := ex.hedge; h != nil {
 		switch {
@@ -461,7 +465,16 @@ func (ex *exchange) send(a *attempt, tk *ticket, start, totalAt time.Time) (*htt
 			ex.up.freeSlot()
 		}
 	}()
-	res, err := ex.t.HTTPTransport.RoundTrip(r)
+	var res *http.Response
+	var err error
+	if c := w.carry; c != nil {
+		if res, err = c.roundTrip(&ex.t.HTTPTransport, r); c.detached() {
+			reported = true
+			return ex.detachedAttempt(a, tk, c, start)
+		}
+	} else {
+		res, err = ex.t.HTTPTransport.RoundTrip(r)
+	}
 	at.took = time.Since(start)
 	if err == nil {
 		a.headers()
@@ -579,6 +592,11 @@ func (ex *exchange) finish(res *http.Response, at *attemptResult) (*http.Respons
 		return nil, e.handlerError()
 	}
 	if ex.body != nil {
+		if ex.keyed != nil {
+			// the fingerprint needs what the upstream did not read, and
+			// the client's body is closed once the exchange ends
+			ex.keyFingerprint()
+		}
 		ex.body.end()
 	}
 	if v := res.Header["Retry-After"]; len(v) > 0 {

@@ -21,21 +21,24 @@ import (
 
 // keyed is what an exchange that holds an idempotency key's claim keeps.
 type keyed struct {
-	ix    *Idempotency
-	claim idempotency.Claim
-	hash  *idempotency.Hasher // the request's fingerprint, fed as its body streams
+	ix     *Idempotency
+	claim  idempotency.Claim
+	hash   *idempotency.Hasher     // the request's fingerprint, fed as its body streams
+	fp     idempotency.Fingerprint // its sum, once summed
+	summed bool
 
 	// whether some attempt may have made the upstream act: bytes of it
 	// were written and no answer said otherwise (408 425 429 503)
 	acted bool
 
 	// the answer as it streams to the first client
-	status int
-	header http.Header
-	body   []byte
-	large  bool // over max_response: only status and headers are kept
-	eof    bool // the answer's body was read to its end
-	ended  bool // the claim was kept or released
+	status  int
+	header  http.Header
+	body    []byte
+	large   bool // over max_response: only status and headers are kept
+	eof     bool // the answer's body was read to its end
+	ended   bool // the claim was kept or released
+	carried bool // its client was answered; a carrier ends the claim
 }
 
 // releasingStatus reports whether an answer with status says the
@@ -266,6 +269,9 @@ func (k *keyed) capture(p []byte) {
 // the record keeps the outcome, and a repeat gets the same 502/504.
 func (ex *exchange) keyFailed(o Outcome) {
 	k := ex.keyed
+	if k.carried {
+		return // the upstream's answer will come, and be kept
+	}
 	if !k.acted {
 		ex.keyRelease()
 		return
@@ -310,17 +316,27 @@ func (ex *exchange) keyRelease() {
 // gets the same fingerprint however much of the first one's body the
 // upstream read.
 func (ex *exchange) keyFingerprint() idempotency.Fingerprint {
-	h := ex.keyed.hash
+	k := ex.keyed
+	if k.summed {
+		return k.fp
+	}
+	h := k.hash
 	if b := ex.body; b != nil && !b.complete() && !h.Full() {
 		b.drainHash(idempotency.HashedBody + 1)
 	}
-	return h.Sum()
+	k.fp, k.summed = h.Sum(), true
+	return k.fp
 }
 
 // drainAnswer reads the rest of an answer whose client stopped reading
 // (it left): up to max_response, so that the repeat gets it.
 func (b *responseBody) drainAnswer() {
 	k := b.ex.keyed
+	if !b.watch {
+		// no idle bound: an upstream that stalls mid-body must not hold
+		// the handler, the connection, its slot and the claim for ever
+		b.a.w.enter(causeCarried, time.Duration(k.ix.CompleteWithin))
+	}
 	buf := make([]byte, 32<<10)
 	for !k.eof && !k.large && !b.cut.Load() && !b.a.w.idleFire.Load() {
 		if _, err := b.Read(buf); err != nil {

@@ -125,6 +125,10 @@ var idempotencyGauges = []prometheus.Collector{
 		Namespace: "caddy", Subsystem: "resilient", Name: "idempotency_bytes",
 		Help: "Bytes of the answers the Idempotency-Key records of this process keep, bodies and headers.",
 	}, func() float64 { _, b := idempotency.Stats(); return float64(b) }),
+	prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "resilient", Name: "idempotency_carried",
+		Help: "Keyed requests being carried to the upstream's answer after their client was answered at its deadline.",
+	}, func() float64 { return float64(carriedNow.Load()) }),
 }
 
 // registerIdempotencyMetrics registers the idempotency gauges too.

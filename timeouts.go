@@ -113,6 +113,11 @@ type watchdog struct {
 
 	sched schedSlot // guarded by the scheduler's lock
 
+	// the round trip of a keyed attempt, which a client-facing bound
+	// answers the client of rather than cancels (see carry.go); nil:
+	// none
+	carry *carrier
+
 	// The body's silence is watched lazily: a Read only notes when it
 	// began, and the deadline, coming once per idle bound, checks whether
 	// the read in progress has gone on too long. Time the client spends
@@ -336,6 +341,22 @@ func (w *watchdog) fire() {
 		w.arm(at)
 		w.mu.Unlock()
 		return
+	}
+	if w.carry != nil && (cause == causeRead || cause == causeAttempt || cause == causeTotal) {
+		switch carried, late := w.carry.detach(cause); {
+		case carried:
+			// the client is answered at its deadline; the round trip
+			// goes on, bounded by complete_within from its sending
+			w.attempt, w.total = time.Time{}, time.Time{}
+			w.phase, w.phaseAt = causeCarried, w.carry.until
+			w.arm(w.carry.until)
+			w.mu.Unlock()
+			return
+		case late:
+			// the upstream's answer is in: it goes to the client
+			w.mu.Unlock()
+			return
+		}
 	}
 	w.fired = cause
 	w.mu.Unlock()

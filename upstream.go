@@ -22,13 +22,20 @@ type upstream struct {
 	// log sampling of breaker_open, pool_timeout and rate_limited
 	refusals [3]refusalLog
 
-	busy     atomic.Int32 // requests under way
+	busy     atomic.Int32 // requests under way, carried exchanges included
+	// keyed exchanges carried to the upstream's answer after their
+	// client was answered, and how many may be at once
+	carried    atomic.Int64
+	carryLimit int64
 	lastUsed atomic.Int64 // unix nanos of the latest request, to the second
 }
 
 func newUpstream(t *Transport, addr string) *upstream {
 	u := &upstream{addr: addr, addrValue: addr, slots: newSlots(t.Pool.MaxConns),
-		m: newUpstreamMetrics(addr, t.Pool.MaxConns > 0, t.RateLimit != nil)}
+		m: newUpstreamMetrics(addr, t.Pool.MaxConns > 0, t.RateLimit != nil), carryLimit: defaultCarryLimit}
+	if t.Pool.MaxConns > 0 {
+		u.carryLimit = int64(t.Pool.MaxConns)
+	}
 	if t.RateLimit != nil {
 		u.limiter = acquireLimiter(t.RateLimit, addr, t.fleetLink())
 	}
