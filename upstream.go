@@ -22,12 +22,12 @@ type upstream struct {
 	// log sampling of breaker_open, pool_timeout and rate_limited
 	refusals [3]refusalLog
 
-	busy     atomic.Int32 // requests under way, carried exchanges included
+	busy atomic.Int32 // requests under way, carried exchanges included
 	// keyed exchanges carried to the upstream's answer after their
 	// client was answered, and how many may be at once
 	carried    atomic.Int64
 	carryLimit int64
-	lastUsed atomic.Int64 // unix nanos of the latest request, to the second
+	lastUsed   atomic.Int64 // unix nanos of the latest request, to the second
 }
 
 func newUpstream(t *Transport, addr string) *upstream {
