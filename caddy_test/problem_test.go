@@ -30,13 +30,15 @@ func egressProblemSnippet(t *testing.T) string {
 }
 
 type problem struct {
-	Type     string `json:"type"`
-	Title    string `json:"title"`
-	Status   int    `json:"status"`
-	Detail   string `json:"detail"`
-	Upstream string `json:"upstream"`
-	Outcome  string `json:"outcome"`
-	Attempts int    `json:"attempts"`
+	Type       string `json:"type"`
+	Title      string `json:"title"`
+	Status     int    `json:"status"`
+	Detail     string `json:"detail"`
+	Upstream   string `json:"upstream"`
+	Outcome    string `json:"outcome"`
+	Executed   string `json:"executed"`
+	Attempts   int    `json:"attempts"`
+	RetryAfter int    `json:"retry_after"`
 }
 
 func readProblem(t *testing.T, res *http.Response, body string) problem {
@@ -48,8 +50,18 @@ func readProblem(t *testing.T, res *http.Response, body string) problem {
 	if err := json.Unmarshal([]byte(body), &p); err != nil {
 		t.Fatalf("body is not JSON: %v: %s", err, body)
 	}
-	if p.Status != res.StatusCode || p.Type == "" || p.Title == "" || p.Detail == "" || !strings.HasSuffix(p.Type, p.Outcome) {
+	if p.Status != res.StatusCode || p.Type == "" || p.Title == "" || p.Detail == "" || !strings.HasSuffix(p.Type, p.Outcome) ||
+		p.Executed == "" || p.Upstream == "" {
 		t.Errorf("incomplete problem for status %d: %+v", res.StatusCode, p)
+	}
+	// the verdict headers say what the body says
+	if res.Header.Get("X-Resilient-Outcome") != p.Outcome || res.Header.Get("X-Resilient-Executed") != p.Executed ||
+		res.Header.Get("X-Resilient-Attempts") != strconv.Itoa(p.Attempts) {
+		t.Errorf("verdict headers %q %q %q disagree with the problem %+v", res.Header.Get("X-Resilient-Outcome"),
+			res.Header.Get("X-Resilient-Executed"), res.Header.Get("X-Resilient-Attempts"), p)
+	}
+	if ra := res.Header.Get("Retry-After"); ra != "" && ra != strconv.Itoa(p.RetryAfter) {
+		t.Errorf("Retry-After %q, the problem's retry_after %d", ra, p.RetryAfter)
 	}
 	return p
 }
@@ -87,12 +99,12 @@ func TestEgressProblemJSON(t *testing.T) {
 	g := loadGateway(t, sites)
 
 	res, body := g.get("/refused")
-	if p := readProblem(t, res, body); res.StatusCode != 502 || p.Outcome != "connect_error" || p.Upstream != refused || p.Attempts != 1 {
+	if p := readProblem(t, res, body); res.StatusCode != 502 || p.Outcome != "connect_error" || p.Upstream != refused || p.Attempts != 1 || p.Executed != "no" {
 		t.Errorf("connect_error: %d %+v", res.StatusCode, p)
 	}
 
 	res, body = g.get("/silent")
-	if p := readProblem(t, res, body); res.StatusCode != 504 || p.Outcome != "read_timeout" {
+	if p := readProblem(t, res, body); res.StatusCode != 504 || p.Outcome != "read_timeout" || p.Executed != "maybe" {
 		t.Errorf("read_timeout: %d %+v", res.StatusCode, p)
 	}
 
