@@ -47,6 +47,8 @@ type exchange struct {
 
 	keyed      *keyed // the idempotency key's claim this request holds; nil: none
 	keyVerdict string // what the idempotency step said, for the log; "" when not managed
+	keyValue   any    // the same, boxed for the placeholder; nil when not managed
+	err        *Error // the error the request ended with, for the placeholders
 
 	// what the caller may assume of the upstream, when the transport
 	// answered itself (a replay, a conflict); else the tries tell
@@ -120,7 +122,9 @@ func newExchange(t *Transport, req *http.Request) *exchange {
 	}
 	ex.t, ex.req, ex.ctx, ex.up, ex.start = t, req, req.Context(), t.upstreamFor(req), time.Now()
 	ex.up.begin(ex.start)
-	ex.repl, _ = req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if ex.repl, _ = req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ex.repl != nil {
+		providePlaceholders(ex.repl, ex)
+	}
 	ex.tries = ex.triesBuf[:0]
 	if d := on(t.Timeouts.Total); d > 0 {
 		ex.totalAt = ex.start.Add(d)
@@ -139,11 +143,6 @@ func (ex *exchange) totalDeadline() time.Time {
 
 func (ex *exchange) run() (*http.Response, error) {
 	ex.idem, ex.header = ex.t.Retry.classify(ex.req)
-	if ex.repl != nil {
-		// never left unset, whatever ends the request: header_down
-		// would show the placeholder's name
-		ex.repl.Set("http.resilient.idempotency", keyNotManaged)
-	}
 	if dl := ex.t.Deadline; dl != nil {
 		// the caller's deadline caps total
 		if res, err, done := ex.callerDeadline(dl); done {
@@ -343,9 +342,6 @@ func (ex *exchange) obeyRetryAfter(res *http.Response, now time.Time) {
 // upgrade sends an upgrade request once, as it is, and reports how it
 // went.
 func (ex *exchange) upgrade() (*http.Response, error) {
-	if ex.repl != nil {
-		ex.repl.Set("http.resilient.idempotency", keyNotManaged)
-	}
 	res, err := ex.t.HTTPTransport.RoundTrip(ex.req)
 	at := &ex.first.res
 	*at = attemptResult{took: time.Since(ex.start), admitted: true}

@@ -64,10 +64,7 @@ var (
 
 // setKeyed sets the placeholder, and what the log says of the key.
 func (ex *exchange) setKeyed(v any) {
-	ex.keyVerdict = v.(string)
-	if ex.repl != nil {
-		ex.repl.Set("http.resilient.idempotency", v)
-	}
+	ex.keyVerdict, ex.keyValue = v.(string), v
 }
 
 // keyBegin is the idempotency step before the first attempt. When the

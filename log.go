@@ -1,44 +1,97 @@
 package resilient
 
 import (
+	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
 
-// report sets the request's placeholders from where it stands; e is the
-// error it ended with, if any.
+// report notes e, the error the request ended with (nil: none), for
+// the placeholders.
 func (ex *exchange) report(e *Error) {
-	repl := ex.repl
-	if repl == nil {
-		return
+	if e != nil {
+		ex.err = e
+	}
+}
+
+// exchangeKey holds, in a request's replacer, the latest exchange of
+// the request: Caddy's lb_retries may send one request through the
+// transport several times, and the placeholders tell of the last.
+const exchangeKey = "resilient.exchange"
+
+// providePlaceholders makes repl provide {http.resilient.*} from ex:
+// each value is read from the exchange as it stands when it is asked
+// for, so that none is ever unset, and a request pays for one provider
+// (added by its first exchange) rather than a static value per
+// placeholder (each a write into the replacer's map, which grows).
+func providePlaceholders(repl *caddy.Replacer, ex *exchange) {
+	if _, ok := repl.Get(exchangeKey); !ok {
+		repl.Map(func(key string) (any, bool) {
+			if !strings.HasPrefix(key, "http.resilient.") {
+				return nil, false
+			}
+			if v, ok := repl.Get(exchangeKey); ok {
+				return v.(*exchange).placeholder(key)
+			}
+			return nil, false
+		})
+	}
+	repl.Set(exchangeKey, ex)
+}
+
+// String hides the exchange from a {resilient.exchange} placeholder.
+func (ex *exchange) String() string { return "" }
+
+// placeholder returns the value of {http.resilient.*} key.
+func (ex *exchange) placeholder(key string) (any, bool) {
+	name, ok := strings.CutPrefix(key, "http.resilient.")
+	if !ok {
+		return nil, false
 	}
 	// values boxed once, not on every request
-	repl.Set("http.resilient.outcome", outcomeValues[ex.outcome])
-	repl.Set("http.resilient.attempts", ex.attempts())
-	repl.Set("http.resilient.upstream", ex.up.addrValue)
-	repl.Set("http.resilient.breaker", stateValue(ex.up.breaker.state()))
-	repl.Set("http.resilient.executed", executedValues[ex.executed()])
-	retryAfter := ex.retryAfter(e)
-	if retryAfter > 0 {
-		repl.Set("http.resilient.retry_after", retryAfter)
-	} else {
-		// never left unset: header_down would show its name
-		repl.Set("http.resilient.retry_after", noValue)
-	}
-	if e != nil {
-		if e.Err == nil {
-			repl.Set("http.resilient.error", causeValues[e.Outcome])
-		} else {
-			repl.Set("http.resilient.error", e.cause())
+	switch name {
+	case "outcome":
+		return outcomeValues[ex.outcome], true
+	case "attempts":
+		return ex.attempts(), true
+	case "upstream":
+		return ex.up.addrValue, true
+	case "breaker":
+		return stateValue(ex.up.breaker.state()), true
+	case "executed":
+		return executedValues[ex.executed()], true
+	case "idempotency":
+		if ex.keyValue == nil {
+			return keyNotManaged, true
 		}
-		// the answer handle_errors writes: one problem schema for every
-		// answer of the gateway's own
-		status := e.Outcome.StatusCode()
-		repl.Set("http.resilient.problem", string(problemJSON(ex.problem(status, "", "", "", retryAfter))))
+		return ex.keyValue, true
+	case "retry_after":
+		if ra := ex.retryAfter(ex.err); ra > 0 {
+			return ra, true
+		}
+		return noValue, true
+	case "error":
+		switch e := ex.err; {
+		case e == nil:
+			return noValue, true
+		case e.Err == nil:
+			return causeValues[e.Outcome], true
+		default:
+			return e.cause(), true
+		}
+	case "problem":
+		if e := ex.err; e != nil {
+			// the answer handle_errors writes: one problem schema for
+			// every answer of the gateway's own
+			return string(problemJSON(ex.problem(e.Outcome.StatusCode(), "", "", "", ex.retryAfter(e)))), true
+		}
+		return noValue, true
 	}
+	return nil, false
 }
 
 // noValue is the empty placeholder value, boxed once.
