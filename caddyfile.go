@@ -74,7 +74,7 @@ import (
 //			min_requests         <n>
 //			consecutive_failures <n>
 //			window               <duration>
-//			open_for             <duration>
+//			open_for             <first> [<longest>]
 //			half_open_requests   <n>
 //			failure_status       <status|class>...
 //			slow_call            <duration>
@@ -448,7 +448,24 @@ func parseBreaker(d *caddyfile.Dispenser) (*Breaker, error) {
 		case "window":
 			b.Window, err = duration(d, "breaker", opt, false)
 		case "open_for":
-			b.OpenFor, err = duration(d, "breaker", opt, false)
+			args := d.RemainingArgs()
+			if len(args) == 0 || len(args) > 2 {
+				return d.Errf("breaker: open_for takes one or two durations, the first open period and the longest, got %d arguments", len(args))
+			}
+			var periods [2]time.Duration
+			for i, a := range args {
+				periods[i], err = caddy.ParseDuration(a)
+				if err != nil || periods[i] <= 0 {
+					return d.Errf("breaker: open_for periods must be positive durations, got %q", a)
+				}
+			}
+			if len(args) == 2 && periods[1] < periods[0] {
+				return d.Errf("breaker: open_for longest period %s is shorter than the first %s", args[1], args[0])
+			}
+			b.OpenFor = caddy.Duration(periods[0])
+			if len(args) == 2 {
+				b.OpenForMax = caddy.Duration(periods[1])
+			}
 		case "half_open_requests":
 			b.HalfOpenRequests, err = integer(d, "breaker", opt, 1, maxHalfOpen)
 		case "failure_status":
@@ -472,6 +489,9 @@ func parseBreaker(d *caddyfile.Dispenser) (*Breaker, error) {
 				return d.Errf("breaker: slow_call must be a duration >= 0, got %q", v)
 			}
 			b.SlowCall = caddy.Duration(dur)
+		case "open_for_max":
+			// the JSON field's name; the Caddyfile has it as open_for's second value
+			return d.Errf("breaker: unrecognized subdirective open_for_max; the longest open period is open_for's second value, e.g. `open_for 1s 30s`")
 		default:
 			return unknownOption(d, "breaker", opt, breakerOptions)
 		}
