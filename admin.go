@@ -229,6 +229,11 @@ type breakerStatus struct {
 	Counts breakerCounts `json:"counts"`
 	// OpenUntil is when the breaker, open on its own, lets probes through.
 	OpenUntil *time.Time `json:"open_until,omitempty"`
+	// OpenPeriod is the length of the breaker's open period when open
+	// on its own (OpenUntil ends it), or of the one that just ended when
+	// half-open: should a probe fail, the next is twice as long, up to
+	// open_for_max.
+	OpenPeriod string `json:"open_period,omitempty"`
 	// Override is the operator override in force, if any.
 	Override *overrideStatus `json:"override,omitempty"`
 	// Fleet is the state another instance of the fleet reached, which
@@ -267,6 +272,9 @@ type fleetStatus struct {
 	Until time.Time `json:"until"`
 	// Origin is the ID of the instance that reached it.
 	Origin string `json:"origin"`
+	// OpenPeriod is the length of that instance's open period (open), or
+	// of the one that just ended (half_open), when it said.
+	OpenPeriod string `json:"open_period,omitempty"`
 }
 
 type breakerSettings struct {
@@ -275,6 +283,7 @@ type breakerSettings struct {
 	ConsecutiveFailures int      `json:"consecutive_failures"`
 	Window              string   `json:"window"`
 	OpenFor             string   `json:"open_for"`
+	OpenForMax          string   `json:"open_for_max"`
 	HalfOpenRequests    int      `json:"half_open_requests"`
 	FailureStatus       []string `json:"failure_status"`
 	SlowCall            string   `json:"slow_call"`
@@ -282,8 +291,7 @@ type breakerSettings struct {
 
 // status returns the breaker as the admin API shows it.
 func (b *breaker) status(now time.Time) breakerStatus {
-	cb := b.cur.Load().cb
-	own := cb.State() // brings the breaker up to date first
+	own := b.own() // brings the breaker up to date first
 	cfg := b.cfg
 	s := breakerStatus{
 		Upstream: b.upstream,
@@ -295,6 +303,7 @@ func (b *breaker) status(now time.Time) breakerStatus {
 			ConsecutiveFailures: *cfg.ConsecutiveFailures,
 			Window:              time.Duration(cfg.Window).String(),
 			OpenFor:             time.Duration(cfg.OpenFor).String(),
+			OpenForMax:          time.Duration(cfg.OpenForMax).String(),
 			HalfOpenRequests:    cfg.HalfOpenRequests,
 			FailureStatus:       cfg.FailureStatus,
 			SlowCall:            time.Duration(cfg.SlowCall).String(),
@@ -312,7 +321,7 @@ func (b *breaker) status(now time.Time) breakerStatus {
 			ConsecutiveFailures: wc.consecutiveFailures,
 		}
 	case gobreaker.StateHalfOpen:
-		c := cb.Counts()
+		c := b.cur.Load().cb.Counts()
 		s.Counts = breakerCounts{
 			Requests:             c.Requests,
 			Successes:            c.TotalSuccesses,
@@ -325,6 +334,9 @@ func (b *breaker) status(now time.Time) breakerStatus {
 		t := time.Unix(0, b.openUntil.Load())
 		s.OpenUntil = &t
 	}
+	if d := b.openPeriod(own); d > 0 {
+		s.OpenPeriod = d.String()
+	}
 	if mode, until := b.override(now); mode != forceNone {
 		s.Override = &overrideStatus{State: overrideName(mode), From: overrideFrom(b.ov), BreakerState: stateName(own)}
 		if !until.IsZero() {
@@ -333,6 +345,9 @@ func (b *breaker) status(now time.Time) breakerStatus {
 	}
 	if rs := b.followed(now); rs != nil {
 		s.Fleet = &fleetStatus{State: rs.state, Until: rs.until, Origin: rs.origin}
+		if rs.period > 0 {
+			s.Fleet.OpenPeriod = rs.period.String()
+		}
 	}
 	return s
 }

@@ -87,14 +87,14 @@ func TestAdminListsEveryBreaker(t *testing.T) {
 	if open == nil || closed == nil {
 		t.Fatalf("want one open and one closed breaker: %s", rec.Body)
 	}
-	if open.OpenUntil == nil || time.Until(*open.OpenUntil) < 9*time.Second {
-		t.Errorf("open_until %v, want about 10s from now", open.OpenUntil)
+	if open.OpenUntil == nil || time.Until(*open.OpenUntil) < 900*time.Millisecond || open.OpenPeriod != "1s" {
+		t.Errorf("open_until %v, open_period %q: want the first open period, 1s from now", open.OpenUntil, open.OpenPeriod)
 	}
-	if closed.OpenUntil != nil || closed.Override != nil {
+	if closed.OpenUntil != nil || closed.OpenPeriod != "" || closed.Override != nil {
 		t.Errorf("closed breaker: %+v", closed)
 	}
 	s := closed.Settings
-	if s.Window != "10s" || s.OpenFor != "10s" || s.SlowCall != "1s" || s.HalfOpenRequests != 3 ||
+	if s.Window != "10s" || s.OpenFor != "1s" || s.OpenForMax != "30s" || s.SlowCall != "1s" || s.HalfOpenRequests != 3 ||
 		s.FailureRatio != 0.5 || s.MinRequests != 20 || s.ConsecutiveFailures != 5 || len(s.FailureStatus) != 4 {
 		t.Errorf("settings %+v", s)
 	}

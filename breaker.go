@@ -44,8 +44,19 @@ type Breaker struct {
 	Window caddy.Duration `json:"window,omitempty"`
 
 	// How long the breaker stays open before it lets probes through
-	// (half-open). Default: `10s`.
+	// (half-open), the first time it opens. Each time a probe fails and
+	// it opens again, the open period doubles, up to open_for_max; once
+	// the breaker has stayed closed for a window, it starts from
+	// open_for again. A short first period ends a short outage quickly;
+	// the doubling keeps a provider that stays down from being probed
+	// every open_for. Default: `1s` (open_for_max when that is shorter).
 	OpenFor caddy.Duration `json:"open_for,omitempty"`
+
+	// The longest open period the doubling reaches; equal to open_for,
+	// the period is fixed. Default: `30s` when open_for is not set
+	// either, else open_for: a config that sets open_for alone keeps a
+	// fixed period, as it asked for.
+	OpenForMax caddy.Duration `json:"open_for_max,omitempty"`
 
 	// Probes let through while half-open; that many successes close the
 	// breaker, one failure opens it again. Default: `3`.
@@ -65,6 +76,15 @@ type Breaker struct {
 
 var defaultFailureStatus = []string{"500", "502", "503", "504"}
 
+// The open periods when none is configured: the first short, so that a
+// provider back after a short outage is refused for at most a second;
+// the longest long enough that a provider that stays down gets
+// half_open_requests probes every 30s, not every second.
+const (
+	defaultOpenFor    = caddy.Duration(time.Second)
+	defaultOpenForMax = caddy.Duration(30 * time.Second)
+)
+
 func (b *Breaker) provision() error {
 	if b.FailureRatio == 0 {
 		b.FailureRatio = 0.5
@@ -79,8 +99,16 @@ func (b *Breaker) provision() error {
 	if b.Window == 0 {
 		b.Window = caddy.Duration(10 * time.Second)
 	}
-	if b.OpenFor == 0 {
-		b.OpenFor = caddy.Duration(10 * time.Second)
+	switch {
+	case b.OpenFor == 0 && b.OpenForMax == 0:
+		b.OpenFor, b.OpenForMax = defaultOpenFor, defaultOpenForMax
+	case b.OpenFor == 0:
+		b.OpenFor = defaultOpenFor
+		if b.OpenForMax > 0 {
+			b.OpenFor = min(b.OpenFor, b.OpenForMax)
+		}
+	case b.OpenForMax == 0:
+		b.OpenForMax = b.OpenFor
 	}
 	if b.HalfOpenRequests == 0 {
 		b.HalfOpenRequests = 3
@@ -114,6 +142,9 @@ func (b *Breaker) validate() error {
 	}
 	if b.OpenFor <= 0 {
 		return fmt.Errorf("open_for must be > 0, got %v", time.Duration(b.OpenFor))
+	}
+	if b.OpenForMax < b.OpenFor {
+		return fmt.Errorf("open_for_max must be >= open_for (%v), got %v", time.Duration(b.OpenFor), time.Duration(b.OpenForMax))
 	}
 	if b.HalfOpenRequests < 1 || b.HalfOpenRequests > maxHalfOpen {
 		return fmt.Errorf("half_open_requests must be a whole number from 1 to %d, got %d", maxHalfOpen, b.HalfOpenRequests)
@@ -153,8 +184,8 @@ func (b *Breaker) isFailure(o Outcome, status int, took time.Duration) (failure,
 // key identifies the breaker settings, so a reload that keeps them keeps
 // the breaker's state.
 func (b *Breaker) key() string {
-	return fmt.Sprintf("%v|%d|%d|%v|%v|%d|%s|%v", b.FailureRatio, b.MinRequests,
-		*b.ConsecutiveFailures, time.Duration(b.Window), time.Duration(b.OpenFor),
+	return fmt.Sprintf("%v|%d|%d|%v|%v-%v|%d|%s|%v", b.FailureRatio, b.MinRequests,
+		*b.ConsecutiveFailures, time.Duration(b.Window), time.Duration(b.OpenFor), time.Duration(b.OpenForMax),
 		b.HalfOpenRequests, strings.Join(b.FailureStatus, ","), time.Duration(b.SlowCall))
 }
 
@@ -175,11 +206,16 @@ type breaker struct {
 	// a state another instance of the fleet reached, which this breaker
 	// follows while it lasts; nil: none
 	remote atomic.Pointer[remoteState]
+	// the clock of its open periods (see openperiod.go); tests set
+	// their own before first use
+	now func() time.Time
 
 	// Written by the gobreaker hooks of the current generation, under
 	// its lock; read anywhere.
 	cbState    atomic.Int32 // gobreaker.State, as of the last change
 	openUntil  atomic.Int64 // unix nanos: when the open breaker turns half-open
+	openFor    atomic.Int64 // the latest open period; 0: none since made or reset
+	closedAt   atomic.Int64 // unix nanos: when it last closed after probes; 0: never
 	tripCounts atomic.Pointer[windowCounts]
 	rejected   atomic.Uint32 // requests turned away since it opened
 	probeGen   atomic.Uint64 // bumped each time it turns half-open
@@ -206,15 +242,16 @@ var errFailure = errors.New("failure")
 var errLateFailure = errors.New("late failure")
 
 func newBreaker(cfg *Breaker, upstream, key string) *breaker {
-	b := &breaker{upstream: upstream, key: key, cfg: cfg, win: newWindow(time.Duration(cfg.Window)), ov: acquireOverride(upstream)}
+	b := &breaker{upstream: upstream, key: key, cfg: cfg, win: newWindow(time.Duration(cfg.Window)), ov: acquireOverride(upstream), now: time.Now}
 	b.cur.Store(b.newGeneration(1))
 	return b
 }
 
 // newGeneration returns a fresh gobreaker. It runs the state machine
-// (open for open_for, then half_open_requests probes); whether the closed
-// breaker trips is the window's call, so gobreaker keeps no window of
-// its own.
+// (open, then half_open_requests probes); whether the closed breaker
+// trips is the window's call, so gobreaker keeps no window of its own,
+// and how long it stays open is the breaker's (see heldOpen): gobreaker's
+// Timeout is the shortest open period, open_for.
 func (b *breaker) newGeneration(n uint64) *generation {
 	cfg := b.cfg
 	return &generation{n: n, cb: gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
@@ -241,6 +278,17 @@ func (b *breaker) newGeneration(n uint64) *generation {
 // onStateChange runs under the gobreaker lock: it must not call back
 // into the breaker, so it works from what the hooks recorded.
 func (b *breaker) onStateChange(from, to gobreaker.State) {
+	now := b.now()
+	var openFor time.Duration
+	switch to {
+	case gobreaker.StateOpen:
+		// before the state: whoever sees it open sees until when
+		openFor = b.nextOpenFor(from, now)
+		b.openFor.Store(int64(openFor))
+		b.openUntil.Store(now.Add(openFor).UnixNano())
+	case gobreaker.StateClosed:
+		b.closedAt.Store(now.UnixNano())
+	}
 	b.cbState.Store(int32(to))
 	// each state starts with a clean window; results still due from
 	// before are dropped, as gobreaker drops them
@@ -258,20 +306,25 @@ func (b *breaker) onStateChange(from, to gobreaker.State) {
 	case gobreaker.StateOpen:
 		c.rejected = b.rejected.Load()
 	}
+	fields := []zap.Field{zap.Object("counts", c)}
 	switch to {
 	case gobreaker.StateOpen:
-		b.openUntil.Store(time.Now().Add(time.Duration(b.cfg.OpenFor)).UnixNano())
 		b.rejected.Store(0)
-		b.wakeAfter(time.Duration(b.cfg.OpenFor))
+		b.wakeAfter(openFor)
+		fields = append(fields, zap.Duration("open_for", openFor))
 	case gobreaker.StateHalfOpen:
 		b.probeOK.Store(0)
 		b.probeFail.Store(0)
 		b.probeGen.Add(1)
 	}
-	b.notify("breaker state changed", stateName(from), stateName(to), zap.Object("counts", c))
+	b.notify("breaker state changed", stateName(from), stateName(to), fields...)
 	if fl := b.fleet.Load(); fl != nil {
-		// the others follow; never blocks
+		// the others follow, for the rest of this open period; never
+		// blocks
 		s := fleet.BreakerState{Upstream: b.upstream, Settings: b.cfg.key(), State: stateName(to)}
+		if to != gobreaker.StateClosed {
+			s.Period = time.Duration(b.openFor.Load())
+		}
 		if to == gobreaker.StateOpen {
 			s.Until = time.Unix(0, b.openUntil.Load())
 		}
@@ -288,7 +341,7 @@ func (b *breaker) follow(rs *remoteState) {
 	if rs != nil && rs.state == "half_open" {
 		// the probes are the other instance's; should its word never
 		// come, this one decides again after an open period
-		rs = &remoteState{state: rs.state, origin: rs.origin, until: time.Now().Add(time.Duration(b.cfg.OpenFor))}
+		rs = &remoteState{state: rs.state, origin: rs.origin, period: rs.period, until: time.Now().Add(b.followedPeriod(rs))}
 	}
 	old := b.remote.Swap(rs)
 	if old == nil && rs == nil {
@@ -304,6 +357,9 @@ func (b *breaker) follow(rs *remoteState) {
 		return
 	}
 	fields := []zap.Field{zap.String("fleet_origin", originOf(rs, old))}
+	if to == "open" && rs.period > 0 {
+		fields = append(fields, zap.Duration("open_for", rs.period), zap.Time("until", rs.until))
+	}
 	b.notify("breaker state changed by the fleet", from, to, fields...)
 }
 
@@ -328,7 +384,7 @@ func (b *breaker) followed(now time.Time) *remoteState {
 		}
 		var next *remoteState
 		if rs.state == "open" {
-			next = &remoteState{state: "half_open", origin: rs.origin, until: rs.until.Add(time.Duration(b.cfg.OpenFor))}
+			next = &remoteState{state: "half_open", origin: rs.origin, period: rs.period, until: rs.until.Add(b.followedPeriod(rs))}
 			if !now.Before(next.until) {
 				next = nil
 			}
@@ -356,8 +412,8 @@ func (b *breaker) wakeAfter(d time.Duration) {
 
 // wake moves the breaker on to the state it is in by now.
 func (b *breaker) wake() {
-	b.cur.Load().cb.State() // gobreaker's own open -> half-open
-	b.state()               // an override or a followed state that ran out
+	b.own()   // open -> half-open once its period is over
+	b.state() // an override or a followed state that ran out
 }
 
 // notify logs a change of the breaker's state at warn, and records it
@@ -425,12 +481,7 @@ func (b *breaker) state() string {
 			return rs.state
 		}
 	}
-	if gobreaker.State(b.cbState.Load()) == gobreaker.StateClosed {
-		// only a failure reported through gobreaker moves it on, and
-		// that updates cbState: no need to take gobreaker's lock
-		return "closed"
-	}
-	return stateName(b.cur.Load().cb.State())
+	return stateName(b.own())
 }
 
 // override returns the operator override in force at now (zero: the
@@ -477,6 +528,8 @@ func (b *breaker) reset(from string) {
 	b.win.reset()
 	b.cbState.Store(int32(gobreaker.StateClosed))
 	b.openUntil.Store(0)
+	b.openFor.Store(0) // the next trip opens it for open_for
+	b.closedAt.Store(0)
 	b.tripCounts.Store(nil)
 	b.remote.Store(nil)
 	b.notify("breaker reset", from, b.state())
@@ -502,12 +555,11 @@ func (b *breaker) rejects() bool {
 	if b.followed(time.Now()) != nil {
 		return true
 	}
-	cb := b.cur.Load().cb
-	switch cb.State() {
+	switch b.own() {
 	case gobreaker.StateOpen:
 		return true
 	case gobreaker.StateHalfOpen:
-		c := cb.Counts()
+		c := b.cur.Load().cb.Counts()
 		return c.Requests >= c.TotalExclusions+uint32(b.cfg.HalfOpenRequests)
 	}
 	return false
@@ -569,10 +621,14 @@ func (b *breaker) allow(into *ticket) (*ticket, time.Duration, bool) {
 		*into = ticket{b: b, g: g, epoch: epoch}
 		return into, 0, true
 	}
+	if now := b.now(); b.heldOpen(now) {
+		b.rejected.Add(1)
+		return nil, b.openLeft(now), false
+	}
 	done, err := g.cb.Allow()
 	if err != nil {
 		b.rejected.Add(1)
-		wait := b.openLeft(time.Now())
+		wait := b.openLeft(b.now())
 		if errors.Is(err, gobreaker.ErrTooManyRequests) || wait <= 0 {
 			// half-open with its probes in flight: they answer soon
 			wait = time.Second
@@ -607,7 +663,7 @@ func (t *ticket) report(failure, excluded bool) {
 		// admitted while closed: gobreaker needs to hear of a failure
 		// only, to trip on the window's say; not of one from before a
 		// change of state or a reset
-		if failure && recorded && b.cur.Load() == t.g {
+		if failure && recorded && b.cur.Load() == t.g && !b.heldOpen(b.now()) {
 			if done, err := t.g.cb.Allow(); err == nil {
 				done(errLateFailure)
 			}
@@ -643,10 +699,14 @@ func (t *ticket) settle() {
 // body was then cut short. A closed breaker may trip on it; a half-open
 // one opens again.
 func (t *ticket) lateFailure() {
-	if t == nil || !t.b.win.amend(t.epoch) {
+	if t == nil {
 		return
 	}
-	if done, err := t.b.cur.Load().cb.Allow(); err == nil {
+	b := t.b
+	if !b.win.amend(t.epoch) || b.heldOpen(b.now()) {
+		return
+	}
+	if done, err := b.cur.Load().cb.Allow(); err == nil {
 		done(errLateFailure)
 	}
 }

@@ -74,7 +74,7 @@ import (
 //			min_requests         <n>
 //			consecutive_failures <n>
 //			window               <duration>
-//			open_for             <duration>
+//			open_for             <first> [<longest>]
 //			half_open_requests   <n>
 //			failure_status       <status|class>...
 //			slow_call            <duration>
@@ -214,6 +214,32 @@ func duration(d *caddyfile.Dispenser, parent, opt string, allowOff bool) (caddy.
 	return caddy.Duration(dur), nil
 }
 
+// firstAndLongest parses the two durations of an option that takes a
+// first and a longest (backoff's waits, open_for's periods): positive,
+// the longest no shorter than the first. With optional, the longest may
+// be left out, and is then 0. noun names one of them in the messages.
+func firstAndLongest(d *caddyfile.Dispenser, parent, opt, noun string, optional bool) (first, longest time.Duration, err error) {
+	args := d.RemainingArgs()
+	switch {
+	case optional && (len(args) == 0 || len(args) > 2):
+		return 0, 0, d.Errf("%s: %s takes one or two durations, the first %s and the longest, got %d arguments", parent, opt, noun, len(args))
+	case !optional && len(args) != 2:
+		return 0, 0, d.Errf("%s: %s takes two durations, the first %s and the longest, got %d arguments", parent, opt, noun, len(args))
+	}
+	var ds [2]time.Duration
+	for i, a := range args {
+		v, perr := caddy.ParseDuration(a)
+		if perr != nil || v <= 0 {
+			return 0, 0, d.Errf("%s: %s %ss must be positive durations, got %q", parent, opt, noun, a)
+		}
+		ds[i] = v
+	}
+	if len(args) == 2 && ds[1] < ds[0] {
+		return 0, 0, d.Errf("%s: %s longest %s %s is shorter than the first %s", parent, opt, noun, args[1], args[0])
+	}
+	return ds[0], ds[1], nil
+}
+
 // integer parses a whole number from lo to hi; the message gives the
 // range, whatever is wrong with the value (a fraction, a word, a number
 // out of range or too large to hold).
@@ -327,21 +353,11 @@ func parseRetry(d *caddyfile.Dispenser) (*Retry, error) {
 		case "attempts":
 			r.Attempts, err = integer(d, "retry", opt, 1, maxAttempts)
 		case "backoff":
-			args := d.RemainingArgs()
-			if len(args) != 2 {
-				return d.Errf("retry: backoff takes two durations, the first wait and the longest, got %d arguments", len(args))
+			first, longest, err := firstAndLongest(d, "retry", opt, "wait", false)
+			if err != nil {
+				return err
 			}
-			var waits [2]time.Duration
-			for i, a := range args {
-				waits[i], err = caddy.ParseDuration(a)
-				if err != nil || waits[i] <= 0 {
-					return d.Errf("retry: backoff waits must be positive durations, got %q", a)
-				}
-			}
-			if waits[1] < waits[0] {
-				return d.Errf("retry: backoff longest wait %s is shorter than the first %s", args[1], args[0])
-			}
-			r.Backoff = &Backoff{First: caddy.Duration(waits[0]), Max: caddy.Duration(waits[1])}
+			r.Backoff = &Backoff{First: caddy.Duration(first), Max: caddy.Duration(longest)}
 		case "on":
 			args, err := manyArgs(d, "retry", opt, "connect_error, tls_error, reset, timeout, a status such as 503 or a class such as 5xx")
 			if err != nil {
@@ -448,7 +464,10 @@ func parseBreaker(d *caddyfile.Dispenser) (*Breaker, error) {
 		case "window":
 			b.Window, err = duration(d, "breaker", opt, false)
 		case "open_for":
-			b.OpenFor, err = duration(d, "breaker", opt, false)
+			// one value: a fixed period (open_for_max defaults to it)
+			first, longest, err := firstAndLongest(d, "breaker", opt, "period", true)
+			b.OpenFor, b.OpenForMax = caddy.Duration(first), caddy.Duration(longest)
+			return err
 		case "half_open_requests":
 			b.HalfOpenRequests, err = integer(d, "breaker", opt, 1, maxHalfOpen)
 		case "failure_status":
@@ -472,6 +491,9 @@ func parseBreaker(d *caddyfile.Dispenser) (*Breaker, error) {
 				return d.Errf("breaker: slow_call must be a duration >= 0, got %q", v)
 			}
 			b.SlowCall = caddy.Duration(dur)
+		case "open_for_max":
+			// the JSON field's name; the Caddyfile has it as open_for's second value
+			return d.Errf("breaker: unrecognized subdirective open_for_max; the longest open period is open_for's second value, e.g. `open_for 1s 30s`")
 		default:
 			return unknownOption(d, "breaker", opt, breakerOptions)
 		}

@@ -223,6 +223,16 @@ func TestCaddyfileValid(t *testing.T) {
 				"failure_status":["5xx","429"],"slow_call":2000000000}}`,
 		},
 		{
+			name:  "open_for first and longest",
+			input: "resilient {\n\tbreaker {\n\t\topen_for 2s 1m\n\t}\n}",
+			want:  `{"breaker":{"open_for":2000000000,"open_for_max":60000000000}}`,
+		},
+		{
+			name:  "open_for fixed, spelled twice",
+			input: "resilient {\n\tbreaker {\n\t\topen_for 5s 5s\n\t}\n}",
+			want:  `{"breaker":{"open_for":5000000000,"open_for_max":5000000000}}`,
+		},
+		{
 			name:  "breaker off",
 			input: "resilient {\n\tbreaker off\n}",
 			want:  `{"breaker":{"disabled":true}}`,
@@ -339,6 +349,15 @@ func TestCaddyfileInvalid(t *testing.T) {
 		{"consecutive_failures -1", "resilient {\n\tbreaker {\n\t\tconsecutive_failures -1\n\t}\n}", 3, []string{"consecutive_failures", "-1"}},
 		{"window 0", "resilient {\n\tbreaker {\n\t\twindow 0\n\t}\n}", 3, []string{"window", "0"}},
 		{"open_for garbage", "resilient {\n\tbreaker {\n\t\topen_for soon\n\t}\n}", 3, []string{"open_for", "soon"}},
+		{"open_for longest garbage", "resilient {\n\tbreaker {\n\t\topen_for 1s later\n\t}\n}", 3, []string{"open_for", "later"}},
+		{"open_for without a value", "resilient {\n\tbreaker {\n\t\topen_for\n\t}\n}", 3, []string{"open_for", "one or two durations", "got 0"}},
+		{"open_for three values", "resilient {\n\tbreaker {\n\t\topen_for 1s 30s 1m\n\t}\n}", 3, []string{"open_for", "one or two durations", "got 3"}},
+		{"open_for 0", "resilient {\n\tbreaker {\n\t\topen_for 0\n\t}\n}", 3, []string{"open_for", "positive", `"0"`}},
+		{"open_for negative", "resilient {\n\tbreaker {\n\t\topen_for -1s 30s\n\t}\n}", 3, []string{"open_for", "-1s"}},
+		{"open_for longest 0", "resilient {\n\tbreaker {\n\t\topen_for 1s 0s\n\t}\n}", 3, []string{"open_for", `"0s"`}},
+		{"open_for longest shorter", "resilient {\n\tbreaker {\n\t\topen_for 30s 1s\n\t}\n}", 3, []string{"open_for", "longest", "1s", "shorter", "30s"}},
+		{"open_for_max written", "resilient {\n\tbreaker {\n\t\topen_for_max 30s\n\t}\n}", 3, []string{"open_for_max", "open_for 1s 30s"}},
+		{"open_for repeated", "resilient {\n\tbreaker {\n\t\topen_for 1s\n\t\topen_for 2s 4s\n\t}\n}", 4, []string{"open_for", "already specified"}},
 		{"half_open_requests 0", "resilient {\n\tbreaker {\n\t\thalf_open_requests 0\n\t}\n}", 3, []string{"half_open_requests", "0"}},
 		{"failure_status 99", "resilient {\n\tbreaker {\n\t\tfailure_status 500 99\n\t}\n}", 3, []string{"failure_status", "99"}},
 		{"slow_call negative", "resilient {\n\tbreaker {\n\t\tslow_call -1s\n\t}\n}", 3, []string{"slow_call", "-1s"}},
@@ -577,7 +596,8 @@ func TestCaddyfileProvisionDefaults(t *testing.T) {
 	check("breaker.min_requests", b.MinRequests, 20)
 	check("breaker.consecutive_failures", *b.ConsecutiveFailures, 5)
 	check("breaker.window", d(b.Window), 10*time.Second)
-	check("breaker.open_for", d(b.OpenFor), 10*time.Second)
+	check("breaker.open_for", d(b.OpenFor), time.Second)
+	check("breaker.open_for_max", d(b.OpenForMax), 30*time.Second)
 	check("breaker.half_open_requests", b.HalfOpenRequests, 3)
 	check("breaker.failure_status", b.FailureStatus, []string{"500", "502", "503", "504"})
 	check("breaker.slow_call", d(b.SlowCall), time.Duration(0))
@@ -666,6 +686,8 @@ func TestCaddyfileValidateJSON(t *testing.T) {
 		{`{"breaker":{"consecutive_failures":-1}}`, []string{"breaker", "consecutive_failures", "-1"}},
 		{`{"breaker":{"window":"-1s"}}`, []string{"breaker", "window"}},
 		{`{"breaker":{"open_for":-1}}`, []string{"breaker", "open_for"}},
+		{`{"breaker":{"open_for":"5s","open_for_max":"2s"}}`, []string{"breaker", "open_for_max", "5s", "2s"}},
+		{`{"breaker":{"open_for_max":"-1s"}}`, []string{"breaker", "open_for_max", "-1s"}},
 		{`{"breaker":{"half_open_requests":-1}}`, []string{"breaker", "half_open_requests", "-1"}},
 		{`{"breaker":{"failure_status":["99"]}}`, []string{"breaker", "failure_status", "99"}},
 		{`{"breaker":{"slow_call":"-1s"}}`, []string{"breaker", "slow_call"}},
@@ -774,7 +796,7 @@ func TestCaddyfileProvisionSpecExampleIsDefault(t *testing.T) {
 			min_requests         20
 			consecutive_failures 5
 			window               10s
-			open_for             10s
+			open_for             1s 30s
 			half_open_requests   3
 			failure_status       500 502 503 504
 			slow_call            0

@@ -242,6 +242,19 @@ type remoteState struct {
 	state  string // open or half_open
 	until  time.Time
 	origin string
+	// the open period the other instance is in (open), or that just
+	// ended (half_open); 0 when it did not say
+	period time.Duration
+}
+
+// followedPeriod is how long a half-open state followed from the fleet
+// lasts should the instance that probes never say how the probes went:
+// as long as the open period before it, as with a breaker of its own.
+func (b *breaker) followedPeriod(rs *remoteState) time.Duration {
+	if rs.period > 0 {
+		return rs.period
+	}
+	return time.Duration(b.cfg.OpenFor)
 }
 
 // followBreaker applies a state another instance of fleet id published
@@ -252,9 +265,9 @@ func followBreaker(id string, s fleet.BreakerState) {
 	var rs *remoteState
 	switch s.State {
 	case fleet.StateOpen:
-		rs = &remoteState{state: "open", until: s.Until, origin: s.Origin}
+		rs = &remoteState{state: "open", until: s.Until, origin: s.Origin, period: s.Period}
 	case fleet.StateHalfOpen:
-		rs = &remoteState{state: "half_open", origin: s.Origin} // until set per breaker
+		rs = &remoteState{state: "half_open", origin: s.Origin, period: s.Period} // until set per breaker
 	}
 	key := id + "|" + s.Upstream + "|" + s.Settings
 	remoteStates.Lock()

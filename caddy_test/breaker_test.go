@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -511,8 +513,9 @@ type adminBreaker struct {
 		Requests int `json:"requests"`
 		Failures int `json:"failures"`
 	} `json:"counts"`
-	OpenUntil *time.Time `json:"open_until"`
-	Override  *struct {
+	OpenUntil  *time.Time `json:"open_until"`
+	OpenPeriod string     `json:"open_period"`
+	Override   *struct {
 		State        string     `json:"state"`
 		Until        *time.Time `json:"until"`
 		BreakerState string     `json:"breaker_state"`
@@ -520,6 +523,7 @@ type adminBreaker struct {
 	Settings struct {
 		ConsecutiveFailures int    `json:"consecutive_failures"`
 		OpenFor             string `json:"open_for"`
+		OpenForMax          string `json:"open_for_max"`
 	} `json:"settings"`
 }
 
@@ -546,13 +550,15 @@ func TestAdminBreakerRoutes(t *testing.T) {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
 	})
-	g := loadGateway(t, proxySite(up.addr, breakerTransport(`consecutive_failures 1`)))
+	// a fixed period, long enough to outlast the test's checks
+	g := loadGateway(t, proxySite(up.addr, breakerTransport(`consecutive_failures 1
+				open_for 10s`)))
 	res, _ := g.get("/") // the breaker is made on first use
 	expect(t, res, http.StatusOK, "ok")
 
 	b := adminBreakerOf(t, up.addr)
 	if b.State != "closed" || b.Counts.Requests != 1 || b.Override != nil || b.OpenUntil != nil ||
-		b.Settings.ConsecutiveFailures != 1 || b.Settings.OpenFor != "10s" {
+		b.Settings.ConsecutiveFailures != 1 || b.Settings.OpenFor != "10s" || b.Settings.OpenForMax != "10s" {
 		t.Errorf("GET: %+v", b)
 	}
 
@@ -638,4 +644,113 @@ func TestAdminBreakerRoutesRejectBadInput(t *testing.T) {
 	}
 	res, _ := g.get("/")
 	expect(t, res, http.StatusOK, "ok")
+}
+
+// breakerExpectOpenFor checks that the breaker of addr is open for a
+// period of want, from about now: the admin API says so (open_period,
+// open_until) and so does a refused request's Retry-After.
+func breakerExpectOpenFor(t *testing.T, g *gateway, addr string, want time.Duration) {
+	t.Helper()
+	b := adminBreakerOf(t, addr)
+	if b.State != "open" || b.OpenPeriod != want.String() || b.OpenUntil == nil {
+		t.Fatalf("breaker %s, open_period %q, open_until %v; want open for %v", b.State, b.OpenPeriod, b.OpenUntil, want)
+	}
+	if left := time.Until(*b.OpenUntil); left <= want/2 || left > want {
+		t.Errorf("open for %v more, want most of %v", left, want)
+	}
+	if s := breakerExpectOpen(t, g); s != int(want/time.Second) {
+		t.Errorf("retry_after %d, want the %v open period", s, want)
+	}
+}
+
+// breakerLoggedPeriods returns the open_for of the logged changes of
+// the breaker of addr to open, in seconds.
+func breakerLoggedPeriods(t *testing.T, g *gateway, addr string) []float64 {
+	t.Helper()
+	data, err := os.ReadFile(g.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []float64
+	for _, line := range strings.Split(string(data), "\n") {
+		var e struct {
+			Level, Msg, Upstream, To string
+			OpenFor                  *float64 `json:"open_for"`
+		}
+		if json.Unmarshal([]byte(line), &e) == nil && e.Msg == "breaker state changed" && e.Upstream == addr && e.To == "open" {
+			if e.Level != "warn" || e.OpenFor == nil {
+				t.Errorf("change to open logged without its period, or not at warn: %s", line)
+				continue
+			}
+			out = append(out, *e.OpenFor)
+		}
+	}
+	return out
+}
+
+// An upstream that is down (its port refuses connections) opens the
+// breaker for open_for; the probe after it fails and opens it for twice
+// that; once the upstream is back, the first request after that period
+// probes it and closes the breaker, and nothing reached the upstream
+// while the breaker was open.
+func TestBreakerOpenPeriodDoublesWhileTheUpstreamStaysDown(t *testing.T) {
+	addr := closedPort(t)
+	g := loadGateway(t, proxySite(addr, breakerTransport(`consecutive_failures 1
+				open_for 1s 4s
+				half_open_requests 1`)))
+	res, _ := g.get("/")
+	expect(t, res, http.StatusBadGateway, "connect_error")
+	breakerExpectOpenFor(t, g, addr, time.Second)
+
+	deadline := time.Now().Add(3 * time.Second)
+	for adminBreakerOf(t, addr).State != "half_open" {
+		if time.Now().After(deadline) {
+			t.Fatal("not half-open 3s after a 1s open period")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	res, _ = g.get("/") // the probe: still down
+	expect(t, res, http.StatusBadGateway, "connect_error")
+	breakerExpectOpenFor(t, g, addr, 2*time.Second)
+	until := *adminBreakerOf(t, addr).OpenUntil
+
+	// the upstream comes back while the breaker is open
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("listening again on %s: %v", addr, err)
+	}
+	var served atomic.Int64
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { served.Add(1) })}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	back := time.Now()
+
+	var closedAt time.Time
+	for closedAt.IsZero() {
+		res, _ := g.get("/")
+		switch now := time.Now(); {
+		case res.StatusCode == http.StatusOK && res.Header.Get("X-Outcome") == "ok":
+			closedAt = now
+			if now.Before(until) {
+				t.Errorf("answered %v before the open period ended", until.Sub(now))
+			}
+		case res.Header.Get("X-Outcome") != "breaker_open":
+			t.Fatalf("while the upstream is back: %d %q, want breaker_open, then ok", res.StatusCode, res.Header.Get("X-Outcome"))
+		case now.After(until.Add(3 * time.Second)):
+			t.Fatalf("still refused 3s after the open period ended")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if b := adminBreakerOf(t, addr); b.State != "closed" || b.OpenPeriod != "" {
+		t.Errorf("after a successful probe: %s, open_period %q; want closed", b.State, b.OpenPeriod)
+	}
+	if n := served.Load(); n != 1 {
+		t.Errorf("the upstream got %d requests, want the one probe: nothing while open", n)
+	}
+	t.Logf("closed %v after the upstream was back, %v after the open period ended",
+		closedAt.Sub(back).Round(time.Millisecond), closedAt.Sub(until).Round(time.Millisecond))
+
+	if got := breakerLoggedPeriods(t, g, addr); len(got) != 2 || got[0] != 1 || got[1] != 2 {
+		t.Errorf("logged open periods %v, want [1 2] (seconds)", got)
+	}
 }

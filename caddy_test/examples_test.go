@@ -90,8 +90,8 @@ func TestDemoBehavesAsTheREADMESays(t *testing.T) {
 		g.get("/down")
 	}
 	res, _ = g.get("/down")
-	if res.StatusCode != 503 || outcome(res) != "breaker_open" || res.Header.Get("Retry-After") == "" {
-		t.Errorf("/down after failures: %d %s Retry-After %q; want 503 breaker_open with Retry-After", res.StatusCode, outcome(res), res.Header.Get("Retry-After"))
+	if res.StatusCode != 503 || outcome(res) != "breaker_open" || res.Header.Get("Retry-After") != "5" {
+		t.Errorf("/down after failures: %d %s Retry-After %q; want 503 breaker_open with Retry-After 5 (the first open period)", res.StatusCode, outcome(res), res.Header.Get("Retry-After"))
 	}
 
 	var wg sync.WaitGroup

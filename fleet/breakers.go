@@ -37,17 +37,28 @@ type BreakerState struct {
 	// Until is, for StateOpen, when the breaker turns half-open. It
 	// travels as a time left, so the instances' clocks need not agree.
 	Until time.Time
+	// Period is, for StateOpen, the length of the open period Until
+	// ends (it grows while the upstream stays down), and for
+	// StateHalfOpen that of the period that just ended: the others wait
+	// that long for the probes' outcome before they decide alone. Zero
+	// when not known (a member that does not send it).
+	Period time.Duration
 	// Origin is the ID of the member that published the state;
 	// PublishBreaker fills it in.
 	Origin string
 }
+
+// maxPeriodMillis is the longest period a message can carry: as long as
+// a time.Duration holds.
+const maxPeriodMillis = int64(1<<63-1) / int64(time.Millisecond)
 
 // breakerWire is how a BreakerState travels and is kept in Redis.
 type breakerWire struct {
 	Upstream string `json:"upstream"`
 	Settings string `json:"settings,omitempty"`
 	State    string `json:"state"`
-	TTL      int64  `json:"ttl_ms,omitempty"` // open: ms left until half-open, when sent
+	TTL      int64  `json:"ttl_ms,omitempty"`    // open: ms left until half-open, when sent
+	Period   int64  `json:"period_ms,omitempty"` // see BreakerState.Period
 	Origin   string `json:"origin"`
 }
 
@@ -179,7 +190,7 @@ func (b *breakerSide) pushFront(s BreakerState) {
 // ended already is dropped.
 func (m *Member) writeBreaker(s BreakerState, onlyIfAbsent bool) error {
 	ttl := time.Duration(-1)
-	w := breakerWire{Upstream: s.Upstream, Settings: s.Settings, State: s.State, Origin: s.Origin}
+	w := breakerWire{Upstream: s.Upstream, Settings: s.Settings, State: s.State, Origin: s.Origin, Period: s.Period.Milliseconds()}
 	if s.State == StateOpen {
 		ttl = time.Until(s.Until)
 		if ttl <= 0 {
@@ -229,7 +240,8 @@ func (m *Member) receiveBreaker(payload string, pttl int64, replayed bool, cbs [
 	if w.Origin == m.reg.id {
 		return
 	}
-	s := BreakerState{Upstream: w.Upstream, Settings: w.Settings, State: w.State, Origin: w.Origin}
+	s := BreakerState{Upstream: w.Upstream, Settings: w.Settings, State: w.State, Origin: w.Origin,
+		Period: time.Duration(min(max(w.Period, 0), maxPeriodMillis)) * time.Millisecond}
 	if replayed {
 		w.TTL = pttl
 	}

@@ -8,8 +8,8 @@ import (
 )
 
 // A breaker that opens on one instance opens on the others within a
-// second, with the same end; the instance that published it does not
-// hear it back; later changes follow in order.
+// second, with the same end and open period; the instance that
+// published it does not hear it back; later changes follow in order.
 func TestBreakerStateReachesOthersNotItself(t *testing.T) {
 	t.Parallel()
 	rs := startRedis(t)
@@ -24,19 +24,22 @@ func TestBreakerStateReachesOthersNotItself(t *testing.T) {
 
 	until := time.Now().Add(5 * time.Second)
 	start := time.Now()
-	a.PublishBreaker(BreakerState{Upstream: "api.example:443", Settings: "s1", State: StateOpen, Until: until})
+	a.PublishBreaker(BreakerState{Upstream: "api.example:443", Settings: "s1", State: StateOpen, Until: until, Period: 8 * time.Second})
 	got := atB.find(t, time.Second, "open state at B", func(s BreakerState) bool { return s.State == StateOpen })
 	t.Logf("open reached B in %s", time.Since(start))
-	if got.Upstream != "api.example:443" || got.Settings != "s1" || got.Origin != a.ID() {
+	if got.Upstream != "api.example:443" || got.Settings != "s1" || got.Origin != a.ID() || got.Period != 8*time.Second {
 		t.Errorf("B got %+v", got)
 	}
 	if d := got.Until.Sub(until); d < -time.Second || d > time.Second {
 		t.Errorf("B's Until is %s off the publisher's", d)
 	}
 
-	a.PublishBreaker(BreakerState{Upstream: "api.example:443", Settings: "s1", State: StateHalfOpen})
+	a.PublishBreaker(BreakerState{Upstream: "api.example:443", Settings: "s1", State: StateHalfOpen, Period: 8 * time.Second})
 	a.PublishBreaker(BreakerState{Upstream: "api.example:443", Settings: "s1", State: StateClosed})
 	atB.find(t, time.Second, "closed state at B", func(s BreakerState) bool { return s.State == StateClosed })
+	if h := atB.find(t, 0, "half-open state at B", func(s BreakerState) bool { return s.State == StateHalfOpen }); h.Period != 8*time.Second {
+		t.Errorf("B got the half-open state with period %v, want the 8s that ended", h.Period)
+	}
 	var states []string
 	for _, s := range atB.all() {
 		states = append(states, s.State)

@@ -531,10 +531,12 @@ type breakerView struct {
 		State string `json:"state"`
 		From  string `json:"from"`
 	} `json:"override"`
-	Fleet *struct {
-		State  string    `json:"state"`
-		Until  time.Time `json:"until"`
-		Origin string    `json:"origin"`
+	OpenPeriod string `json:"open_period"`
+	Fleet      *struct {
+		State      string    `json:"state"`
+		Until      time.Time `json:"until"`
+		Origin     string    `json:"origin"`
+		OpenPeriod string    `json:"open_period"`
 	} `json:"fleet"`
 }
 
@@ -963,6 +965,52 @@ func TestGatewayHalfOpenAndCloseFollow(t *testing.T) {
 		}
 	}
 	t.Logf("%s and %s closed %s after %s did", b.name, c.name, time.Since(closed).Round(time.Millisecond), a.name)
+}
+
+// A probe that fails on the instance that tripped opens its breaker for
+// twice its first period, and the others refuse the upstream for the
+// rest of that longer period, not of the first.
+func TestGatewayFollowsTheDoubledOpenPeriod(t *testing.T) {
+	rdb := startRedis(t)
+	dead := newUpstream(t, http.StatusServiceUnavailable)
+	opts := `				retry off
+				breaker {
+					consecutive_failures 3
+					open_for 1s 8s
+					half_open_requests 1
+				}`
+	fl := startFleet(t, 3, rdb, routes(proxyRoute("/*", dead.addr(), opts)))
+	a, b, c := fl.gws[0], fl.gws[1], fl.gws[2]
+	tripAndSpread(t, dead, "/", a, b, c, time.Second)
+
+	poll(t, 3*time.Second, a.name+"'s breaker half-opens after 1s", func() bool {
+		v := a.breaker(dead.addr())
+		return v != nil && v.State == "half_open"
+	})
+	if r := a.mustGet("/"); r.status != http.StatusServiceUnavailable || r.outcome != "upstream_status" {
+		t.Fatalf("the probe on %s: got %d %q, want the upstream's 503", a.name, r.status, r.outcome)
+	}
+	reopened := time.Now()
+	if v := a.breaker(dead.addr()); v.State != "open" || v.OpenPeriod != "2s" {
+		t.Fatalf("%s after its probe failed: %s for %q, want open for 2s", a.name, v.State, v.OpenPeriod)
+	}
+	sent := dead.count(b.name) + dead.count(c.name)
+	for _, g := range []*gateway{b, c} {
+		var view *breakerView
+		poll(t, time.Second, g.name+" follows the second, longer open period", func() bool {
+			view = g.breaker(dead.addr())
+			return view != nil && view.Fleet != nil && view.Fleet.State == "open" && view.Fleet.OpenPeriod == "2s"
+		})
+		if d := view.Fleet.Until.Sub(reopened.Add(2 * time.Second)); d < -500*time.Millisecond || d > 200*time.Millisecond {
+			t.Errorf("%s follows the open state until %s off the end of %s's 2s period", g.name, d, a.name)
+		}
+		if r := g.mustGet("/"); r.status != http.StatusServiceUnavailable || r.outcome != "breaker_open" {
+			t.Errorf("%s during the second open period: got %d %q, want 503 breaker_open", g.name, r.status, r.outcome)
+		}
+	}
+	if n := dead.count(b.name) + dead.count(c.name) - sent; n != 0 {
+		t.Errorf("the dead upstream got %d requests from %s and %s during the second open period, want none", n, b.name, c.name)
+	}
 }
 
 // A config reload keeps the instance in the fleet: its breakers, kept
