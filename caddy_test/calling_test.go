@@ -235,7 +235,7 @@ func TestCallingTheTransportsOwnAnswersAreOneSchema(t *testing.T) {
 	res, body := post(t, g, "/orders", "x", "Idempotency-Key", "a,b")
 	check(res, body, verdict{400, "key_invalid", "no", "0", "", "invalid"})
 
-	go post(t, g, "/slow", "x", "Idempotency-Key", "in-flight")
+	firstDone := sendAsync(g, "/slow", "x", "Idempotency-Key", "in-flight")
 	poll(t, 2*time.Second, "the first at the upstream", func() bool { return up.of("in-flight") == 1 })
 	res, body = post(t, g, "/slow", "x", "Idempotency-Key", "in-flight")
 	check(res, body, verdict{409, "key_conflict", "no", "0", "1", "conflict"})
@@ -243,6 +243,9 @@ func TestCallingTheTransportsOwnAnswersAreOneSchema(t *testing.T) {
 		t.Fatalf("a 409 while the first is in flight has Retry-After %q, want 1", res.Header.Get("Retry-After"))
 	}
 	close(release)
+	if err := <-firstDone; err != nil {
+		t.Fatal(err)
+	}
 
 	post(t, g, "/orders", "x", "Idempotency-Key", "used")
 	res, body = post(t, g, "/orders", "y", "Idempotency-Key", "used")
@@ -327,11 +330,7 @@ func TestCallingAWaitingRepeatWhoseClientLeaves(t *testing.T) {
 		io.WriteString(w, "done")
 	})
 	g := loadGateway(t, callingSite(up.addr, "idempotency"))
-	first := make(chan struct{})
-	go func() {
-		post(t, g, "/", "x", "Idempotency-Key", "leaver")
-		close(first)
-	}()
+	first := sendAsync(g, "/", "x", "Idempotency-Key", "leaver")
 	poll(t, 2*time.Second, "the first at the upstream", func() bool { return up.of("leaver") == 1 })
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://localhost:9080/", strings.NewReader("x"))
@@ -350,7 +349,9 @@ func TestCallingAWaitingRepeatWhoseClientLeaves(t *testing.T) {
 	<-done
 	poll(t, 2*time.Second, "the repeat's log entry", func() bool { return len(g.entries(0)) > mark })
 	close(release)
-	<-first
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
 	for _, e := range g.entries(0)[mark:] {
 		if e.Outcome == "replayed" {
 			t.Fatalf("a repeat whose client left was logged as a replay: %s", e.raw)
@@ -419,4 +420,27 @@ func logText(t *testing.T, g *gateway) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// sendAsync POSTs body to path on its own goroutine; the channel gets
+// the request's error, if any, once its answer was read.
+func sendAsync(g *gateway, path, body string, header ...string) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		req, err := http.NewRequest(http.MethodPost, "http://localhost:9080"+path, strings.NewReader(body))
+		if err != nil {
+			done <- err
+			return
+		}
+		for i := 0; i+1 < len(header); i += 2 {
+			req.Header.Set(header[i], header[i+1])
+		}
+		res, err := g.Client.Do(req)
+		if err == nil {
+			_, err = io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+		}
+		done <- err
+	}()
+	return done
 }
