@@ -14,14 +14,20 @@ import (
 // scripts, so that each step it takes is one atomic round trip.
 //
 // While Redis is known to be down, Do fails at once with
-// ErrNotConnected. A failure of fn other than redis.Nil (a missing key
-// is an answer) is counted under op in caddy_resilient_fleet_errors_total
-// and, unless Redis answered it (a redis.Error), marks Redis down until
-// the heartbeat sees it answer again, so that the requests after it act
-// alone at once instead of each waiting out the timeout. A caller that
-// gave up first is not counted: that says nothing of Redis.
+// ErrNotConnected, and counts the operation under op in
+// caddy_resilient_fleet_errors_total: the caller acts alone for it (a
+// record kept on this instance only), and the counter shows for how
+// many. A failure of fn other than redis.Nil (a missing key is an
+// answer) is counted the same way and, unless Redis answered it (a
+// redis.Error), marks Redis down until the heartbeat sees it answer
+// again, so that the requests after it act alone at once instead of
+// each waiting out the timeout. A caller that gave up first is not
+// counted: that says nothing of Redis.
 func (m *Member) Do(ctx context.Context, op string, fn func(context.Context, redis.Scripter) error) error {
 	if !m.health.connected.Load() {
+		if ctx.Err() == nil {
+			countError(op)
+		}
 		return ErrNotConnected
 	}
 	rctx, cancel := context.WithTimeout(ctx, m.opts.Timeout)

@@ -59,8 +59,8 @@ func TestDoRunsScripts(t *testing.T) {
 }
 
 // fn's context ends with the fleet's timeout; a failure past it is
-// counted and the next Do fails at once, until the heartbeat finds
-// Redis again. A caller that gave up is not counted.
+// counted and the next Do fails at once, counted too, until the
+// heartbeat finds Redis again. A caller that gave up is not counted.
 func TestDoBoundedAndFailsFast(t *testing.T) {
 	t.Parallel()
 	rs := startRedis(t)
@@ -91,6 +91,9 @@ func TestDoBoundedAndFailsFast(t *testing.T) {
 	err = m.Do(context.Background(), op, func(context.Context, redis.Scripter) error { ran = true; return nil })
 	if !errors.Is(err, ErrNotConnected) || ran || time.Since(start) > 5*time.Millisecond {
 		t.Errorf("while down: err %v, fn ran %v, after %s; want ErrNotConnected at once", err, ran, time.Since(start))
+	}
+	if counted() != 2 {
+		t.Errorf("while down: %v counted, want 2: the operation skipped acted alone too", counted())
 	}
 	waitFor(t, 3*time.Second, "heartbeat reconnects", m.Connected)
 	if err := m.Do(context.Background(), op, func(context.Context, redis.Scripter) error { return nil }); err != nil {

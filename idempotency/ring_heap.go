@@ -1,6 +1,0 @@
-//go:build !unix
-
-package idempotency
-
-// allocRing takes size bytes of Go's heap where memory cannot be mapped.
-func allocRing(size int) ([]byte, func()) { return make([]byte, min(size, heapRing)), nil }
