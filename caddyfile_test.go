@@ -417,7 +417,9 @@ func TestCaddyfileInvalid(t *testing.T) {
 		{"idempotency methods empty", "resilient {\n\tidempotency {\n\t\tmethods\n\t}\n}", 3, []string{"idempotency", "methods", "at least one"}},
 		{"idempotency ttl 0", "resilient {\n\tidempotency {\n\t\tttl 0\n\t}\n}", 3, []string{"idempotency", "ttl", "0"}},
 		{"idempotency max_response garbage", "resilient {\n\tidempotency {\n\t\tmax_response lots\n\t}\n}", 3, []string{"idempotency", "max_response", "lots"}},
-		{"idempotency max_response over max_memory", "resilient {\n\tidempotency {\n\t\tmax_response 2MiB\n\t\tmax_memory 1MiB\n\t}\n}", 5, []string{"idempotency", "max_response", "max_memory"}},
+		{"idempotency max_response over max_memory", "resilient {\n\tidempotency {\n\t\tmax_response 2MiB\n\t\tmax_memory 1MiB\n\t}\n}", 3, []string{"idempotency", "max_response 2MiB", "max_memory 1MiB", "max_memory 2MiB or more"}},
+		{"idempotency max_response over max_memory written first", "resilient {\n\tidempotency {\n\t\tmax_memory 1000000\n\t\tmax_response 1MiB\n\t}\n}", 4, []string{"idempotency", "max_response 1MiB", "max_memory 1000000", "max_response 1000000 or less"}},
+		{"idempotency max_response over the default max_memory", "resilient {\n\tidempotency {\n\t\tmax_response 100MiB\n\t}\n}", 3, []string{"idempotency", "max_response 100MiB", "not given", "64MiB", "max_memory 100MiB or more"}},
 		{"idempotency wait negative", "resilient {\n\tidempotency {\n\t\twait -1s\n\t}\n}", 3, []string{"idempotency", "wait", "-1s"}},
 		{"idempotency require yes", "resilient {\n\tidempotency {\n\t\trequire yes\n\t}\n}", 3, []string{"require", "yes"}},
 		{"idempotency misspelled option", "resilient {\n\tidempotency {\n\t\tmax_respons 1MiB\n\t}\n}", 3, []string{"idempotency", "max_respons", "did you mean", "max_response"}},
@@ -603,6 +605,28 @@ func TestCaddyfileProvisionDefaults(t *testing.T) {
 	check("breaker.slow_call", d(b.SlowCall), time.Duration(0))
 }
 
+// An idempotency block with one size written provisions to what it
+// says, the other size following it: max_memory alone (below the
+// default max_response) makes max_response as large; max_response
+// alone keeps the default max_memory.
+func TestCaddyfileProvisionIdempotencySizes(t *testing.T) {
+	for input, want := range map[string][2]int64{
+		"max_memory 64KiB":                           {64 << 10, 64 << 10},
+		"max_memory 1MB":                             {1_000_000, 1_000_000},
+		"max_memory 200MiB":                          {1 << 20, 200 << 20},
+		"max_response 512KiB":                        {512 << 10, 64 << 20},
+		"max_response 64MiB":                         {64 << 20, 64 << 20},
+		"max_response 100MiB\n\t\tmax_memory 128MiB": {100 << 20, 128 << 20},
+	} {
+		t.Run(input, func(t *testing.T) {
+			tr := cfLoad(t, "resilient {\n\tidempotency {\n\t\t"+input+"\n\t}\n}")
+			if got := [2]int64{tr.Idempotency.MaxResponse, tr.Idempotency.MaxMemory}; got != want {
+				t.Errorf("max_response, max_memory = %v, want %v", got, want)
+			}
+		})
+	}
+}
+
 // TestCaddyfileProvisionPrecedence checks how our options and the
 // matching `transport http` options combine: the http option applies
 // when ours is not set, and ours wins when both are.
@@ -710,7 +734,8 @@ func TestCaddyfileValidateJSON(t *testing.T) {
 		{`{"idempotency":{"methods":[]}}`, []string{"idempotency", "methods"}},
 		{`{"idempotency":{"ttl":-1}}`, []string{"idempotency", "ttl"}},
 		{`{"idempotency":{"wait":"-1s"}}`, []string{"idempotency", "wait"}},
-		{`{"idempotency":{"max_response":2048,"max_memory":1024}}`, []string{"idempotency", "max_response", "max_memory"}},
+		{`{"idempotency":{"max_response":2048,"max_memory":1024}}`, []string{"idempotency", "max_response 2KiB", "max_memory 1KiB"}},
+		{`{"idempotency":{"max_response":104857600}}`, []string{"idempotency", "max_response 100MiB", "64MiB", "max_memory 100MiB or more"}},
 		{`{"rate_limit":{"rate":"1/s","burst":2000000000}}`, []string{"rate_limit", "burst", "2000000000"}},
 		{`{"breaker":{"half_open_requests":5000000000}}`, []string{"breaker", "half_open_requests", "5000000000"}},
 		{`{"breaker":{"min_requests":5000000000}}`, []string{"breaker", "min_requests", "5000000000"}},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,6 +24,13 @@ import (
 // 422 when the key comes with another request. Records are kept in this
 // process and, with Fleet, in the fleet's Redis, so that a repeat to any
 // instance is caught. Off unless configured.
+//
+// The records of every transport live in one store per process (see
+// idempotency.Memory), so that a config reload keeps every record,
+// whatever settings it changes, adds or removes (fleet included): each
+// request's record is kept for its own transport's TTL, and the store's
+// memory bound is the largest MaxMemory among the transports that use
+// it, applied as soon as a reload takes effect.
 type Idempotency struct {
 	// The request header that carries the key. Default: `Idempotency-Key`.
 	Header string `json:"header,omitempty"`
@@ -42,14 +50,15 @@ type Idempotency struct {
 
 	// Answers up to this many bytes (body) are kept whole; a larger one
 	// streams to its client as usual, and the record keeps its status
-	// and headers only: a repeat gets 409, the key being used.
-	// Default: `1048576` (1MiB).
+	// and headers only: a repeat gets 409, the key being used. At most
+	// max_memory. Default: `1048576` (1MiB), or max_memory when that is
+	// smaller.
 	MaxResponse int64 `json:"max_response,omitempty"`
 
-	// The bytes of all answers kept by the transports with these
-	// settings, in this process; past it the oldest completed records
-	// are dropped first. Records in flight are never dropped.
-	// Default: `67108864` (64MiB).
+	// The bytes of all answers kept in this process (one store for every
+	// transport: its bound is the largest max_memory among them); past
+	// it the oldest completed records are dropped first. Records in
+	// flight are never dropped. Default: `67108864` (64MiB).
 	MaxMemory int64 `json:"max_memory,omitempty"`
 
 	// A repeat while the first is in flight waits for the first's answer
@@ -72,7 +81,8 @@ type Idempotency struct {
 
 	header  string // canonical
 	store   idempotency.Store
-	poolKey string
+	unlimit func() // lets go of MaxMemory as a bound of the store
+	fleetID string // the fleet store used, "" for none
 }
 
 // Defaults of the idempotency block.
@@ -84,28 +94,32 @@ var (
 const (
 	defaultMaxResponse    = 1 << 20
 	defaultCompleteWithin = 2 * time.Minute
-	// leaseSlack is how long an in-flight record outlives the request's
-	// total bound, which ends at the response headers: the answer may
-	// still stream for a while, and its key must not come free meanwhile.
-	// A gateway that dies mid-request frees its keys after total plus this.
-	leaseSlack = 5 * time.Minute
 )
 
-// idempotencyStores holds the record stores across config reloads, by
-// settings: a reload keeps every record, in flight or completed.
+// idempotencyStores holds the process's record store across config
+// reloads: the Memory under memoryStoreKey, and a fleet store over it
+// per fleet (keyed by its id), so that a reload keeps every record, in
+// flight or completed, and a transport that gains or loses its fleet
+// still finds the records it kept itself.
 var idempotencyStores = caddy.NewUsagePool()
 
-// recordStore is a store in idempotencyStores.
-type recordStore struct {
-	mem   *idempotency.Memory
-	store idempotency.Store
-}
+const memoryStoreKey = "memory"
 
-// Destruct implements caddy.Destructor.
-func (s *recordStore) Destruct() error {
-	s.mem.Close()
+// recordMemory is the Memory in idempotencyStores.
+type recordMemory struct{ *idempotency.Memory }
+
+// Destruct implements caddy.Destructor: no config keeps records any more.
+func (m recordMemory) Destruct() error {
+	m.Close()
 	return nil
 }
+
+// recordFleet is a fleet store in idempotencyStores. It has nothing to
+// let go: the leases it renews end with their requests.
+type recordFleet struct{ idempotency.Store }
+
+// Destruct implements caddy.Destructor.
+func (recordFleet) Destruct() error { return nil }
 
 func (ix *Idempotency) provision(fl *fleetLink) error {
 	if ix.Header == "" {
@@ -124,38 +138,40 @@ func (ix *Idempotency) provision(fl *fleetLink) error {
 	if ix.TTL == 0 {
 		ix.TTL = caddy.Duration(idempotency.DefaultTTL)
 	}
-	if ix.MaxResponse == 0 {
-		ix.MaxResponse = defaultMaxResponse
-	}
-	if ix.MaxMemory == 0 {
-		ix.MaxMemory = idempotency.DefaultMaxMemory
-	}
 	if ix.CompleteWithin == 0 {
 		ix.CompleteWithin = caddy.Duration(defaultCompleteWithin)
 	}
 	if err := ix.validate(); err != nil {
 		return err
 	}
-	fleetID := ""
-	if fl != nil {
-		fleetID = fl.id
+	if ix.MaxMemory == 0 {
+		ix.MaxMemory = idempotency.DefaultMaxMemory
 	}
-	ix.poolKey = fmt.Sprintf("%v|%d|%s", time.Duration(ix.TTL), ix.MaxMemory, fleetID)
-	v, _, err := idempotencyStores.LoadOrNew(ix.poolKey, func() (caddy.Destructor, error) {
-		mem := idempotency.NewMemory(idempotency.Config{TTL: time.Duration(ix.TTL), MaxMemory: ix.MaxMemory})
-		s := &recordStore{mem: mem, store: mem}
-		if fl != nil {
-			s.store = idempotency.NewFleet(mem, fleetRecords{id: fl.id}, fl.logger)
-		}
-		return s, nil
+	if ix.MaxResponse == 0 {
+		ix.MaxResponse = min(defaultMaxResponse, ix.MaxMemory)
+	}
+	v, _, err := idempotencyStores.LoadOrNew(memoryStoreKey, func() (caddy.Destructor, error) {
+		return recordMemory{idempotency.NewMemory(idempotency.Config{})}, nil
 	})
 	if err != nil {
 		return err
 	}
-	ix.store = v.(*recordStore).store
+	mem := v.(recordMemory).Memory
+	ix.store, ix.unlimit = mem, mem.Limit(ix.MaxMemory)
+	if fl != nil {
+		v, _, err := idempotencyStores.LoadOrNew("fleet:"+fl.id, func() (caddy.Destructor, error) {
+			return recordFleet{idempotency.NewFleet(mem, fleetRecords{id: fl.id}, fl.logger)}, nil
+		})
+		if err != nil {
+			return err
+		}
+		ix.store, ix.fleetID = v.(recordFleet).Store, fl.id
+	}
 	return nil
 }
 
+// validate checks what the JSON config gives; the Caddyfile's parser
+// checks the same, naming file and line.
 func (ix *Idempotency) validate() error {
 	if !isToken(ix.Header) {
 		return fmt.Errorf("header: %q is not a header name", ix.Header)
@@ -175,21 +191,56 @@ func (ix *Idempotency) validate() error {
 		return fmt.Errorf("max_response must be a positive size, got %d", ix.MaxResponse)
 	case ix.MaxMemory < 0:
 		return fmt.Errorf("max_memory must be a positive size, got %d", ix.MaxMemory)
-	case ix.MaxResponse > ix.MaxMemory:
-		return fmt.Errorf("max_response %d is larger than max_memory %d: no answer that large could be kept", ix.MaxResponse, ix.MaxMemory)
 	case ix.Wait != nil && *ix.Wait < 0:
 		return fmt.Errorf("wait must be auto or a duration >= 0, got %v", time.Duration(*ix.Wait))
 	case ix.CompleteWithin < 0:
 		return fmt.Errorf("complete_within must be a positive duration, got %v", time.Duration(ix.CompleteWithin))
 	}
+	return sizesAgree(ix.MaxResponse, ix.MaxMemory)
+}
+
+// sizesAgree checks max_response against max_memory (0: not given): no
+// answer larger than the store could be kept whole.
+func sizesAgree(maxResponse, maxMemory int64) error {
+	switch {
+	case maxResponse == 0 || maxResponse <= maxMemory:
+		return nil
+	case maxMemory == 0 && maxResponse > idempotency.DefaultMaxMemory:
+		return fmt.Errorf("max_response %s is larger than max_memory, which is not given (its default is %s): an answer that large could never be kept; give max_memory %s or more, or a smaller max_response",
+			iBytes(maxResponse), iBytes(idempotency.DefaultMaxMemory), iBytes(maxResponse))
+	case maxMemory != 0:
+		return fmt.Errorf("max_response %s is larger than max_memory %s: an answer that large could never be kept; give max_memory %s or more, or max_response %s or less",
+			iBytes(maxResponse), iBytes(maxMemory), iBytes(maxResponse), iBytes(maxMemory))
+	}
 	return nil
 }
 
-// cleanup lets go of the store; the records stay for the next config
-// with the same settings.
+// iBytes writes a size as the Caddyfile takes it: exact (1MiB, 1000000).
+func iBytes(n int64) string {
+	for _, u := range []struct {
+		unit string
+		size int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.size && n%u.size == 0 {
+			return strconv.FormatInt(n/u.size, 10) + u.unit
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+// cleanup lets go of the store: its records stay for the next config,
+// and its MaxMemory no longer bounds the store.
 func (ix *Idempotency) cleanup() {
+	if ix.unlimit != nil {
+		ix.unlimit()
+		ix.unlimit = nil
+	}
+	if ix.fleetID != "" {
+		_, _ = idempotencyStores.Delete("fleet:" + ix.fleetID)
+		ix.fleetID = ""
+	}
 	if ix.store != nil {
-		_, _ = idempotencyStores.Delete(ix.poolKey)
+		_, _ = idempotencyStores.Delete(memoryStoreKey)
 		ix.store = nil
 	}
 }
@@ -231,6 +282,7 @@ var idempotencyOptions = []string{"header", "methods", "scope", "ttl", "max_resp
 
 func parseIdempotency(d *caddyfile.Dispenser) (*Idempotency, error) {
 	ix := new(Idempotency)
+	var respAt *caddyfile.Dispenser // where max_response is written
 	size := func(opt string) (int64, error) {
 		v, err := oneArg(d, "idempotency", opt)
 		if err != nil {
@@ -272,6 +324,8 @@ func parseIdempotency(d *caddyfile.Dispenser) (*Idempotency, error) {
 			ix.TTL, err = duration(d, "idempotency", opt, false)
 		case "max_response":
 			ix.MaxResponse, err = size(opt)
+			at := *d
+			respAt = &at
 		case "max_memory":
 			ix.MaxMemory, err = size(opt)
 		case "wait":
@@ -301,8 +355,11 @@ func parseIdempotency(d *caddyfile.Dispenser) (*Idempotency, error) {
 		}
 		return err
 	})
-	if err == nil && ix.MaxResponse > 0 && ix.MaxMemory > 0 && ix.MaxResponse > ix.MaxMemory {
-		return nil, d.Errf("idempotency: max_response is larger than max_memory: no answer that large could be kept")
+	if err != nil {
+		return ix, err
 	}
-	return ix, err
+	if err := sizesAgree(ix.MaxResponse, ix.MaxMemory); err != nil {
+		return nil, respAt.Errf("idempotency: %v", err)
+	}
+	return ix, nil
 }

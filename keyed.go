@@ -120,8 +120,7 @@ func (ex *exchange) keyBegin(ix *Idempotency) (res *http.Response, err error, do
 	if ix.Wait != nil {
 		wait = min(time.Duration(*ix.Wait), left)
 	}
-	lease := time.Duration(ix.CompleteWithin) + leaseSlack + left
-	r, berr := ix.store.Begin(req.Context(), k, lease, wait, fp)
+	r, berr := ix.store.Begin(req.Context(), k, idempotency.Params{TTL: time.Duration(ix.TTL), Wait: wait}, fp)
 	if berr == nil && r.Verdict != idempotency.New {
 		// a repeat whose client left while it waited is answered
 		// nothing: its body may have been there to hash all the same

@@ -446,6 +446,57 @@ func TestIdempotencyOldestAnswersGoFirstUnderMaxMemory(t *testing.T) {
 	}
 }
 
+// A reload that changes every setting of the store (ttl, max_memory,
+// max_response) keeps every record: a completed one replays, and one in
+// flight through the reload is still caught, then kept by the old
+// config's request and replayed by the new config.
+func TestIdempotencyRecordsOutliveAReloadThatChangesSettings(t *testing.T) {
+	hold := make(chan struct{})
+	held := make(chan struct{}, 1)
+	up := startExecutions(t, func(w http.ResponseWriter, r *http.Request, body string) {
+		if r.Header.Get("Idempotency-Key") == "reload-flying" {
+			held <- struct{}{}
+			<-hold
+		}
+		io.WriteString(w, "done "+body)
+	})
+	g := loadGateway(t, idemSite(up.addr, "ttl 1h\n max_memory 1MiB\n wait 0"))
+	res, _ := keyed(t, g, "reload-done", "a")
+	expectKeyed(t, res, http.StatusOK, "ok", "new")
+	first := make(chan string, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, "http://localhost:9080/orders", strings.NewReader("b"))
+		req.Header.Set("Idempotency-Key", "reload-flying")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			first <- err.Error()
+			return
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		first <- string(body)
+	}()
+	<-held
+
+	g = loadGateway(t, idemSite(up.addr, "ttl 2h\n max_memory 2MiB\n max_response 512KiB\n wait 0"))
+	res, body := keyed(t, g, "reload-done", "a")
+	expectKeyed(t, res, http.StatusOK, "replayed", "replayed")
+	if body != "done a" {
+		t.Fatalf("replay after the reload: %q", body)
+	}
+	res, _ = keyed(t, g, "reload-flying", "b")
+	expectKeyed(t, res, http.StatusConflict, "key_conflict", "conflict")
+	close(hold)
+	if got := <-first; got != "done b" {
+		t.Fatalf("the first request, in flight through the reload, got %q", got)
+	}
+	res, body = keyed(t, g, "reload-flying", "b")
+	expectKeyed(t, res, http.StatusOK, "replayed", "replayed")
+	if body != "done b" || up.of("reload-done") != 1 || up.of("reload-flying") != 1 {
+		t.Fatalf("replay %q; executions %d and %d, want 1 each", body, up.of("reload-done"), up.of("reload-flying"))
+	}
+}
+
 // The first request's answer streams to its client as the upstream
 // sends it: nothing is held back to be kept.
 func TestIdempotencyFirstAnswerStillStreams(t *testing.T) {

@@ -3,17 +3,22 @@ package idempotency
 // With a fleet, each record lives in the fleet's Redis too, under its
 // prefix (P), beside this instance's own copy in a Memory:
 //
-//	P:idem:<key>   in flight: the claim's owner token, expiring with the lease
+//	P:idem:<key>   in flight: the claim's owner token, with a short lease that
+//	               its owner renews while the request lives (renew.go)
 //	               completed: the fingerprint and the answer, expiring after the TTL
 //
 // (<key> is Key.String; wire.go has the format.) Each step is one Lua
-// script, so that claiming, completing and releasing are atomic in
-// Redis, and only a claim's owner completes or releases its record.
+// script, so that claiming, renewing, completing and releasing are
+// atomic in Redis, and only a claim's owner does them to its record. A
+// value that does not decode (garbage, cut short, another format
+// version during a rolling upgrade) is taken for a used key, never for
+// a free one.
 
 import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -35,10 +40,11 @@ const pollEvery = 25 * time.Millisecond
 // implements it.
 type Remote interface {
 	// Do runs fn against Redis under the fleet's timeout; while Redis is
-	// known to be down it fails at once. A failure (not redis.Nil) is
-	// counted under op in caddy_resilient_fleet_errors_total and, unless
-	// Redis answered it (a redis.Error), marks Redis down until the
-	// fleet's heartbeat sees it answer again.
+	// known to be down it fails at once. Either way a failure (not
+	// redis.Nil) is counted under op in
+	// caddy_resilient_fleet_errors_total (the store acted alone for it)
+	// and, unless Redis answered it (a redis.Error), marks Redis down
+	// until the fleet's heartbeat sees it answer again.
 	Do(ctx context.Context, op string, fn func(ctx context.Context, c redis.Scripter) error) error
 	// Key names a Redis key under the fleet's prefix: prefix + ":" + name.
 	Key(name string) string
@@ -57,9 +63,9 @@ return 1
 
 // keepScript completes the record of the claim whose in-flight value is
 // ARGV[1]: while the claim holds it, and also once its lease ran out
-// with nobody claiming since (a request that ends by its total, the
-// lease, still has an answer worth sharing; nobody can have sent again).
-// A record another claim holds, or completed, is left alone.
+// with nobody claiming since (its renewals failed while Redis was away:
+// the answer is still worth sharing, and nobody can have sent again). A
+// record another claim holds, or completed, is left alone.
 //
 // KEYS[1]: the record. ARGV[1]: the in-flight value; ARGV[2]: the
 // completed record; ARGV[3]: the TTL (ms). Returns 1 when kept.
@@ -93,6 +99,8 @@ type fleetStore struct {
 	// badLog bounds the warnings about records that do not decode, which
 	// a rolling upgrade could otherwise turn into one per request.
 	badLog rate.Sometimes
+
+	leases renewer
 }
 
 // NewFleet returns a store whose records live in Redis under the fleet's
@@ -100,9 +108,12 @@ type fleetStore struct {
 // instance's own records: a repeat on the same instance is caught first
 // there, without Redis, and still is while Redis is slow or down.
 // Meanwhile a repeat on another instance is not (Begin goes on as if
-// Redis had no record), and the change is logged once each way. logger
-// may be nil; so may local (then a Memory with the defaults is used) and
-// r (then the store is local).
+// Redis had no record), and the change is logged once each way. A claim
+// in Redis lasts a short lease that this instance renews while the
+// request lives, so that a key comes free soon after an instance dies
+// with it, and never while its request is under way. logger may be nil;
+// so may local (then a Memory with the defaults is used) and r (then the
+// store is local).
 func NewFleet(local *Memory, r Remote, logger *zap.Logger) Store {
 	if local == nil {
 		local = NewMemory(Config{})
@@ -115,16 +126,14 @@ func NewFleet(local *Memory, r Remote, logger *zap.Logger) Store {
 	}
 	s := &fleetStore{local: local, r: r, log: logger, badLog: rate.Sometimes{First: 1, Interval: time.Minute}}
 	s.shared.Store(true)
+	s.leases.init(s, fleetLease)
 	return s
 }
 
 // Begin implements Store: it claims k locally first, then in Redis.
-func (s *fleetStore) Begin(ctx context.Context, k Key, lease, wait time.Duration, fp func() (Fingerprint, error)) (Result, error) {
-	if lease <= 0 {
-		lease = DefaultLease
-	}
-	deadline := time.Now().Add(wait)
-	res, err := s.local.Begin(ctx, k, lease, wait, fp)
+func (s *fleetStore) Begin(ctx context.Context, k Key, p Params, fp func() (Fingerprint, error)) (Result, error) {
+	deadline := time.Now().Add(p.Wait)
+	res, err := s.local.Begin(ctx, k, p, fp)
 	if err != nil || res.Verdict != New {
 		return res, err
 	}
@@ -135,11 +144,15 @@ func (s *fleetStore) Begin(ctx context.Context, k Key, lease, wait time.Duration
 
 	var token [tokenLen]byte
 	_, _ = rand.Read(token[:])
-	c := &fleetClaim{s: s, local: lc, name: s.r.Key("idem:" + k.String()), mine: flightValue(token)}
+	ttl := p.TTL
+	if ttl <= 0 {
+		ttl = s.local.ttl
+	}
+	c := &fleetClaim{s: s, local: lc, name: s.r.Key("idem:" + k.String()), mine: flightValue(token), ttl: ttl}
 	seenInFlight := false
 	for {
 		var held wireRecord
-		claimed, err := s.claim(ctx, c, lease, &held)
+		claimed, err := s.claim(ctx, c, &held)
 		var badRec *badRecordError
 		switch {
 		case err != nil && gaveUp(ctx):
@@ -147,11 +160,11 @@ func (s *fleetStore) Begin(ctx context.Context, k Key, lease, wait time.Duration
 			return Result{}, ctx.Err()
 		case errors.As(err, &badRec):
 			s.badLog.Do(func() {
-				s.log.Warn("idempotency: a record in the fleet's redis does not decode; this request is deduplicated on this instance only",
+				s.log.Warn("idempotency: a record in the fleet's redis does not decode; its key is taken for used (409) until the record expires",
 					zap.String("key", k.String()), zap.String("error", err.Error()))
 			})
-			c.name = "" // not ours to overwrite
-			return Result{Verdict: New, Claim: c}, nil
+			lc.Release()
+			return Result{Verdict: Used}, nil
 		case err != nil && seenInFlight:
 			// The first on another instance was under way at the last
 			// look: sending now could send twice.
@@ -161,6 +174,7 @@ func (s *fleetStore) Begin(ctx context.Context, k Key, lease, wait time.Duration
 			c.name = ""
 			return Result{Verdict: New, Claim: c}, nil
 		case claimed:
+			s.leases.hold(c)
 			return Result{Verdict: New, Claim: c}, nil
 		case held.done:
 			lc.Release()
@@ -184,9 +198,9 @@ func (s *fleetStore) Begin(ctx context.Context, k Key, lease, wait time.Duration
 }
 
 // claim runs claimScript for c: claimed, or the record that holds the key.
-func (s *fleetStore) claim(ctx context.Context, c *fleetClaim, lease time.Duration, held *wireRecord) (claimed bool, err error) {
+func (s *fleetStore) claim(ctx context.Context, c *fleetClaim, held *wireRecord) (claimed bool, err error) {
 	err = s.r.Do(ctx, opName, func(ctx context.Context, rc redis.Scripter) error {
-		v, err := claimScript.Run(ctx, rc, []string{c.name}, c.mine, millis(lease)).Result()
+		v, err := claimScript.Run(ctx, rc, []string{c.name}, c.mine, millis(s.leases.lease)).Result()
 		if err != nil {
 			return err
 		}
@@ -198,7 +212,7 @@ func (s *fleetStore) claim(ctx context.Context, c *fleetClaim, lease time.Durati
 			}
 			return nil
 		case string:
-			*held, err = decodeRecord(v)
+			*held, err = decodeRecord([]byte(v))
 			return err
 		}
 		return bad("unexpected reply to a claim")
@@ -246,9 +260,14 @@ func millis(d time.Duration) int64 {
 type fleetClaim struct {
 	s     *fleetStore
 	local *memClaim
-	name  string // the record's Redis key; "" when the claim is local only
-	mine  string // the claim's in-flight value
+	name  string        // the record's Redis key; "" when the claim is local only
+	mine  string        // the claim's in-flight value
+	ttl   time.Duration // of the completed record
 	ended atomic.Bool
+	// renewing is held by a renewal of the claim's lease while it runs,
+	// so that Keep and Release come after it in Redis: a renewal must
+	// not set a lease again on a record its claim just released.
+	renewing sync.Mutex
 }
 
 // Keep completes the local record first, for the repeats waiting here,
@@ -262,10 +281,11 @@ func (c *fleetClaim) Keep(fp Fingerprint, a Answer) {
 	if c.name == "" {
 		return
 	}
-	v := encodeRecord(fp, &a)
+	c.s.leases.letGo(c)
+	v := encodeRecord(fp, a)
 	ctx := context.Background()
 	err := c.s.r.Do(ctx, opName, func(ctx context.Context, rc redis.Scripter) error {
-		return keepScript.Run(ctx, rc, []string{c.name}, c.mine, v, millis(c.s.local.ttl)).Err()
+		return keepScript.Run(ctx, rc, []string{c.name}, c.mine, v, millis(c.ttl)).Err()
 	})
 	c.s.note(ctx, err)
 }
@@ -278,6 +298,7 @@ func (c *fleetClaim) Release() {
 		return
 	}
 	if c.name != "" {
+		c.s.leases.letGo(c)
 		ctx := context.Background()
 		err := c.s.r.Do(ctx, opName, func(ctx context.Context, rc redis.Scripter) error {
 			return releaseScript.Run(ctx, rc, []string{c.name}, c.mine).Err()

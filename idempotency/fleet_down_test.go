@@ -3,6 +3,7 @@ package idempotency
 import (
 	"encoding/binary"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,7 +16,7 @@ import (
 const (
 	msgLocal  = "idempotency: the fleet's redis does not answer; repeats are caught on this instance only until it does"
 	msgShared = "idempotency: the fleet's redis answers again; repeats are caught on every instance"
-	msgBad    = "idempotency: a record in the fleet's redis does not decode; this request is deduplicated on this instance only"
+	msgBad    = "idempotency: a record in the fleet's redis does not decode; its key is taken for used (409) until the record expires"
 )
 
 // within fails t if f takes longer than d.
@@ -45,7 +46,7 @@ func TestFleetRedisKilledAndRestarted(t *testing.T) {
 	// that first was under way at the last look, so it is not sent.
 	flying := NewKey(nil, "flying")
 	held := begin(t, a, flying, New, nil)
-	polling := beginAsync(bg, b, flying, time.Minute, 10*time.Second, fpA)
+	polling := beginAsync(bg, b, flying, 10*time.Second, fpA)
 	expectNothing(t, polling, 3*pollEvery, "the repeat polling on b")
 
 	rs.Kill()
@@ -76,12 +77,12 @@ func TestFleetRedisKilledAndRestarted(t *testing.T) {
 	waitFor(t, 3*time.Second, "sharing again", func() bool {
 		i++
 		k := NewKey(nil, "after-"+strconv.Itoa(i))
-		ra, err := a.Begin(bg, k, time.Minute, 0, nil)
+		ra, err := a.Begin(bg, k, Params{}, nil)
 		if err != nil || ra.Verdict != New {
 			t.Fatal(ra, err)
 		}
 		defer ra.Claim.Release()
-		rb, err := b.Begin(bg, k, time.Minute, 0, nil)
+		rb, err := b.Begin(bg, k, Params{}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -100,16 +101,18 @@ func TestFleetRedisKilledAndRestarted(t *testing.T) {
 	}
 }
 
-// A value under a record's key that does not decode is never replayed
-// and never panics: the request goes on with its local claim, the value
-// is left alone, the error is counted without taking Redis for down, and
-// the warning is not repeated per request.
+// A value under a record's key that does not decode (garbage, cut short,
+// a status out of range, another format version, trailing bytes) is
+// never replayed, never panics and never lets the request through: the
+// key is taken for used, on every instance; the value is left alone, the
+// error is counted without taking Redis for down, and the warning is
+// not repeated per request.
 func TestFleetGarbageRecord(t *testing.T) {
 	t.Parallel()
 	rs, a, b := twoInstances(t)
 	c := raw(t, rs)
 	valid := answer(200, "valid")
-	record := string(encodeRecord(fpA, &valid))
+	record := string(encodeRecord(fpA, valid))
 	status700 := []byte(record)
 	binary.BigEndian.PutUint16(status700[2+len(Fingerprint{}):], 700)
 	for i, garbage := range []string{"garbage", "", record[:len(record)-1], string(status700), "\x02" + record[1:], record + "x"} {
@@ -119,13 +122,18 @@ func TestFleetGarbageRecord(t *testing.T) {
 			t.Fatal(err)
 		}
 		failed := a.remote.failed.Load()
-		r := begin(t, a, k, New, fpOf(fpA, nil))
+		var calls atomic.Int32
+		if r := begin(t, a, k, Used, fpOf(fpA, &calls)); r.Answer != nil || calls.Load() != 0 {
+			t.Errorf("garbage %d: used with answer %+v, body read %d times", i, r.Answer, calls.Load())
+		}
 		if a.remote.failed.Load() != failed+1 || a.remote.down {
 			t.Errorf("garbage %d: %d failures counted, down %v; want 1, false", i, a.remote.failed.Load()-failed, a.remote.down)
 		}
-		r.Claim.Keep(fpA, answer(201, "kept here"))
-		begin(t, a, k, Replay, fpOf(fpA, nil)) // caught on this instance
-		begin(t, b, k, New, fpOf(fpA, nil)).Claim.Release()
+		begin(t, a, k, Used, fpOf(fpA, nil)) // the local claim was let go: asked again, same answer
+		begin(t, b, k, Used, fpOf(fpA, nil))
+		if n, _ := a.mem.Len(); n != 0 {
+			t.Errorf("garbage %d: a holds %d records", i, n)
+		}
 		if v, err := c.Get(bg, name).Result(); err != nil || v != garbage {
 			t.Errorf("garbage %d: the value became %q, %v", i, v, err)
 		}
@@ -167,7 +175,7 @@ func fleetErrors(t *testing.T) float64 {
 
 // A real *fleet.Member shares records with another instance, counts
 // what fails under op idempotency, and once Redis is down lets Begin go
-// on locally at once.
+// on locally at once, counting each such Begin too.
 func TestFleetMember(t *testing.T) {
 	t.Parallel()
 	rs := redistest.Start(t)
@@ -201,7 +209,7 @@ func TestFleetMember(t *testing.T) {
 	if err := raw(t, rs).Set(bg, m.Key("idem:"+k3.String()), "garbage", time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
-	begin(t, a, k3, New, nil).Claim.Release()
+	begin(t, a, k3, Used, nil)
 	if got := fleetErrors(t); got != errs+1 || !m.Connected() {
 		t.Errorf("garbage: errors_total went %v -> %v, connected %v; want +1 and still connected", errs, got, m.Connected())
 	}
@@ -211,7 +219,11 @@ func TestFleetMember(t *testing.T) {
 	within(t, fleet.DefaultTimeout+150*time.Millisecond, "Begin with Redis killed", func() { r = begin(t, a, NewKey(nil, "k4"), New, nil) })
 	within(t, fleet.DefaultTimeout+150*time.Millisecond, "Keep with Redis killed", func() { r.Claim.Keep(fpA, answer(200, "ok")) })
 	waitFor(t, 3*time.Second, "member down", func() bool { return !m.Connected() })
+	paused := fleetErrors(t)
 	within(t, 5*time.Millisecond, "Begin with Redis known down", func() { begin(t, a, NewKey(nil, "k5"), New, nil).Claim.Release() })
+	if got := fleetErrors(t); got != paused+1 {
+		t.Errorf("a Begin that went on alone while Redis was known down: errors_total went %v -> %v, want +1", paused, got)
+	}
 	begin(t, a, NewKey(nil, "k4"), Replay, fpOf(fpA, nil))
 	if got := fleetErrors(t); got <= errs+1 {
 		t.Errorf("errors_total %v: the failures with Redis killed were not counted", got)

@@ -136,7 +136,7 @@ func TestFleetWaitAcrossInstances(t *testing.T) {
 	_, a, b := twoInstances(t)
 	k := NewKey(nil, "k")
 	first := begin(t, a, k, New, nil)
-	ch := beginAsync(bg, b, k, time.Minute, 10*time.Second, fpA)
+	ch := beginAsync(bg, b, k, 10*time.Second, fpA)
 	expectNothing(t, ch, 100*time.Millisecond, "the repeat on b")
 	kept := time.Now()
 	first.Claim.Keep(fpA, answer(200, "ok"))
@@ -150,7 +150,7 @@ func TestFleetWaitAcrossInstances(t *testing.T) {
 
 	k2 := NewKey(nil, "k2")
 	first = begin(t, a, k2, New, nil)
-	ch = beginAsync(bg, b, k2, time.Minute, 10*time.Second, fpA)
+	ch = beginAsync(bg, b, k2, 10*time.Second, fpA)
 	expectNothing(t, ch, 60*time.Millisecond, "the repeat on b")
 	first.Claim.Release()
 	if o := receive(t, ch, 2*time.Second, "the repeat on b"); o.err != nil || o.r.Verdict != New {
@@ -163,13 +163,13 @@ func TestFleetWaitAcrossInstances(t *testing.T) {
 	k3 := NewKey(nil, "k3")
 	first = begin(t, a, k3, New, nil)
 	start := time.Now()
-	r, err := b.Begin(bg, k3, time.Minute, 120*time.Millisecond, fpOf(fpA, nil))
+	r, err := b.Begin(bg, k3, Params{Wait: 120 * time.Millisecond}, fpOf(fpA, nil))
 	if d := time.Since(start); err != nil || r.Verdict != InFlight || d < 120*time.Millisecond || d > time.Second {
 		t.Errorf("wait running out: %s, %v after %s", r.Verdict, err, d)
 	}
 	ctx, cancel := context.WithTimeout(bg, 50*time.Millisecond)
 	defer cancel()
-	if r, err := b.Begin(ctx, k3, time.Minute, 10*time.Second, fpOf(fpA, nil)); err != context.DeadlineExceeded {
+	if r, err := b.Begin(ctx, k3, Params{Wait: 10 * time.Second}, fpOf(fpA, nil)); err != context.DeadlineExceeded {
 		t.Errorf("wait past ctx: %s, %v; want ctx's error", r.Verdict, err)
 	}
 	if n, _ := b.mem.Len(); n != 0 {
@@ -178,46 +178,111 @@ func TestFleetWaitAcrossInstances(t *testing.T) {
 	first.Claim.Release()
 }
 
-// The lease bounds a claim in Redis too; a late Keep is still shared
-// while nobody claimed since, and never overwrites another's claim.
-func TestFleetLease(t *testing.T) {
+// withLease makes in's claims in Redis last lease, renewed every third
+// of it; before its first Begin.
+func withLease(in *instance, lease time.Duration) *instance {
+	in.Store.(*fleetStore).leases.lease = lease
+	return in
+}
+
+// stopRenewing stops renewing a claim's lease without ending it: what
+// the other instances see of an instance that died with the key.
+func stopRenewing(in *instance, c Claim) {
+	in.Store.(*fleetStore).leases.letGo(c.(*fleetClaim))
+}
+
+// A claim in Redis lasts as long as its request, however long that is:
+// its short lease is renewed meanwhile; a record whose lease ran out
+// while Redis was away is held again, as nobody claimed it since; a
+// record another claim took over is no longer renewed nor overwritten;
+// and once the claim ends no renewal brings its record back.
+func TestFleetLeaseRenewedWhileTheRequestLives(t *testing.T) {
 	t.Parallel()
 	rs, a, b := twoInstances(t)
+	withLease(a, 150*time.Millisecond)
+	c := raw(t, rs)
+	k := NewKey(nil, "k")
+	name := a.remote.Key("idem:" + k.String())
+	first := begin(t, a, k, New, nil)
+	time.Sleep(600 * time.Millisecond) // four leases
+	begin(t, b, k, InFlight, nil)
+	if ttl, err := c.PTTL(bg, name).Result(); err != nil || ttl <= 0 || ttl > 150*time.Millisecond {
+		t.Errorf("the claim's lease: %v, %v", ttl, err)
+	}
+
+	mine, err := c.Get(bg, name).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Del(bg, name) // its lease ran out while Redis was away
+	waitFor(t, time.Second, "the claim held again", func() bool { v, _ := c.Get(bg, name).Result(); return v == mine })
+	begin(t, b, k, InFlight, nil)
+	first.Claim.Keep(fpA, answer(200, "after an hour"))
+	if r := begin(t, b, k, Replay, fpOf(fpA, nil)); string(r.Answer.Body) != "after an hour" {
+		t.Errorf("replayed %q", r.Answer.Body)
+	}
+
+	k2 := NewKey(nil, "k2")
+	name2 := a.remote.Key("idem:" + k2.String())
+	second := begin(t, a, k2, New, nil)
+	other := flightValue([tokenLen]byte{9})
+	c.Set(bg, name2, other, time.Minute) // another instance took it over
+	time.Sleep(200 * time.Millisecond)
+	if v, _ := c.Get(bg, name2).Result(); v != other {
+		t.Errorf("a renewal overwrote another's claim: %q", v)
+	}
+	a.Store.(*fleetStore).leases.mu.Lock()
+	renewed := len(a.Store.(*fleetStore).leases.held)
+	a.Store.(*fleetStore).leases.mu.Unlock()
+	if renewed != 0 {
+		t.Errorf("%d claims still renewed, want none: the only one is another's now", renewed)
+	}
+	second.Claim.Keep(fpA, answer(200, "mine"))
+	if v, _ := c.Get(bg, name2).Result(); v != other {
+		t.Errorf("a late Keep overwrote another's claim: %q", v)
+	}
+
+	k3 := NewKey(nil, "k3")
+	begin(t, a, k3, New, nil).Claim.Release()
+	time.Sleep(200 * time.Millisecond)
+	begin(t, b, k3, New, nil).Claim.Release() // no renewal brought it back
+}
+
+// An instance that dies with a key holds it in Redis for one lease; then
+// another instance may claim it, and the dead one's late Keep or Release
+// leaves that claim alone. A late Keep is still shared while nobody
+// claimed the key since.
+func TestFleetLeaseOfADeadInstance(t *testing.T) {
+	t.Parallel()
+	rs, a, b := twoInstances(t)
+	withLease(a, 100*time.Millisecond)
 	c := newInstance(t, rs, a.remote.prefix)
 	k := NewKey(nil, "k")
-	stuck, err := a.Begin(bg, k, 100*time.Millisecond, 0, nil)
-	if err != nil || stuck.Verdict != New {
-		t.Fatal(stuck, err)
-	}
+	stuck := begin(t, a, k, New, nil)
+	stopRenewing(a, stuck.Claim)
 	begin(t, b, k, InFlight, nil)
 	time.Sleep(150 * time.Millisecond)
 	next := begin(t, b, k, New, nil)
 	stuck.Claim.Keep(fpB, answer(500, "late"))
 	begin(t, c, k, InFlight, nil) // the late Keep left b's claim alone
 	next.Claim.Keep(fpA, answer(200, "ok"))
-	if r := begin(t, b, NewKey(nil, "k"), Replay, fpOf(fpA, nil)); string(r.Answer.Body) != "ok" {
+	if r := begin(t, c, k, Replay, fpOf(fpA, nil)); string(r.Answer.Body) != "ok" {
 		t.Errorf("replayed %q", r.Answer.Body)
 	}
 
 	k2 := NewKey(nil, "k2")
-	late, err := a.Begin(bg, k2, 50*time.Millisecond, 0, nil)
-	if err != nil || late.Verdict != New {
-		t.Fatal(late, err)
-	}
-	time.Sleep(100 * time.Millisecond)
+	late := begin(t, a, k2, New, nil)
+	stopRenewing(a, late.Claim)
+	time.Sleep(150 * time.Millisecond)
 	late.Claim.Keep(fpA, answer(200, "late but shared"))
 	if r := begin(t, b, k2, Replay, fpOf(fpA, nil)); string(r.Answer.Body) != "late but shared" {
 		t.Errorf("replayed %q", r.Answer.Body)
 	}
 
-	// A claim whose lease ran out and that another took over releases
-	// nothing of the other's.
 	k3 := NewKey(nil, "k3")
-	gone, err := a.Begin(bg, k3, 50*time.Millisecond, 0, nil)
-	if err != nil || gone.Verdict != New {
-		t.Fatal(gone, err)
-	}
-	time.Sleep(100 * time.Millisecond)
+	gone := begin(t, a, k3, New, nil)
+	stopRenewing(a, gone.Claim)
+	time.Sleep(150 * time.Millisecond)
 	taken := begin(t, b, k3, New, nil)
 	gone.Claim.Release()
 	begin(t, c, k3, InFlight, nil)

@@ -2,83 +2,86 @@ package idempotency
 
 import (
 	"context"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/caddy-resilient/resilient/internal/answers"
 )
 
 // Defaults for the fields of Config left zero.
 const (
 	DefaultTTL       = 24 * time.Hour
-	DefaultMaxMemory = 64 << 20
+	DefaultMaxMemory = answers.DefaultMaxBytes
 )
-
-// sweepEvery is how often a Memory drops the records that expired, or
-// whose lease ran out, and that no Begin looked at since: what bounds
-// the memory of keys that are never repeated.
-const sweepEvery = 30 * time.Second
 
 // Config says how a Memory keeps its records.
 type Config struct {
-	// TTL is how long a completed record is kept. Default: 24h.
+	// TTL is how long a completed record is kept when Begin's Params
+	// give none. Default: 24h.
 	TTL time.Duration
-	// MaxMemory bounds the bytes of all kept answers (Answer.Size).
-	// Default: 64MiB.
+	// MaxMemory bounds the bytes of all kept answers (Answer.Size)
+	// while no Limit is held. Default: 64MiB.
 	MaxMemory int64
-	// Clock tells the time of TTLs and leases, for tests; time.Now when
-	// nil. How long a repeat waits is measured on the real clock.
+	// Clock tells the time of TTLs, for tests; time.Now when nil. How
+	// long a repeat waits is measured on the real clock.
 	Clock func() time.Time
 }
 
-// Memory is the in-process store: a map of records under one lock. It is
-// bounded: completed records expire after the TTL, and past MaxMemory
-// the oldest completed go first. In-flight records are never dropped
-// for memory (they cost a constant each, and there are no more of them
-// than requests under way); their lease bounds them.
+// Memory is the in-process store. Its in-flight records (claims, and the
+// repeats waiting on them) are a map under one lock; its completed
+// records, fingerprint and answer encoded as in Redis (wire.go), are the
+// values of a kept-answer store (internal/answers), outside Go's heap.
 //
+// It is meant to be one per process, shared by every transport that
+// keeps records, so that records outlive any change of settings: each
+// Begin gives its own TTL (Params), and the bound is the largest
+// MaxMemory among the users that hold one (Limit), the oldest completed
+// records going first when a new one would pass it, or when it comes
+// down. Records of two transports do not mix: a key is hashed with its
+// scope's values and a record holds its request's fingerprint (method,
+// target, body), so only the same request with the same key and scope
+// is ever answered from another's record.
+//
+// In-flight records are never dropped, for memory or time: they cost a
+// constant each, and there are no more of them than requests under way.
 // Nothing runs per key: a repeat that waits blocks on a channel of the
-// record, made only when someone waits; one timer per store sweeps.
+// record, made only when someone waits.
 type Memory struct {
-	ttl time.Duration
-	max int64
-	now func() time.Time
+	ttl  time.Duration
+	now  func() time.Time
+	kept *answers.Store
 
 	mu     sync.Mutex
-	recs   map[Key]*record
-	flying recordList // in flight, in no order that matters
-	done   recordList // completed, oldest first: by completion, and so by expiry
-	bytes  int64
-	ring   *ring // the kept answers; made with the first one
-	sweep  *time.Timer
-	armed  bool // sweep will fire
+	flying map[Key]*flight
 	closed bool
 }
+
+// usage counts the completed records of every Memory, and inFlight
+// their in-flight records, for Stats.
+var (
+	usage    answers.Usage
+	inFlight atomic.Int64
+)
 
 // NewMemory returns an empty Memory, c's zero fields taking their
 // defaults.
 func NewMemory(c Config) *Memory {
-	m := &Memory{ttl: c.TTL, max: c.MaxMemory, now: c.Clock, recs: make(map[Key]*record)}
+	m := &Memory{ttl: c.TTL, now: c.Clock, flying: make(map[Key]*flight)}
 	if m.ttl <= 0 {
 		m.ttl = DefaultTTL
-	}
-	if m.max <= 0 {
-		m.max = DefaultMaxMemory
 	}
 	if m.now == nil {
 		m.now = time.Now
 	}
+	m.kept = answers.New(answers.Config{MaxBytes: c.MaxMemory, Usage: &usage, Clock: m.now})
 	return m
 }
 
 // Begin implements Store.
-func (m *Memory) Begin(ctx context.Context, k Key, lease, wait time.Duration, fp func() (Fingerprint, error)) (Result, error) {
-	if lease <= 0 {
-		lease = DefaultLease
-	}
-	deadline := time.Now().Add(wait)
+func (m *Memory) Begin(ctx context.Context, k Key, p Params, fp func() (Fingerprint, error)) (Result, error) {
+	var deadline time.Time // when the wait runs out, once it started
 	var timer *time.Timer
-	waited := false
 	defer func() {
 		if timer != nil {
 			timer.Stop()
@@ -88,46 +91,41 @@ func (m *Memory) Begin(ctx context.Context, k Key, lease, wait time.Duration, fp
 		m.mu.Lock()
 		if m.closed {
 			m.mu.Unlock()
-			if waited {
+			if timer != nil {
 				// The first may still be under way, in a config that is
 				// stopping: sending a second would break the promise.
 				return Result{Verdict: InFlight}, nil
 			}
 			return Result{Verdict: New, Claim: noClaim{}}, nil
 		}
-		now := m.now()
-		r := m.lookup(k, now)
-		if r == nil {
-			r = m.claim(k, now.Add(lease))
-			m.mu.Unlock()
-			return Result{Verdict: New, Claim: &memClaim{m: m, r: r}}, nil
-		}
-		if r.done {
-			stored, enc := r.fp, m.ring.at(r.pos, r.n)
-			m.mu.Unlock()
-			w, err := decodeRecord(enc)
-			if err != nil {
-				// written by keep itself: it cannot happen, and must not be replayed
-				return Result{Verdict: Used, Answer: &Answer{Status: http.StatusBadGateway}}, nil
+		f := m.flying[k]
+		if f == nil {
+			enc, _, ok := m.kept.Get(answers.Key(k))
+			if ok {
+				m.mu.Unlock()
+				return m.judge(enc, fp)
 			}
-			return judge(stored, w.answer, fp)
+			f = &flight{key: k}
+			m.flying[k] = f
+			inFlight.Add(1)
+			m.mu.Unlock()
+			return Result{Verdict: New, Claim: &memClaim{m: m, f: f, ttl: p.TTL}}, nil
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(p.Wait)
 		}
 		left := time.Until(deadline)
 		if left <= 0 {
 			m.mu.Unlock()
 			return Result{Verdict: InFlight}, nil
 		}
-		if r.wake == nil {
-			r.wake = make(chan struct{})
+		if f.wake == nil {
+			f.wake = make(chan struct{})
 		}
-		r.waiters++
-		wake := r.wake
-		// Wake up at the lease's end too: the first may never end its
-		// claim, and then a waiter takes it over.
-		left = min(left, r.leaseEnd.Sub(now))
+		f.waiters++
+		wake := f.wake
 		m.mu.Unlock()
 
-		waited = true
 		if timer == nil {
 			timer = time.NewTimer(left)
 		} else {
@@ -136,162 +134,102 @@ func (m *Memory) Begin(ctx context.Context, k Key, lease, wait time.Duration, fp
 		select {
 		case <-wake:
 		case <-timer.C:
-			m.leave(r, wake)
+			m.leave(f, wake)
 		case <-ctx.Done():
-			m.leave(r, wake)
+			m.leave(f, wake)
 			return Result{}, ctx.Err()
 		}
 	}
 }
 
-// lookup returns k's record, dropping it first if it expired or its
-// lease ran out: either way the key is free.
-func (m *Memory) lookup(k Key, now time.Time) *record {
-	r := m.recs[k]
-	if r == nil {
-		return nil
+// judge says what a repeat gets from the completed record enc.
+func (m *Memory) judge(enc []byte, fp func() (Fingerprint, error)) (Result, error) {
+	w, err := decodeRecord(enc)
+	if err != nil {
+		// keep writes only what decodes (keepable): this cannot happen,
+		// and what cannot be read is never taken for free
+		return Result{Verdict: Used}, nil
 	}
-	if r.done && !now.Before(r.expires) || !r.done && !now.Before(r.leaseEnd) {
-		m.drop(r)
-		return nil
-	}
-	return r
+	return judge(w.fp, w.answer, fp)
 }
 
-// claim adds an in-flight record for k.
-func (m *Memory) claim(k Key, leaseEnd time.Time) *record {
-	r := &record{key: k, leaseEnd: leaseEnd}
-	m.recs[k] = r
-	m.flying.push(r)
-	totals.records.Add(1)
-	if !m.armed {
-		m.armed = true
-		if m.sweep == nil {
-			m.sweep = time.AfterFunc(sweepEvery, m.sweepNow)
-		} else {
-			m.sweep.Reset(sweepEvery)
-		}
-	}
-	return r
-}
-
-// leave undoes a waiter's count on r when it stops waiting before r
+// leave undoes a waiter's count on f when it stops waiting before f
 // ended, so that a record nobody waits for any more holds no channel.
-func (m *Memory) leave(r *record, wake chan struct{}) {
+func (m *Memory) leave(f *flight, wake chan struct{}) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if r.wake != wake {
-		return // r ended meanwhile
+	if f.wake != wake {
+		return // f ended meanwhile
 	}
-	if r.waiters--; r.waiters == 0 {
-		r.wake = nil
+	if f.waiters--; f.waiters == 0 {
+		f.wake = nil
 	}
 }
 
-// drop removes r from the store, waking its waiters if it was in flight.
-func (m *Memory) drop(r *record) {
-	delete(m.recs, r.key)
-	totals.records.Add(-1)
-	if r.done {
-		wasHead := m.done.head == r
-		m.done.remove(r)
-		m.bytes -= r.size
-		totals.bytes.Add(-r.size)
-		if wasHead {
-			// the ring's room is freed oldest first, as answers go
-			if h := m.done.head; h != nil {
-				m.ring.advance(h.pos)
-			} else {
-				m.ring.advance(m.ring.tail)
-			}
-		}
+// land ends f, which is in flight: its key is no longer, and its waiters
+// look again.
+func (m *Memory) land(f *flight) {
+	delete(m.flying, f.key)
+	inFlight.Add(-1)
+	f.end()
+}
+
+// keep completes f, if it is still in flight, with fp and a copy of a,
+// kept for ttl: whole when the store takes it; else its status and
+// header; else its status alone, which always fits (a few dozen bytes
+// in a store of at least a chunk). Either way the key stays used.
+func (m *Memory) keep(f *flight, fp Fingerprint, a Answer, ttl time.Duration) {
+	if ttl <= 0 {
+		ttl = m.ttl
+	}
+	a = keepable(a)
+	head := encodeHead(fp, &a)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed || m.flying[f.key] != f {
 		return
 	}
-	m.flying.remove(r)
-	r.end()
-}
-
-// keep completes r, if it is still the claim's, with a copy of a,
-// encoded into the ring.
-func (m *Memory) keep(r *record, fp Fingerprint, a Answer) {
-	if !a.Whole {
-		a.Body = nil
-	}
-	enc := encodeRecord(fp, &a)
-	if int64(len(enc))+answerOverhead > m.max {
-		// Kept whole it would push out every other answer: keep what
-		// says the key was used.
-		a.Body, a.Whole = nil, false
-		if enc = encodeRecord(fp, &a); int64(len(enc))+answerOverhead > m.max {
-			a.Header = nil
-			enc = encodeRecord(fp, &a)
-		}
-	}
-	size := int64(len(enc)) + answerOverhead
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closed || r.done || m.recs[r.key] != r {
-		return // its lease ran out and another request claimed the key
-	}
-	if m.ring == nil {
-		m.ring = newRing(int(min(m.max, maxRing)))
-	}
-	for (m.bytes+size > m.max || !m.ring.fits(len(enc))) && m.done.head != nil {
-		m.drop(m.done.head)
-	}
-	if !m.ring.fits(len(enc)) {
-		m.drop(r) // larger than all the room there is: as if never kept
+	defer m.land(f)
+	k, expires := answers.Key(f.key), m.now().Add(ttl)
+	if m.kept.Put(k, head, a.Body, expires) {
 		return
 	}
-	m.flying.remove(r)
-	r.done, r.fp, r.size = true, fp, size
-	r.pos, r.n = m.ring.put(enc), len(enc)
-	r.expires = m.now().Add(m.ttl)
-	m.done.push(r)
-	m.bytes += size
-	totals.bytes.Add(size)
-	r.end()
-}
-
-// maxRing bounds the memory one store maps for its answers.
-const maxRing = 64 << 30
-
-// release deletes r, if it is still the claim's.
-func (m *Memory) release(r *record) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if !m.closed && !r.done && m.recs[r.key] == r {
-		m.drop(r)
-	}
-}
-
-// sweepNow drops the records that expired or whose lease ran out, and
-// sweeps again later while any record is left.
-func (m *Memory) sweepNow() {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closed {
-		return
-	}
-	now := m.now()
-	for r := m.done.head; r != nil && !now.Before(r.expires); r = m.done.head {
-		m.drop(r)
-	}
-	for r := m.flying.head; r != nil; {
-		next := r.next
-		if !now.Before(r.leaseEnd) {
-			m.drop(r)
+	// too large to keep whole: what says the key was used
+	if a.Whole {
+		a.Whole, a.Body = false, nil
+		if m.kept.Put(k, encodeHead(fp, &a), nil, expires) {
+			return
 		}
-		r = next
 	}
-	if m.armed = len(m.recs) > 0; m.armed {
-		m.sweep.Reset(sweepEvery)
+	a.Header = nil
+	m.kept.Put(k, encodeHead(fp, &a), nil, expires)
+}
+
+// release deletes f, if it is still in flight.
+func (m *Memory) release(f *flight) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.closed && m.flying[f.key] == f {
+		m.land(f)
 	}
 }
 
-// Close stops the sweep timer and drops every record, so that the gauges
-// no longer count them; repeats waiting are woken. A Begin after Close
-// gets New with a Claim that keeps nothing.
+// Limit holds maxMemory as the bound of the kept answers until release
+// is called; while any is held, the largest held applies in place of
+// Config.MaxMemory, and a bound that comes down drops the oldest
+// completed records until the store is within it. Each transport that
+// keeps records in m holds its max_memory from provision to cleanup.
+func (m *Memory) Limit(maxMemory int64) (release func()) {
+	return m.kept.Limit(maxMemory)
+}
+
+// Sweep drops the completed records that expired. m sweeps by itself
+// every 30 seconds while it holds any; in-flight records never expire.
+func (m *Memory) Sweep() { m.kept.Sweep() }
+
+// Close drops every record, so that the gauges no longer count them;
+// repeats waiting are woken, and get InFlight. A Begin after Close gets
+// New with a Claim that keeps nothing.
 func (m *Memory) Close() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -299,19 +237,12 @@ func (m *Memory) Close() {
 		return
 	}
 	m.closed = true
-	if m.sweep != nil {
-		m.sweep.Stop()
+	for _, f := range m.flying {
+		f.end()
 	}
-	for _, r := range m.recs {
-		r.end()
-	}
-	totals.records.Add(-int64(len(m.recs)))
-	totals.bytes.Add(-m.bytes)
-	m.recs, m.flying, m.done, m.bytes = nil, recordList{}, recordList{}, 0
-	if m.ring != nil {
-		m.ring.release()
-		m.ring = nil
-	}
+	inFlight.Add(-int64(len(m.flying)))
+	m.flying = nil
+	m.kept.Close()
 }
 
 // Len returns how many records m holds, in flight and completed, and the
@@ -319,25 +250,27 @@ func (m *Memory) Close() {
 func (m *Memory) Len() (records int, bytes int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return len(m.recs), m.bytes
+	n, b := m.kept.Len()
+	return len(m.flying) + n, b
 }
 
-// memClaim is a Claim on a Memory's record.
+// memClaim is a Claim on a Memory's in-flight record.
 type memClaim struct {
 	m     *Memory
-	r     *record
+	f     *flight
+	ttl   time.Duration
 	ended atomic.Bool
 }
 
 func (c *memClaim) Keep(fp Fingerprint, a Answer) {
 	if !c.ended.Swap(true) {
-		c.m.keep(c.r, fp, a)
+		c.m.keep(c.f, fp, a, c.ttl)
 	}
 }
 
 func (c *memClaim) Release() {
 	if !c.ended.Swap(true) {
-		c.m.release(c.r)
+		c.m.release(c.f)
 	}
 }
 

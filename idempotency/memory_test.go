@@ -1,9 +1,13 @@
 package idempotency
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -62,7 +66,7 @@ func answer(status int, body string) Answer {
 // begin calls Begin and fails t on an error or another verdict.
 func begin(t *testing.T, s Store, k Key, want Verdict, fp func() (Fingerprint, error)) Result {
 	t.Helper()
-	r, err := s.Begin(bg, k, time.Minute, 0, fp)
+	r, err := s.Begin(bg, k, Params{}, fp)
 	if err != nil {
 		t.Fatalf("Begin: %v", err)
 	}
@@ -135,10 +139,10 @@ func TestMemoryFingerprintErrors(t *testing.T) {
 	k := NewKey(nil, "k")
 	begin(t, m, k, New, nil).Claim.Keep(fpA, answer(200, "ok"))
 	boom := errors.New("body read failed")
-	if _, err := m.Begin(bg, k, time.Minute, 0, func() (Fingerprint, error) { return Fingerprint{}, boom }); err != boom {
+	if _, err := m.Begin(bg, k, Params{}, func() (Fingerprint, error) { return Fingerprint{}, boom }); err != boom {
 		t.Errorf("fp error: got %v", err)
 	}
-	if _, err := m.Begin(bg, k, time.Minute, 0, nil); err == nil {
+	if _, err := m.Begin(bg, k, Params{}, nil); err == nil {
 		t.Error("nil fp: no error")
 	}
 	begin(t, m, k, Replay, fpOf(fpA, nil))
@@ -202,49 +206,123 @@ func TestMemoryEvictsOldestFirst(t *testing.T) {
 	flying.Claim.Release()
 }
 
-// An answer larger than MaxMemory on its own is kept as status and
-// header only, and pushes out nothing.
+// Every answer up to the bound is kept whole and replayed, whatever the
+// bound (not a multiple of any chunk) and whatever the ring held before
+// (answers over half the bound, which could not wrap in the old ring,
+// and one larger than the room left in an empty ring's lap); answers go
+// only as room needs.
+func TestMemoryKeepsEveryAnswerUpToTheBound(t *testing.T) {
+	for _, bound := range []int64{100_000, 1<<20 + 1, 3*64<<10 - 7} {
+		m := newTestMemory(t, Config{MaxMemory: bound})
+		sizes := []int{int(bound * 6 / 10), int(bound * 7 / 10), 10, int(bound) - 1000, int(bound / 3), int(bound / 3), 1}
+		for i, n := range sizes {
+			k := NewKey(nil, fmt.Sprint(bound, i))
+			body := bytes.Repeat([]byte{byte(i) | 1}, n)
+			begin(t, m, k, New, nil).Claim.Keep(fpA, Answer{Status: 201, Body: body, Whole: true})
+			r := begin(t, m, k, Replay, fpOf(fpA, nil))
+			if !bytes.Equal(r.Answer.Body, body) || r.Answer.Status != 201 {
+				t.Fatalf("bound %d, answer %d of %d bytes: replayed %d bytes, status %d", bound, i, n, len(r.Answer.Body), r.Answer.Status)
+			}
+			if _, b := m.Len(); b > max(bound, sizeOf(Answer{Status: 201, Body: body, Whole: true})) {
+				t.Fatalf("bound %d: %d bytes kept", bound, b)
+			}
+		}
+		// the last two fit beside the one before them
+		for i := len(sizes) - 3; i < len(sizes); i++ {
+			begin(t, m, NewKey(nil, fmt.Sprint(bound, i)), Replay, fpOf(fpA, nil))
+		}
+	}
+}
+
+// 140 answers of 1,000,000 bytes under the default 64MiB, then the last
+// 60 repeated: every one the store still holds replays byte for byte
+// (the ring went round; no chunk holding one went back to the system).
+func TestMemoryReplaysLargeAnswersIntact(t *testing.T) {
+	m := newTestMemory(t, Config{})
+	body := func(i int) []byte {
+		b := bytes.Repeat([]byte(fmt.Sprintf("answer %03d ", i)), 1_000_000/11+1)
+		return b[:1_000_000]
+	}
+	for i := range 140 {
+		begin(t, m, NewKey(nil, fmt.Sprint(i)), New, nil).Claim.Keep(fpA, Answer{Status: 201, Body: body(i), Whole: true})
+	}
+	for i := 80; i < 140; i++ {
+		r := begin(t, m, NewKey(nil, fmt.Sprint(i)), Replay, fpOf(fpA, nil))
+		if !bytes.Equal(r.Answer.Body, body(i)) {
+			n := 0
+			for _, c := range r.Answer.Body {
+				if c == 0 {
+					n++
+				}
+			}
+			t.Fatalf("answer %d replayed changed: %d bytes, %d of them zero", i, len(r.Answer.Body), n)
+		}
+	}
+}
+
+// An answer larger than the store can hold keeps its status and header
+// (a repeat gets Used), pushes nothing out, and never frees its key;
+// one whose header is too large as well keeps its status alone.
 func TestMemoryOversizedAnswer(t *testing.T) {
 	small := answer(200, "ok")
 	m := newTestMemory(t, Config{MaxMemory: 4 * small.Size()})
 	begin(t, m, NewKey(nil, "small"), New, nil).Claim.Keep(fpA, small)
-	begin(t, m, NewKey(nil, "big"), New, nil).Claim.Keep(fpA, answer(200, string(make([]byte, 10*small.Size()))))
+	begin(t, m, NewKey(nil, "big"), New, nil).Claim.Keep(fpA, answer(200, string(make([]byte, 1<<20))))
 	r := begin(t, m, NewKey(nil, "big"), Used, fpOf(fpA, nil))
-	if r.Answer.Status != 200 || r.Answer.Header.Get("X-Charge") != "ch_1" {
+	if r.Answer.Status != 200 || r.Answer.Header.Get("X-Charge") != "ch_1" || r.Answer.Body != nil {
 		t.Errorf("oversized answer kept as %+v", r.Answer)
 	}
 	begin(t, m, NewKey(nil, "small"), Replay, fpOf(fpA, nil))
+
+	huge := Answer{Status: 201, Header: http.Header{"X-Huge": {strings.Repeat("h", 1<<20)}}, Body: []byte("ok"), Whole: true}
+	begin(t, m, NewKey(nil, "huge"), New, nil).Claim.Keep(fpA, huge)
+	if r := begin(t, m, NewKey(nil, "huge"), Used, fpOf(fpA, nil)); r.Answer.Status != 201 || r.Answer.Header != nil {
+		t.Errorf("answer with an oversized header kept as %+v", r.Answer)
+	}
 }
 
-// An in-flight record past its lease counts as released: the next Begin
-// claims it, and the old claim's late Keep keeps nothing. Before anyone
-// claims it, a late Keep still counts.
-func TestMemoryLease(t *testing.T) {
+// An in-flight record has no expiry: a first request that takes days
+// still holds its key through every sweep, and its late Keep is kept.
+func TestMemoryClaimLastsUntilItEnds(t *testing.T) {
 	clock := newClock()
-	m := newTestMemory(t, Config{Clock: clock.now})
+	m := newTestMemory(t, Config{TTL: time.Hour, Clock: clock.now})
 	k := NewKey(nil, "k")
-	old, err := m.Begin(bg, k, time.Second, 0, nil)
-	if err != nil || old.Verdict != New {
-		t.Fatal(old, err)
+	first := begin(t, m, k, New, nil)
+	for range 3 {
+		clock.advance(24 * time.Hour)
+		m.Sweep()
+		begin(t, m, k, InFlight, nil)
 	}
-	clock.advance(999 * time.Millisecond)
-	begin(t, m, k, InFlight, nil)
-	clock.advance(time.Millisecond)
-	next := begin(t, m, k, New, nil)
-	old.Claim.Keep(fpB, answer(500, "late"))
-	begin(t, m, k, InFlight, nil)
-	next.Claim.Keep(fpA, answer(200, "ok"))
-	if r := begin(t, m, k, Replay, fpOf(fpA, nil)); string(r.Answer.Body) != "ok" {
+	if n, _ := m.Len(); n != 1 {
+		t.Errorf("%d records, want the claim", n)
+	}
+	first.Claim.Keep(fpA, answer(200, "late but kept"))
+	if r := begin(t, m, k, Replay, fpOf(fpA, nil)); string(r.Answer.Body) != "late but kept" {
 		t.Errorf("replayed %q", r.Answer.Body)
 	}
+}
 
-	k2 := NewKey(nil, "k2")
-	late, _ := m.Begin(bg, k2, time.Second, 0, nil)
-	clock.advance(time.Hour)
-	late.Claim.Keep(fpA, answer(200, "late but kept"))
-	if r := begin(t, m, k2, Replay, fpOf(fpA, nil)); string(r.Answer.Body) != "late but kept" {
-		t.Errorf("replayed %q", r.Answer.Body)
+// Each Begin gives the TTL of its own answer: records of transports
+// with other ttl settings live side by side in one Memory.
+func TestMemoryTTLPerBegin(t *testing.T) {
+	clock := newClock()
+	m := newTestMemory(t, Config{TTL: time.Hour, Clock: clock.now})
+	short, long, dflt := NewKey(nil, "short"), NewKey(nil, "long"), NewKey(nil, "default")
+	for k, ttl := range map[Key]time.Duration{short: time.Minute, long: 48 * time.Hour, dflt: 0} {
+		r, err := m.Begin(bg, k, Params{TTL: ttl}, nil)
+		if err != nil || r.Verdict != New {
+			t.Fatal(r, err)
+		}
+		r.Claim.Keep(fpA, answer(200, "ok"))
 	}
+	clock.advance(time.Minute)
+	begin(t, m, short, New, nil).Claim.Release()
+	begin(t, m, dflt, Replay, fpOf(fpA, nil))
+	clock.advance(time.Hour)
+	begin(t, m, dflt, New, nil).Claim.Release()
+	begin(t, m, long, Replay, fpOf(fpA, nil))
+	clock.advance(47 * time.Hour)
+	begin(t, m, long, New, nil).Claim.Release()
 }
 
 // A claim ends once: the second call of Keep or Release does nothing.
@@ -278,7 +356,7 @@ func TestMemoryConcurrentBegin(t *testing.T) {
 	for range 10 {
 		wg.Go(func() {
 			<-start
-			r, err := m.Begin(bg, k, time.Minute, 0, fpOf(fpA, nil))
+			r, err := m.Begin(bg, k, Params{}, fpOf(fpA, nil))
 			switch {
 			case err != nil:
 				t.Error(err)
@@ -305,7 +383,7 @@ func TestMemoryConcurrentMixed(t *testing.T) {
 		wg.Go(func() {
 			for i := range 200 {
 				k := NewKey(nil, string(rune('a'+(g+i)%26)))
-				r, err := m.Begin(bg, k, time.Minute, time.Millisecond, fpOf(fpA, nil))
+				r, err := m.Begin(bg, k, Params{Wait: time.Millisecond}, fpOf(fpA, nil))
 				if err != nil {
 					t.Error(err)
 					return
@@ -327,11 +405,37 @@ func TestMemoryConcurrentMixed(t *testing.T) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var listed int
-	for r := m.done.head; r != nil; r = r.next {
-		listed++
+	if len(m.flying) != 0 {
+		t.Errorf("%d records still in flight", len(m.flying))
 	}
-	if listed != n || m.flying.head != nil {
-		t.Errorf("%d records in the map, %d in the done list, in flight %v", n, listed, m.flying.head != nil)
+}
+
+// What a first request costs the store: Begin and Keep of a small
+// answer, each with its own key.
+func BenchmarkMemoryBeginKeep(b *testing.B) {
+	m := NewMemory(Config{})
+	defer m.Close()
+	a := answer(201, `{"id":"ch_1","status":"succeeded"}`)
+	var k Key
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		binary.LittleEndian.PutUint64(k[:], uint64(i))
+		r, _ := m.Begin(bg, k, Params{}, nil)
+		r.Claim.Keep(fpA, a)
+	}
+}
+
+// What a repeat costs the store: Begin that finds a small answer and
+// replays it.
+func BenchmarkMemoryReplay(b *testing.B) {
+	m := NewMemory(Config{})
+	defer m.Close()
+	k := NewKey(nil, "k")
+	r, _ := m.Begin(bg, k, Params{}, nil)
+	r.Claim.Keep(fpA, answer(201, `{"id":"ch_1","status":"succeeded"}`))
+	fp := fpOf(fpA, nil)
+	b.ReportAllocs()
+	for b.Loop() {
+		m.Begin(bg, k, Params{}, fp)
 	}
 }

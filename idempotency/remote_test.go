@@ -26,8 +26,9 @@ var errDown = errors.New("test remote: redis is down")
 // redisRemote is a Remote over a go-redis client of the test's own, with
 // *fleet.Member's contract: each call bounded by the timeout; a failure
 // (not redis.Nil) counted and, unless Redis answered it, taken for Redis
-// down, so that later calls fail at once until a ping (tried at most
-// every 50ms, in place of the fleet's heartbeat) answers again. Every
+// down, so that later calls fail at once, counted too, until a ping
+// (tried at most every 50ms, in place of the fleet's heartbeat) answers
+// again. Every
 // instance of a test has its own, as each process has its own member.
 type redisRemote struct {
 	rdb    *redis.Client
@@ -54,6 +55,9 @@ func newRemote(t *testing.T, rs *redistest.Server, prefix string) *redisRemote {
 
 func (r *redisRemote) Do(ctx context.Context, op string, fn func(context.Context, redis.Scripter) error) error {
 	if r.isDown() {
+		if ctx.Err() == nil {
+			r.failed.Add(1)
+		}
 		return errDown
 	}
 	r.calls.Add(1)
@@ -104,8 +108,8 @@ func TestRemoteAdapter(t *testing.T) {
 		t.Fatalf("Redis killed: %v, %d failures", err, r.failed.Load())
 	}
 	start := time.Now()
-	if err := r.Do(bg, opName, ping); err != errDown || time.Since(start) > 5*time.Millisecond {
-		t.Fatalf("Redis known down: %v after %s", err, time.Since(start))
+	if err := r.Do(bg, opName, ping); err != errDown || time.Since(start) > 5*time.Millisecond || r.failed.Load() != 2 {
+		t.Fatalf("Redis known down: %v after %s, %d failures", err, time.Since(start), r.failed.Load())
 	}
 	rs.Start()
 	waitFor(t, 2*time.Second, "the adapter back", func() bool { return r.Do(bg, opName, ping) == nil })

@@ -58,41 +58,41 @@ func TestStatsFollowRecords(t *testing.T) {
 	check("closed twice", 0, 0)
 }
 
-// The sweep drops what expired and what outlived its lease though no
-// Begin looked at it, and stops sweeping once the store is empty.
+// The sweep drops what expired though no Begin looked at it, each
+// record at its own TTL, and never a record in flight.
 func TestSweep(t *testing.T) {
 	base := statsNow()
 	clock := newClock()
 	m := newTestMemory(t, Config{TTL: time.Hour, Clock: clock.now})
-	begin(t, m, NewKey(nil, "old"), New, nil).Claim.Keep(fpA, answer(200, "ok"))
-	clock.advance(30 * time.Minute)
-	begin(t, m, NewKey(nil, "young"), New, nil).Claim.Keep(fpA, answer(200, "ok"))
-	if _, err := m.Begin(bg, NewKey(nil, "stuck"), 45*time.Minute, 0, nil); err != nil {
-		t.Fatal(err)
+	keep := func(name string, ttl time.Duration) {
+		r, err := m.Begin(bg, NewKey(nil, name), Params{TTL: ttl}, nil)
+		if err != nil || r.Verdict != New {
+			t.Fatal(r, err)
+		}
+		r.Claim.Keep(fpA, answer(200, "ok"))
 	}
-	if !m.armed {
-		t.Fatal("records and no sweep armed")
+	keep("old", 0)
+	clock.advance(30 * time.Minute)
+	keep("young", 0)
+	keep("brief", time.Minute)
+	stuck := begin(t, m, NewKey(nil, "stuck"), New, nil)
+	clock.advance(time.Minute)
+	m.Sweep()
+	if n, _ := m.Len(); n != 3 {
+		t.Errorf("after the brief one's TTL: %d records, want the old, the young and the one in flight", n)
 	}
 	clock.advance(30 * time.Minute)
-	m.sweepNow()
+	m.Sweep()
 	if n, _ := m.Len(); n != 2 {
-		t.Errorf("after the first's TTL: %d records, want the young and the stuck", n)
+		t.Errorf("after the old one's TTL: %d records, want the young and the one in flight", n)
 	}
-	clock.advance(15 * time.Minute)
-	m.sweepNow()
-	if n, _ := m.Len(); n != 1 {
-		t.Errorf("after the lease: %d records, want the young one", n)
+	clock.advance(48 * time.Hour)
+	m.Sweep()
+	if n, b := m.Len(); n != 1 || b != 0 {
+		t.Errorf("all expired: %d records, %d bytes; want the one in flight", n, b)
 	}
-	clock.advance(15 * time.Minute)
-	m.sweepNow()
-	if n, b := m.Len(); n != 0 || b != 0 || m.armed {
-		t.Errorf("all expired: %d records, %d bytes, sweep armed %v", n, b, m.armed)
-	}
+	stuck.Claim.Release()
 	if r, b := delta(base); r != 0 || b != 0 {
 		t.Errorf("Stats moved by %d, %d", r, b)
-	}
-	begin(t, m, NewKey(nil, "again"), New, nil)
-	if !m.armed {
-		t.Error("a new record and no sweep armed")
 	}
 }

@@ -6,7 +6,8 @@
 // The transport calls it at two places: Begin before the first attempt,
 // which says whether to send (New, with a Claim) or what to answer
 // instead, and the Claim's Keep or Release once the request has ended.
-// Memory keeps the records of one process; NewFleet adds the fleet's
+// Memory keeps the records of one process, its answers in the
+// kept-answer store of internal/answers; NewFleet adds the fleet's
 // Redis, so that a repeat on another instance is caught too.
 package idempotency
 
@@ -16,12 +17,9 @@ import (
 	"net/http"
 	"strconv"
 	"time"
-)
 
-// DefaultLease bounds an in-flight claim when Begin is given none: long
-// enough for any request the gateway lets run, short enough that a key
-// whose claim is never ended (a bug) comes free again the same day.
-const DefaultLease = 10 * time.Minute
+	"github.com/caddy-resilient/resilient/internal/answers"
+)
 
 // Answer is what a record keeps of the first request's end.
 type Answer struct {
@@ -30,9 +28,9 @@ type Answer struct {
 	Status int
 	// Header is the answer's header as the upstream sent it.
 	Header http.Header
-	// Body is the answer's body when Whole. In an Answer a store returns
-	// it is shared with the record and with other repeats: read it, do
-	// not change it.
+	// Body is the answer's body when Whole. In an Answer a store
+	// returns, header and body are the caller's own: each Begin decodes
+	// its own copy of the record.
 	Body []byte
 	// Whole says the body is kept whole; false: only status and header
 	// are (a large answer, or one cut short).
@@ -43,33 +41,24 @@ type Answer struct {
 	Outcome string
 }
 
-// answerOverhead is what a kept answer costs beyond its encoded bytes:
-// the record itself and its map entry (about 260 bytes on the heap), and
-// as much again of the room the garbage collector leaves a heap to grow.
-const answerOverhead = 512
-
-// Size returns the bytes a holds, as MaxMemory counts them: a record's
-// encoding (see wire.go), with its body only when Whole, and a small
-// constant for the record itself.
+// Size returns the bytes a holds, as MaxMemory counts them: its record's
+// encoding (see wire.go) as a Memory would keep it (keepable), and what
+// the store counts for each value beyond its bytes (answers.Overhead).
 func (a *Answer) Size() int64 {
 	if a == nil {
 		return 0
 	}
-	n := 2 + len(Fingerprint{}) + 2 + 1 + uvarintLen(len(a.Outcome)) + len(a.Outcome)
+	k := keepable(*a)
+	n := 2 + len(Fingerprint{}) + 2 + 1 + uvarintLen(len(k.Outcome)) + len(k.Outcome)
 	lines := 0
-	for name, vs := range a.Header {
+	for name, vs := range k.Header {
 		for _, v := range vs {
 			lines++
 			n += uvarintLen(len(name)) + len(name) + uvarintLen(len(v)) + len(v)
 		}
 	}
-	n += uvarintLen(lines)
-	body := 0
-	if a.Whole {
-		body = len(a.Body)
-	}
-	n += uvarintLen(body) + body
-	return int64(answerOverhead + n)
+	n += uvarintLen(lines) + uvarintLen(len(k.Body)) + len(k.Body)
+	return answers.Cost(n)
 }
 
 // uvarintLen is how many bytes binary.AppendUvarint takes for n.
@@ -79,20 +68,6 @@ func uvarintLen(n int) int {
 		l++
 	}
 	return l
-}
-
-// clone returns a copy of a that shares nothing with it, so that a
-// record never changes under the caller's feet (a pooled body buffer,
-// say) nor the caller's copy under the record's. Only a Whole answer
-// keeps its body.
-func (a Answer) clone() Answer {
-	a.Header = a.Header.Clone()
-	if a.Whole && a.Body != nil {
-		a.Body = append([]byte(nil), a.Body...)
-	} else {
-		a.Body = nil
-	}
-	return a
 }
 
 // Verdict is what Begin found for a key.
@@ -136,9 +111,21 @@ type Result struct {
 	Verdict Verdict
 	// Claim is set with New.
 	Claim Claim
-	// Answer is set with Replay, and with Used (status and header only).
-	// Its Header is the caller's own to add to.
+	// Answer is set with Replay; with Used it holds the status and
+	// header that were kept, or is nil when the record could not be
+	// read (then only the verdict is known). Its Header is the caller's
+	// own to add to.
 	Answer *Answer
+}
+
+// Params says how Begin treats one request's key.
+type Params struct {
+	// TTL is how long the request's answer is kept once its claim keeps
+	// it. Default: the Memory's (Config.TTL).
+	TTL time.Duration
+	// Wait is how long a repeat that finds the first in flight waits for
+	// its answer, never past Begin's ctx. 0: InFlight at once.
+	Wait time.Duration
 }
 
 // Store keeps the records.
@@ -147,26 +134,28 @@ type Store interface {
 	// k's record is complete (to compare fingerprints; it reads the
 	// repeat's request body), at most once.
 	//
-	// wait > 0: a repeat finding the first in flight waits up to wait
-	// (and never past ctx) for it to complete, and then gets the Replay
-	// (or Mismatch, or Used); when the first is released while repeats
-	// wait, exactly one waiter claims it (New) and the others go on
-	// waiting for that one. When wait runs out: InFlight. wait <= 0:
-	// InFlight at once.
+	// A repeat that finds the first in flight waits up to p.Wait (and
+	// never past ctx) for it to complete, and then gets the Replay (or
+	// Mismatch, or Used); when the first is released while repeats wait,
+	// exactly one waiter claims it (New) and the others go on waiting
+	// for that one. When the wait runs out: InFlight.
 	//
-	// lease bounds an in-flight claim that is never ended (a crash, a
-	// bug): past it the record counts as released. lease <= 0 means
-	// DefaultLease. The error is fp's, or ctx's when it ended while
-	// waiting.
-	Begin(ctx context.Context, k Key, lease, wait time.Duration, fp func() (Fingerprint, error)) (Result, error)
+	// A claim holds its key until it is kept or released, however long
+	// that takes: the caller must end every claim it gets. The error is
+	// fp's, or ctx's when it ended while waiting.
+	Begin(ctx context.Context, k Key, p Params, fp func() (Fingerprint, error)) (Result, error)
 }
 
 // Claim is the first request's hold on its key. Exactly one of Keep or
 // Release is called, once; a second call of either does nothing.
 type Claim interface {
 	// Keep completes the record with the request's fingerprint and
-	// answer, kept for the store's TTL. A Claim whose lease ran out and
-	// whose key another request claimed since keeps nothing.
+	// answer, kept for the TTL of Begin's Params. An answer that cannot
+	// be kept whole (too large for the store, or a header a record
+	// cannot hold) keeps its status and header, or its status alone: a
+	// repeat gets Used, never a second execution. A Claim whose key
+	// another request claimed since (in the fleet's Redis, once its
+	// lease ran out) keeps nothing there.
 	Keep(fp Fingerprint, a Answer)
 	// Release deletes the record: the key is free again.
 	Release()
@@ -189,7 +178,6 @@ func judge(stored Fingerprint, a Answer, fp func() (Fingerprint, error)) (Result
 	if got != stored {
 		return Result{Verdict: Mismatch}, nil
 	}
-	a.Header = a.Header.Clone() // the caller adds Idempotent-Replayed to it
 	if !a.Whole {
 		a.Body = nil
 		return Result{Verdict: Used, Answer: &a}, nil

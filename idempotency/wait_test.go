@@ -12,11 +12,11 @@ import (
 func waiters(m *Memory, k Key) (int, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	r := m.recs[k]
-	if r == nil {
+	f := m.flying[k]
+	if f == nil {
 		return 0, false
 	}
-	return r.waiters, r.wake != nil
+	return f.waiters, f.wake != nil
 }
 
 // waitFor polls cond until it holds, failing t after d.
@@ -38,10 +38,10 @@ type outcome struct {
 }
 
 // beginAsync runs Begin in a goroutine; its outcome comes on the channel.
-func beginAsync(ctx context.Context, s Store, k Key, lease, wait time.Duration, fp Fingerprint) <-chan outcome {
+func beginAsync(ctx context.Context, s Store, k Key, wait time.Duration, fp Fingerprint) <-chan outcome {
 	ch := make(chan outcome, 1)
 	go func() {
-		r, err := s.Begin(ctx, k, lease, wait, fpOf(fp, nil))
+		r, err := s.Begin(ctx, k, Params{Wait: wait}, fpOf(fp, nil))
 		ch <- outcome{r, err, time.Now()}
 	}()
 	return ch
@@ -75,8 +75,8 @@ func TestWaitThenReplay(t *testing.T) {
 	m := newTestMemory(t, Config{})
 	k := NewKey(nil, "k")
 	first := begin(t, m, k, New, nil)
-	same := beginAsync(bg, m, k, time.Minute, 10*time.Second, fpA)
-	other := beginAsync(bg, m, k, time.Minute, 10*time.Second, fpB)
+	same := beginAsync(bg, m, k, 10*time.Second, fpA)
+	other := beginAsync(bg, m, k, 10*time.Second, fpB)
 	waitFor(t, time.Second, "two waiters", func() bool { n, _ := waiters(m, k); return n == 2 })
 	expectNothing(t, same, 20*time.Millisecond, "a repeat while the first is in flight")
 
@@ -103,7 +103,7 @@ func TestWaitReleaseHandsOver(t *testing.T) {
 	const n = 5
 	merged := make(chan outcome, n)
 	for range n {
-		ch := beginAsync(bg, m, k, time.Minute, 10*time.Second, fpA)
+		ch := beginAsync(bg, m, k, 10*time.Second, fpA)
 		go func() { merged <- <-ch }()
 	}
 	waitFor(t, time.Second, "all waiting", func() bool { w, _ := waiters(m, k); return w == n })
@@ -132,7 +132,7 @@ func TestWaitRunsOut(t *testing.T) {
 	k := NewKey(nil, "k")
 	first := begin(t, m, k, New, nil)
 	start := time.Now()
-	r, err := m.Begin(bg, k, time.Minute, 80*time.Millisecond, fpOf(fpA, nil))
+	r, err := m.Begin(bg, k, Params{Wait: 80 * time.Millisecond}, fpOf(fpA, nil))
 	if d := time.Since(start); err != nil || r.Verdict != InFlight || d < 80*time.Millisecond || d > time.Second {
 		t.Fatalf("%s, %v after %s; want InFlight after the 80ms wait", r.Verdict, err, d)
 	}
@@ -148,8 +148,8 @@ func TestWaitCanceled(t *testing.T) {
 	k := NewKey(nil, "k")
 	first := begin(t, m, k, New, nil)
 	ctx, cancel := context.WithCancel(bg)
-	stays := beginAsync(bg, m, k, time.Minute, 10*time.Second, fpA)
-	leaves := beginAsync(ctx, m, k, time.Minute, 10*time.Second, fpA)
+	stays := beginAsync(bg, m, k, 10*time.Second, fpA)
+	leaves := beginAsync(ctx, m, k, 10*time.Second, fpA)
 	waitFor(t, time.Second, "two waiters", func() bool { w, _ := waiters(m, k); return w == 2 })
 	cancel()
 	canceled := time.Now()
@@ -163,7 +163,7 @@ func TestWaitCanceled(t *testing.T) {
 
 	short, cancel2 := context.WithTimeout(bg, 30*time.Millisecond)
 	defer cancel2()
-	if _, err := m.Begin(short, k, time.Minute, 10*time.Second, fpOf(fpA, nil)); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := m.Begin(short, k, Params{Wait: 10 * time.Second}, fpOf(fpA, nil)); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("wait past the context's deadline: %v", err)
 	}
 	first.Claim.Keep(fpA, answer(200, "ok"))
@@ -175,29 +175,13 @@ func TestWaitCanceled(t *testing.T) {
 	}
 }
 
-// A first that never ends its claim: a waiter takes over when the lease
-// runs out, without waiting for another Begin.
-func TestWaitLeaseRunsOut(t *testing.T) {
-	m := newTestMemory(t, Config{})
-	k := NewKey(nil, "k")
-	if _, err := m.Begin(bg, k, 60*time.Millisecond, 0, nil); err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	r, err := m.Begin(bg, k, time.Minute, 10*time.Second, fpOf(fpA, nil))
-	if d := time.Since(start); err != nil || r.Verdict != New || d > time.Second {
-		t.Fatalf("%s, %v after %s; want New once the lease ran out", r.Verdict, err, d)
-	}
-	r.Claim.Release()
-}
-
 // Close wakes the waiters with InFlight (the first may still be under
 // way); a Begin after Close goes on as unkeyed.
 func TestMemoryClose(t *testing.T) {
 	m := NewMemory(Config{})
 	k := NewKey(nil, "k")
 	first := begin(t, m, k, New, nil)
-	ch := beginAsync(bg, m, k, time.Minute, 10*time.Second, fpA)
+	ch := beginAsync(bg, m, k, 10*time.Second, fpA)
 	waitFor(t, time.Second, "a waiter", func() bool { w, _ := waiters(m, k); return w == 1 })
 	m.Close()
 	if o := receive(t, ch, time.Second, "the waiter"); o.err != nil || o.r.Verdict != InFlight {
