@@ -199,14 +199,15 @@ func stopRenewing(in *instance, c Claim) {
 func TestFleetLeaseRenewedWhileTheRequestLives(t *testing.T) {
 	t.Parallel()
 	rs, a, b := twoInstances(t)
-	withLease(a, 150*time.Millisecond)
+	const lease = 400 * time.Millisecond
+	withLease(a, lease)
 	c := raw(t, rs)
 	k := NewKey(nil, "k")
 	name := a.remote.Key("idem:" + k.String())
 	first := begin(t, a, k, New, nil)
-	time.Sleep(600 * time.Millisecond) // four leases
+	time.Sleep(4 * lease)
 	begin(t, b, k, InFlight, nil)
-	if ttl, err := c.PTTL(bg, name).Result(); err != nil || ttl <= 0 || ttl > 150*time.Millisecond {
+	if ttl, err := c.PTTL(bg, name).Result(); err != nil || ttl <= 0 || ttl > lease {
 		t.Errorf("the claim's lease: %v, %v", ttl, err)
 	}
 
@@ -215,7 +216,7 @@ func TestFleetLeaseRenewedWhileTheRequestLives(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Del(bg, name) // its lease ran out while Redis was away
-	waitFor(t, time.Second, "the claim held again", func() bool { v, _ := c.Get(bg, name).Result(); return v == mine })
+	waitFor(t, 2*lease, "the claim held again", func() bool { v, _ := c.Get(bg, name).Result(); return v == mine })
 	begin(t, b, k, InFlight, nil)
 	first.Claim.Keep(fpA, answer(200, "after an hour"))
 	if r := begin(t, b, k, Replay, fpOf(fpA, nil)); string(r.Answer.Body) != "after an hour" {
@@ -227,7 +228,7 @@ func TestFleetLeaseRenewedWhileTheRequestLives(t *testing.T) {
 	second := begin(t, a, k2, New, nil)
 	other := flightValue([tokenLen]byte{9})
 	c.Set(bg, name2, other, time.Minute) // another instance took it over
-	time.Sleep(200 * time.Millisecond)
+	time.Sleep(lease)
 	if v, _ := c.Get(bg, name2).Result(); v != other {
 		t.Errorf("a renewal overwrote another's claim: %q", v)
 	}
@@ -244,7 +245,7 @@ func TestFleetLeaseRenewedWhileTheRequestLives(t *testing.T) {
 
 	k3 := NewKey(nil, "k3")
 	begin(t, a, k3, New, nil).Claim.Release()
-	time.Sleep(200 * time.Millisecond)
+	time.Sleep(lease)
 	begin(t, b, k3, New, nil).Claim.Release() // no renewal brought it back
 }
 

@@ -26,6 +26,10 @@ type Config struct {
 	// Clock tells the time of TTLs, for tests; time.Now when nil. How
 	// long a repeat waits is measured on the real clock.
 	Clock func() time.Time
+	// SweepEvery is how often the completed records that expired are
+	// dropped though no Begin looked at them. Default: 30s. Negative:
+	// only when Sweep is called.
+	SweepEvery time.Duration
 }
 
 // Memory is the in-process store. Its in-flight records (claims, and the
@@ -74,7 +78,7 @@ func NewMemory(c Config) *Memory {
 	if m.now == nil {
 		m.now = time.Now
 	}
-	m.kept = answers.New(answers.Config{MaxBytes: c.MaxMemory, Usage: &usage, Clock: m.now})
+	m.kept = answers.New(answers.Config{MaxBytes: c.MaxMemory, Usage: &usage, Clock: m.now, SweepEvery: c.SweepEvery})
 	return m
 }
 
@@ -224,7 +228,8 @@ func (m *Memory) Limit(maxMemory int64) (release func()) {
 }
 
 // Sweep drops the completed records that expired. m sweeps by itself
-// every 30 seconds while it holds any; in-flight records never expire.
+// (Config.SweepEvery) while it holds any; in-flight records never
+// expire.
 func (m *Memory) Sweep() { m.kept.Sweep() }
 
 // Close drops every record, so that the gauges no longer count them;

@@ -207,7 +207,8 @@ func newModelRun(t *testing.T, bound int64, seed uint64) *modelRun {
 	}
 	return &modelRun{
 		t: t, rnd: rnd, clock: clock, noise: noise, stats: statsNow(),
-		mem: newTestMemory(t, Config{TTL: time.Hour, MaxMemory: bound, Clock: clock.now}),
+		// the model sweeps when the test says, and so does the Memory
+		mem: newTestMemory(t, Config{TTL: time.Hour, MaxMemory: bound, Clock: clock.now, SweepEvery: -1}),
 		ref: &model{recs: map[Key]*modelRecord{}, base: bound, limits: map[int64]int{}},
 	}
 }
@@ -377,6 +378,7 @@ func (r *modelRun) limit() {
 func (r *modelRun) wait(i int) {
 	c := r.take(i)
 	n := 1 + r.rnd.IntN(4)
+	r.note("wait %x: %d repeats", c.k[:2], n)
 	type waiter struct {
 		fp Fingerprint
 		ch <-chan outcome
@@ -405,6 +407,7 @@ func (r *modelRun) wait(i int) {
 			// released: exactly one repeat takes the key over
 			c.claim.Release()
 			delete(r.ref.recs, c.k)
+			r.note("release %x while repeats wait", c.k[:2])
 			var took int = -1
 			for took < 0 {
 				for j, w := range pending {
@@ -433,6 +436,7 @@ func (r *modelRun) wait(i int) {
 		maxLen := r.mem.kept.MaxLen()
 		c.claim.Keep(c.fp, a)
 		r.ref.keep(c.k, c.fp, a, r.clock.now().Add(c.ttl), maxLen)
+		r.note("keep %x while repeats wait: %s; maxLen %d, bound %d", c.k[:2], describe(&a), maxLen, r.ref.bound())
 		for _, w := range pending {
 			o := receive(r.t, w.ch, 5*time.Second, "a waiting repeat")
 			if o.err != nil {

@@ -113,7 +113,7 @@ func TestStoreModel(t *testing.T) {
 	rnd := rand.New(rand.NewPCG(*modelSeed, 7))
 	c := newClock()
 	const base = 3*chunk + 12345
-	s := newStore(t, Config{MaxBytes: base, Clock: c.now})
+	s := newStore(t, Config{MaxBytes: base, Clock: c.now, SweepEvery: -1})
 	m := &storeModel{base: base, limits: map[int64]int{}, vals: map[Key]*modelValue{}}
 	var releases []func()
 	var held []int64

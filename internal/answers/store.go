@@ -34,10 +34,10 @@ const Overhead = 512
 // Cost returns what a value of n bytes counts toward a Store's bound.
 func Cost(n int) int64 { return int64(n) + Overhead }
 
-// sweepEvery is how often a Store drops the values that expired and that
-// no Get looked at since: what bounds the memory of values that are
-// never asked for again.
-const sweepEvery = 30 * time.Second
+// defaultSweepEvery is how often a Store drops the values that expired
+// and that no Get looked at since: what bounds the memory of values
+// that are never asked for again.
+const defaultSweepEvery = 30 * time.Second
 
 // Config says how a Store keeps its values.
 type Config struct {
@@ -50,6 +50,10 @@ type Config struct {
 	// Clock tells the time of expiries and of when values were put, for
 	// tests; time.Now when nil.
 	Clock func() time.Time
+	// SweepEvery is how often the store drops the values that expired
+	// by itself, while it holds any. Default: 30s. Negative: only when
+	// Sweep is called (a test that follows every change).
+	SweepEvery time.Duration
 }
 
 // Store keeps values under one lock, bounded in bytes. It is safe for
@@ -63,8 +67,9 @@ type Config struct {
 // dropped for room only when the bound would be passed, and then the
 // oldest first.
 type Store struct {
-	now   func() time.Time
-	usage *Usage
+	now        func() time.Time
+	usage      *Usage
+	sweepEvery time.Duration // <0: never by itself
 
 	mu      sync.Mutex
 	base    int64         // the bound while no Limit is held
@@ -83,7 +88,10 @@ type Store struct {
 
 // New returns an empty Store, c's zero fields taking their defaults.
 func New(c Config) *Store {
-	s := &Store{now: c.Clock, usage: c.Usage, base: c.MaxBytes, entries: make(map[Key]*entry)}
+	s := &Store{now: c.Clock, usage: c.Usage, sweepEvery: c.SweepEvery, base: c.MaxBytes, entries: make(map[Key]*entry)}
+	if s.sweepEvery == 0 {
+		s.sweepEvery = defaultSweepEvery
+	}
 	if s.base <= 0 {
 		s.base = DefaultMaxBytes
 	}
@@ -348,8 +356,8 @@ func (s *Store) removeGone(e *entry) {
 	s.usage.add(-1, -c)
 }
 
-// Sweep drops the values that expired. The store sweeps by itself every
-// 30 seconds while it holds any value.
+// Sweep drops the values that expired. The store sweeps by itself
+// (Config.SweepEvery) while it holds any value.
 func (s *Store) Sweep() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -365,14 +373,14 @@ func (s *Store) sweepLocked() {
 
 // armSweep makes sure a sweep will come, under the lock.
 func (s *Store) armSweep() {
-	if s.armed {
+	if s.armed || s.sweepEvery < 0 {
 		return
 	}
 	s.armed = true
 	if s.sweep == nil {
-		s.sweep = time.AfterFunc(sweepEvery, s.sweepTimer)
+		s.sweep = time.AfterFunc(s.sweepEvery, s.sweepTimer)
 	} else {
-		s.sweep.Reset(sweepEvery)
+		s.sweep.Reset(s.sweepEvery)
 	}
 }
 
@@ -385,7 +393,7 @@ func (s *Store) sweepTimer() {
 	}
 	s.sweepLocked()
 	if s.armed = len(s.entries) > 0; s.armed {
-		s.sweep.Reset(sweepEvery)
+		s.sweep.Reset(s.sweepEvery)
 	}
 }
 

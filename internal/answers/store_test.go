@@ -242,3 +242,25 @@ func TestStoreUsage(t *testing.T) {
 	}
 	expect(t, a, key(1), nil)
 }
+
+// The store sweeps by itself while it holds values, at SweepEvery; and
+// not at all when that is negative.
+func TestStoreSweepsByItself(t *testing.T) {
+	c := newClock()
+	s := newStore(t, Config{Clock: c.now, SweepEvery: 10 * time.Millisecond})
+	never := newStore(t, Config{Clock: c.now, SweepEvery: -1})
+	for _, st := range []*Store{s, never} {
+		st.Put(key(1), []byte("soon gone"), nil, c.now().Add(time.Minute))
+	}
+	c.advance(time.Minute)
+	deadline := time.Now().Add(5 * time.Second)
+	for n, _ := s.Len(); n != 0; n, _ = s.Len() {
+		if time.Now().After(deadline) {
+			t.Fatal("an expired value is still held after 5s of sweeps every 10ms")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n, _ := never.Len(); n != 1 {
+		t.Errorf("a store that sweeps only when told holds %d values, want the expired one", n)
+	}
+}
