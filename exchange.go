@@ -48,6 +48,7 @@ type exchange struct {
 	keyed      *keyed // the idempotency key's claim this request holds; nil: none
 	keyVerdict string // what the idempotency step said, for the log; "" when not managed
 	keyValue   any    // the same, boxed for the placeholder; nil when not managed
+	heldBody   bool   // the request body was read ahead while it waited (holdBody)
 	err        *Error // the error the request ended with, for the placeholders
 
 	// what the caller may assume of the upstream, when the transport

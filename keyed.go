@@ -100,7 +100,7 @@ func (ex *exchange) keyBegin(ix *Idempotency) (res *http.Response, err error, do
 	// record is to be compared with it
 	fp := func() (idempotency.Fingerprint, error) {
 		h := idempotency.NewHasher(req.Method, target)
-		if b := req.Body; b != nil && b != http.NoBody {
+		if b := ex.req.Body; b != nil && b != http.NoBody {
 			// the fingerprint covers HashedBody bytes, and whether there
 			// are more: one byte past it tells
 			if _, err := io.CopyN(h, b, idempotency.HashedBody+1); err != nil && err != io.EOF {
@@ -120,7 +120,7 @@ func (ex *exchange) keyBegin(ix *Idempotency) (res *http.Response, err error, do
 	if ix.Wait != nil {
 		wait = min(time.Duration(*ix.Wait), left)
 	}
-	r, berr := ix.store.Begin(req.Context(), k, idempotency.Params{TTL: time.Duration(ix.TTL), Wait: wait}, fp)
+	r, berr := ix.store.Begin(req.Context(), k, idempotency.Params{TTL: time.Duration(ix.TTL), Wait: wait, Waiting: ex.holdBody}, fp)
 	if berr == nil && r.Verdict != idempotency.New {
 		// a repeat whose client left while it waited is answered
 		// nothing: its body may have been there to hash all the same
@@ -339,4 +339,29 @@ func (b *responseBody) drainAnswer() {
 			return
 		}
 	}
+}
+
+// holdBody reads the request body of a repeat about to wait for the
+// first with its key, up to max_body, and puts it back in front of
+// what is left: Go's server notices a client that leaves only once the
+// body was read to its end, and a waiting repeat whose client left must
+// end at once. The body is still all there should the repeat be sent
+// in the first's place.
+func (ex *exchange) holdBody() {
+	req := ex.req
+	if req.Body == nil || req.Body == http.NoBody || ex.heldBody {
+		return
+	}
+	ex.heldBody = true
+	held, _ := io.ReadAll(io.LimitReader(req.Body, max(ex.t.Retry.MaxBody, 0)+1))
+	r := *req
+	r.Body = heldBody{Reader: io.MultiReader(bytes.NewReader(held), req.Body), Closer: req.Body}
+	ex.req = &r
+}
+
+// heldBody is a request body read ahead of its sending: what was read,
+// then the rest, closed as the original.
+type heldBody struct {
+	io.Reader
+	io.Closer
 }

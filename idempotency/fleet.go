@@ -180,12 +180,15 @@ func (s *fleetStore) Begin(ctx context.Context, k Key, p Params, fp func() (Fing
 			lc.Release()
 			return judge(held.fp, held.answer, fp)
 		}
-		seenInFlight = true
 		left := time.Until(deadline)
 		if left <= 0 {
 			lc.Release()
 			return Result{Verdict: InFlight}, nil
 		}
+		if !seenInFlight && p.Waiting != nil {
+			p.Waiting()
+		}
+		seenInFlight = true
 		t := time.NewTimer(min(left, pollEvery))
 		select {
 		case <-t.C:

@@ -130,6 +130,9 @@ func (m *Memory) Begin(ctx context.Context, k Key, p Params, fp func() (Fingerpr
 		wake := f.wake
 		m.mu.Unlock()
 
+		if timer == nil && p.Waiting != nil {
+			p.Waiting()
+		}
 		if timer == nil {
 			timer = time.NewTimer(left)
 		} else {

@@ -126,6 +126,11 @@ type Params struct {
 	// Wait is how long a repeat that finds the first in flight waits for
 	// its answer, never past Begin's ctx. 0: InFlight at once.
 	Wait time.Duration
+	// Waiting, when set, is called before a repeat starts to wait (at
+	// least once, maybe more): the caller's chance to read its request
+	// body, so that its server notices a client that leaves meanwhile
+	// (Go's server watches the connection only once the body is read).
+	Waiting func()
 }
 
 // Store keeps the records.
