@@ -82,6 +82,14 @@ func BenchmarkTransportResilientHedge(b *testing.B) {
 	benchTransport(b, http.MethodGet, false, benchResilient(b, t))
 }
 
+// BenchmarkTransportResilientFallback is BenchmarkTransportResilient
+// with a fallback written: every healthy answer is captured as it
+// streams and kept (SPEC §15: at most 2 allocations more).
+func BenchmarkTransportResilientFallback(b *testing.B) {
+	t := &Transport{Fallback: new(Fallback)}
+	benchTransport(b, http.MethodGet, false, benchResilient(b, t))
+}
+
 // BenchmarkTransportHTTPParallel is BenchmarkTransportHTTP from
 // several goroutines at once.
 func BenchmarkTransportHTTPParallel(b *testing.B) {

@@ -48,7 +48,8 @@ import (
 //			ttl          <duration>
 //			max_response <size>
 //			max_memory   <size>
-//			wait         <duration>
+//			wait         auto|<duration>
+//			complete_within <duration>
 //			require
 //		}
 //		hedge {
@@ -60,6 +61,14 @@ import (
 //			header <name|off>
 //			send   <name>
 //			grpc   on|off
+//		}
+//		fallback {
+//			stale        <duration>
+//			on           <outcome|status>...
+//			methods      <method>...
+//			scope        <placeholder>...
+//			max_response <size>
+//			max_memory   <size>
 //		}
 //		breaker off
 //		rate_limit {
@@ -94,7 +103,7 @@ func (t *Transport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
 		switch opt {
-		case "timeouts", "pool", "retry", "breaker", "rate_limit", "fleet", "idempotency", "hedge", "deadline":
+		case "timeouts", "pool", "retry", "breaker", "rate_limit", "fleet", "idempotency", "hedge", "deadline", "fallback":
 			if seen[opt] {
 				return d.Errf("%s already specified", opt)
 			}
@@ -120,6 +129,8 @@ func (t *Transport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			t.Hedge, err = parseHedge(d)
 		case "deadline":
 			t.Deadline, err = parseDeadline(d)
+		case "fallback":
+			t.Fallback, err = parseFallback(d)
 		default:
 			if hint := blockHint(opt); hint != "" {
 				return d.Errf("unrecognized subdirective %s; did you mean `%s`?", opt, hint)
@@ -520,7 +531,7 @@ const (
 )
 
 // blocks are this transport's own subdirectives.
-var blocks = []string{"timeouts", "pool", "retry", "breaker", "rate_limit", "fleet", "idempotency", "hedge", "deadline"}
+var blocks = []string{"timeouts", "pool", "retry", "breaker", "rate_limit", "fleet", "idempotency", "hedge", "deadline", "fallback"}
 
 // blockHints are names people write for our blocks.
 var blockHints = map[string]string{
@@ -531,6 +542,7 @@ var blockHints = map[string]string{
 	"redis": "fleet", "cluster": "fleet",
 	"hedging": "hedge", "hedged": "hedge", "speculative": "hedge", "deadlines": "deadline", "timeout_header": "deadline",
 	"idempotency_key": "idempotency", "idempotent": "idempotency", "dedup": "idempotency", "deduplicate": "idempotency",
+	"stale": "fallback", "stale_if_error": "fallback", "cache": "fallback", "fallbacks": "fallback",
 }
 
 // blockHint returns the block of ours that name most likely meant, or

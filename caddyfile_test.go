@@ -99,6 +99,36 @@ func TestCaddyfileValid(t *testing.T) {
 			want:  `{"idempotency":{}}`,
 		},
 		{
+			name:  "idempotency wait auto is the default, wait 0 is written",
+			input: "resilient {\n\tidempotency {\n\t\twait auto\n\t\tcomplete_within 5m\n\t}\n}",
+			want:  `{"idempotency":{"complete_within":300000000000}}`,
+		},
+		{
+			name:  "idempotency wait 0",
+			input: "resilient {\n\tidempotency {\n\t\twait 0\n\t}\n}",
+			want:  `{"idempotency":{"wait":0}}`,
+		},
+		{
+			name: "fallback",
+			input: `resilient {
+				fallback {
+					stale 10m
+					on breaker_open timeout 5xx
+					methods get
+					scope {http.request.header.X-Tenant}
+					max_response 256KiB
+					max_memory 16MiB
+				}
+			}`,
+			want: `{"fallback":{"stale":600000000000,"on":["breaker_open","timeout","5xx"],"methods":["GET"],
+				"scope":["{http.request.header.X-Tenant}"],"max_response":262144,"max_memory":16777216}}`,
+		},
+		{
+			name:  "fallback with its defaults",
+			input: "resilient {\n\tfallback\n}",
+			want:  `{"fallback":{}}`,
+		},
+		{
 			name:  "rate_limit that never waits",
 			input: "resilient {\n\trate_limit {\n\t\trate 600/m\n\t\tmax_wait 0\n\t}\n}",
 			want:  `{"rate_limit":{"rate":"600/m","max_wait":0}}`,
@@ -421,6 +451,17 @@ func TestCaddyfileInvalid(t *testing.T) {
 		{"idempotency max_response over max_memory written first", "resilient {\n\tidempotency {\n\t\tmax_memory 1000000\n\t\tmax_response 1MiB\n\t}\n}", 4, []string{"idempotency", "max_response 1MiB", "max_memory 1000000", "max_response 1000000 or less"}},
 		{"idempotency max_response over the default max_memory", "resilient {\n\tidempotency {\n\t\tmax_response 100MiB\n\t}\n}", 3, []string{"idempotency", "max_response 100MiB", "not given", "64MiB", "max_memory 100MiB or more"}},
 		{"idempotency wait negative", "resilient {\n\tidempotency {\n\t\twait -1s\n\t}\n}", 3, []string{"idempotency", "wait", "-1s"}},
+		{"idempotency wait junk", "resilient {\n\tidempotency {\n\t\twait sometimes\n\t}\n}", 3, []string{"idempotency", "wait", "auto", "sometimes"}},
+		{"idempotency complete_within junk", "resilient {\n\tidempotency {\n\t\tcomplete_within soon\n\t}\n}", 3, []string{"idempotency", "complete_within", "soon"}},
+		{"idempotency complete_within 0", "resilient {\n\tidempotency {\n\t\tcomplete_within 0\n\t}\n}", 3, []string{"idempotency", "complete_within", "0"}},
+		{"fallback stale junk", "resilient {\n\tfallback {\n\t\tstale forever\n\t}\n}", 3, []string{"fallback", "stale", "forever"}},
+		{"fallback on unknown", "resilient {\n\tfallback {\n\t\ton breaker_open sometimes\n\t}\n}", 3, []string{"fallback", "on", "sometimes"}},
+		{"fallback on 200", "resilient {\n\tfallback {\n\t\ton 200\n\t}\n}", 3, []string{"fallback", "on", "200"}},
+		{"fallback methods bad", "resilient {\n\tfallback {\n\t\tmethods G/ET\n\t}\n}", 3, []string{"fallback", "methods", "G/ET"}},
+		{"fallback max_response 0", "resilient {\n\tfallback {\n\t\tmax_response 0\n\t}\n}", 3, []string{"fallback", "max_response", "0"}},
+		{"fallback max_response over max_memory", "resilient {\n\tfallback {\n\t\tmax_response 2MiB\n\t\tmax_memory 1MiB\n\t}\n}", 5, []string{"fallback", "max_response", "max_memory"}},
+		{"fallback unknown option", "resilient {\n\tfallback {\n\t\tstal 1h\n\t}\n}", 3, []string{"fallback", "stal", "stale"}},
+		{"fallback twice", "resilient {\n\tfallback\n\tfallback\n}", 3, []string{"fallback", "already"}},
 		{"idempotency require yes", "resilient {\n\tidempotency {\n\t\trequire yes\n\t}\n}", 3, []string{"require", "yes"}},
 		{"idempotency misspelled option", "resilient {\n\tidempotency {\n\t\tmax_respons 1MiB\n\t}\n}", 3, []string{"idempotency", "max_respons", "did you mean", "max_response"}},
 		{"idempotency argument", "resilient {\n\tidempotency on\n}", 2, []string{"idempotency", "on"}},

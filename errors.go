@@ -65,6 +65,9 @@ const (
 	// OutcomeKeyInvalid: with idempotency, the key is malformed, or
 	// missing where required; nothing was sent.
 	OutcomeKeyInvalid
+	// OutcomeStale: with fallback, the upstream failed and a kept
+	// earlier answer was served instead.
+	OutcomeStale
 
 	numOutcomes
 )
@@ -89,6 +92,7 @@ var outcomeNames = [numOutcomes]string{
 	OutcomeKeyConflict:    "key_conflict",
 	OutcomeKeyMismatch:    "key_mismatch",
 	OutcomeKeyInvalid:     "key_invalid",
+	OutcomeStale:          "stale",
 }
 
 // String returns the outcome's name as it appears in logs, metrics and placeholders.

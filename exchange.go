@@ -49,6 +49,8 @@ type exchange struct {
 	keyVerdict string // what the idempotency step said, for the log; "" when not managed
 	keyValue   any    // the same, boxed for the placeholder; nil when not managed
 	heldBody   bool   // the request body was read ahead while it waited (holdBody)
+
+	fb fallbackState // with fallback, for a request of its methods; inline
 	err        *Error // the error the request ended with, for the placeholders
 
 	// what the caller may assume of the upstream, when the transport
@@ -144,6 +146,11 @@ func (ex *exchange) totalDeadline() time.Time {
 
 func (ex *exchange) run() (*http.Response, error) {
 	ex.idem, ex.header = ex.t.Retry.classify(ex.req)
+	if fb := ex.t.Fallback; fb != nil {
+		// a read's answer may be kept, and a kept one served instead of
+		// a failure
+		ex.fallbackBegin(fb)
+	}
 	if dl := ex.t.Deadline; dl != nil {
 		// the caller's deadline caps total
 		if res, err, done := ex.callerDeadline(dl); done {
@@ -156,6 +163,7 @@ func (ex *exchange) run() (*http.Response, error) {
 			return res, err
 		}
 	}
+
 	ex.up.budget.request(ex.start)
 	// The breaker is asked before the body is touched: a request turned
 	// away leaves its body unread, so Caddy's lb_retries can send it,
@@ -565,6 +573,22 @@ func (ex *exchange) sleep(d time.Duration) error {
 // finish returns the final response, its body wrapped to finish the
 // request when it is closed, or the typed error.
 func (ex *exchange) finish(res *http.Response, at *attemptResult) (*http.Response, error) {
+	if ex.fb.cfg != nil {
+		// a failure that falls back gets the read's kept answer
+		status := 0
+		if res != nil {
+			status = res.StatusCode
+		}
+		if a, ok := ex.fallbackLookup(at.outcome, status); ok {
+			if res != nil {
+				ex.discard(res, at)
+			}
+			if ex.body != nil {
+				ex.body.end()
+			}
+			return ex.serveKept(a), nil
+		}
+	}
 	ex.final, ex.outcome, ex.took = at, at.outcome, time.Since(ex.start)
 	if res == nil {
 		e := &Error{
@@ -605,6 +629,9 @@ func (ex *exchange) finish(res *http.Response, at *attemptResult) (*http.Respons
 	if ex.keyed != nil {
 		ex.keyAnswered(res)
 	}
+	if ex.fb.cfg != nil {
+		ex.fallbackAnswered(res)
+	}
 	ex.report(nil)
 	ex.resp = responseBody{rc: res.Body, ex: ex, a: at.a, client: ex.req.Context()}
 	if idle := on(ex.t.Timeouts.Read); idle > 0 {
@@ -634,6 +661,9 @@ func (ex *exchange) bodyClosed(a *attempt, end Outcome) {
 	}
 	if ex.keyed != nil {
 		ex.keyDone(end)
+	}
+	if ex.fb.capture {
+		ex.fallbackKeep(end)
 	}
 	ex.done(nil)
 }

@@ -83,6 +83,11 @@ func (ex *exchange) placeholder(key string) (any, bool) {
 		default:
 			return e.cause(), true
 		}
+	case "fallback":
+		if r := ex.fb.result; r != nil {
+			return r, true
+		}
+		return noValue, true
 	case "problem":
 		if e := ex.err; e != nil {
 			// the answer handle_errors writes: one problem schema for
@@ -186,6 +191,9 @@ func (ex *exchange) log(e *Error) {
 	}
 	if ex.keyVerdict != "" {
 		fields = append(fields, zap.String("idempotency", ex.keyVerdict))
+	}
+	if r := ex.fb.result; r != nil {
+		fields = append(fields, zap.String("fallback", r.(string)))
 	}
 	if ex.denied != denyNone {
 		fields = append(fields, zap.String("retry_denied", ex.denied.String()))

@@ -39,6 +39,7 @@ var metrics = struct {
 	poolWait       *prometheus.HistogramVec
 	rateLimitWait  *prometheus.HistogramVec
 	hedges         *prometheus.CounterVec
+	fallbacks      *prometheus.CounterVec
 
 	mu     sync.Mutex
 	labels map[string]*upstreamLabelRef // upstream address -> its label, while in use
@@ -96,6 +97,10 @@ func initMetrics() {
 		Namespace: ns, Subsystem: sub, Name: "hedges_total",
 		Help: "Hedged attempts, by upstream and result: won (its answer was used), lost (it was not), denied (the breaker, the pool, the rate limit or the budget refused it).",
 	}, []string{"upstream", "result"})
+	metrics.fallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Subsystem: sub, Name: "fallback_total",
+		Help: "Requests of a fallback's methods that failed, by upstream and result: stale (a kept answer was served), miss (none was kept, or it was too old).",
+	}, []string{"upstream", "result"})
 	metrics.rateLimitWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: ns, Subsystem: sub, Name: "rate_limit_wait_seconds",
 		Help:    "Time attempts waited for a rate-limit token, for upstreams with rate_limit.",
@@ -110,7 +115,7 @@ func registerMetrics(reg *prometheus.Registry) error {
 	return registerAll(reg, []prometheus.Collector{
 		metrics.requests, metrics.attempts, metrics.retries, metrics.retriesDenied,
 		metrics.duration, metrics.breakerState, metrics.breakerChanges,
-		metrics.inFlight, metrics.poolWait, metrics.rateLimitWait, metrics.hedges,
+		metrics.inFlight, metrics.poolWait, metrics.rateLimitWait, metrics.hedges, metrics.fallbacks,
 	})
 }
 
@@ -222,7 +227,7 @@ func forgetSeries(l string) {
 	for _, v := range []interface {
 		DeletePartialMatch(prometheus.Labels) int
 	}{metrics.requests, metrics.attempts, metrics.retries, metrics.retriesDenied, metrics.duration,
-		metrics.breakerChanges, metrics.inFlight, metrics.poolWait, metrics.rateLimitWait, metrics.hedges} {
+		metrics.breakerChanges, metrics.inFlight, metrics.poolWait, metrics.rateLimitWait, metrics.hedges, metrics.fallbacks} {
 		v.DeletePartialMatch(match)
 	}
 }
@@ -239,6 +244,7 @@ type upstreamMetrics struct {
 	duration [numOutcomes]lazyObserver
 	denied   [numDenials]lazyCounter
 	hedges   [numHedgeResults]lazyCounter
+	fallback [numFallbackResults]lazyCounter
 	retries  sync.Map // reason string -> prometheus.Counter
 	inFlight prometheus.Gauge
 	poolWait prometheus.Observer // nil without max_conns
@@ -283,6 +289,25 @@ const (
 )
 
 var hedgeResultNames = [numHedgeResults]string{"won", "lost", "denied"}
+
+// fellBack counts a failed request of a fallback's methods that ended
+// in r.
+func (m *upstreamMetrics) fellBack(r fallbackResult) {
+	m.fallback[r].get(metrics.fallbacks, m.label, fallbackResultNames[r]).Inc()
+}
+
+// fallbackGauges are the process-wide totals of the fallback's kept
+// answers, read when scraped.
+var fallbackGauges = []prometheus.Collector{
+	prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "resilient", Name: "fallback_records",
+		Help: "Answers the fallbacks of this process keep (Vary markers included).",
+	}, func() float64 { return float64(fallbackUsage.Values()) }),
+	prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "resilient", Name: "fallback_bytes",
+		Help: "Bytes of the answers the fallbacks of this process keep, as max_memory counts them.",
+	}, func() float64 { return float64(fallbackUsage.Bytes()) }),
+}
 
 // hedged counts a hedge that ended in r.
 func (m *upstreamMetrics) hedged(r hedgeResult) {

@@ -72,6 +72,10 @@ type Transport struct {
 	// Default: none; see Deadline.
 	Deadline *Deadline `json:"deadline,omitempty"`
 
+	// The last good answer of each read, served when the upstream fails.
+	// Default: none; see Fallback.
+	Fallback *Fallback `json:"fallback,omitempty"`
+
 	logger    *zap.Logger
 	upstreams *upstreamTable
 	untraced  bool // HTTP/3: net/http/httptrace sees nothing, so nothing counts as never sent
@@ -148,6 +152,14 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 		}
 		if err := t.Idempotency.provision(t.fleetLink()); err != nil {
 			return fmt.Errorf("idempotency: %v", err)
+		}
+	}
+	if t.Fallback != nil {
+		if err := registerAll(ctx.GetMetricsRegistry(), fallbackGauges); err != nil {
+			return fmt.Errorf("registering fallback metrics: %v", err)
+		}
+		if err := t.Fallback.provision(); err != nil {
+			return fmt.Errorf("fallback: %v", err)
 		}
 	}
 
@@ -241,6 +253,9 @@ func (t *Transport) Cleanup() error {
 	}
 	if t.Idempotency != nil {
 		t.Idempotency.cleanup()
+	}
+	if t.Fallback != nil {
+		t.Fallback.cleanup()
 	}
 	if t.Fleet != nil {
 		t.Fleet.leave()

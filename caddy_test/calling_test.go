@@ -37,6 +37,7 @@ http://localhost:9080 {
 		header_down X-Attempts {http.resilient.attempts}
 		header_down X-Idem {http.resilient.idempotency}
 		header_down X-Retry-After {http.resilient.retry_after}
+		header_down X-Fallback {http.resilient.fallback}
 	}
 	handle_errors {
 		header X-Outcome {http.resilient.outcome}
@@ -44,6 +45,7 @@ http://localhost:9080 {
 		header X-Attempts {http.resilient.attempts}
 		header X-Idem {http.resilient.idempotency}
 		header X-Retry-After {http.resilient.retry_after}
+		header X-Fallback {http.resilient.fallback}
 		header Content-Type application/problem+json
 		respond {http.resilient.problem} {http.error.status_code}
 	}
