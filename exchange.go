@@ -50,8 +50,8 @@ type exchange struct {
 	keyValue   any    // the same, boxed for the placeholder; nil when not managed
 	heldBody   bool   // the request body was read ahead while it waited (holdBody)
 
-	fb fallbackState // with fallback, for a request of its methods; inline
-	err        *Error // the error the request ended with, for the placeholders
+	fb  fallbackState // with fallback, for a request of its methods; inline
+	err *Error        // the error the request ended with, for the placeholders
 
 	// what the caller may assume of the upstream, when the transport
 	// answered itself (a replay, a conflict); else the tries tell

@@ -675,4 +675,3 @@ func parseFallback(d *caddyfile.Dispenser) (*Fallback, error) {
 	}
 	return fb, err
 }
-
