@@ -147,4 +147,18 @@ func TestDemoBehavesAsTheREADMESays(t *testing.T) {
 	if stats.Refused != 0 {
 		t.Errorf("the quota API refused %d calls: the gateway sent above its limit", stats.Refused)
 	}
+
+	// a read API that goes down keeps answering with its last good answer
+	res, fresh := g.get("/rates")
+	if res.StatusCode != 200 || outcome(res) != "ok" || !strings.HasPrefix(fresh, "EUR/USD") {
+		t.Fatalf("/rates: %d %s %q", res.StatusCode, outcome(res), fresh)
+	}
+	req, _ = http.NewRequest(http.MethodGet, "http://localhost:9080/rates", nil)
+	req.Header.Set("X-Demo-Down", "1")
+	res, body = g.do(req)
+	if res.StatusCode != 200 || outcome(res) != "stale" || res.Header.Get("X-Resilient-Fallback") != "stale" ||
+		res.Header.Get("Age") == "" || body != fresh {
+		t.Errorf("/rates while the API is down: %d %s fallback %q Age %q %q; want the kept answer, stale",
+			res.StatusCode, outcome(res), res.Header.Get("X-Resilient-Fallback"), res.Header.Get("Age"), body)
+	}
 }
