@@ -14,8 +14,8 @@ func TestBreakerStateReachesOthersNotItself(t *testing.T) {
 	t.Parallel()
 	rs := startRedis(t)
 	prefix := uniquePrefix(t)
-	a := join(t, newProcess(t), rs.URL(), prefix, nil)
-	b := join(t, newProcess(t), rs.URL(), prefix, nil)
+	a := joinPatient(t, newProcess(t), rs.URL(), prefix, nil)
+	b := joinPatient(t, newProcess(t), rs.URL(), prefix, nil)
 
 	var atA, atB recorder[BreakerState]
 	defer a.OnBreaker(atA.add)()
@@ -60,7 +60,7 @@ func TestBreakerLearnedByLateJoiner(t *testing.T) {
 	t.Parallel()
 	rs := startRedis(t)
 	prefix := uniquePrefix(t)
-	a := join(t, newProcess(t), rs.URL(), prefix, nil)
+	a := joinPatient(t, newProcess(t), rs.URL(), prefix, nil)
 
 	until := time.Now().Add(10 * time.Second)
 	a.PublishBreaker(BreakerState{Upstream: "down.example:443", Settings: "s", State: StateOpen, Until: until})
@@ -73,7 +73,7 @@ func TestBreakerLearnedByLateJoiner(t *testing.T) {
 	})
 	time.Sleep(50 * time.Millisecond) // the last write is under way once popped
 
-	c := join(t, newProcess(t), rs.URL(), prefix, nil)
+	c := joinPatient(t, newProcess(t), rs.URL(), prefix, nil)
 	var atC recorder[BreakerState]
 	defer c.OnBreaker(atC.add)()
 	got := atC.find(t, time.Second, "replayed open state at C", func(s BreakerState) bool { return s.Upstream == "down.example:443" })

@@ -13,8 +13,8 @@ func TestOverrideSharedReplayedAndReset(t *testing.T) {
 	t.Parallel()
 	rs := startRedis(t)
 	prefix := uniquePrefix(t)
-	a := join(t, newProcess(t), rs.URL(), prefix, nil)
-	b := join(t, newProcess(t), rs.URL(), prefix, nil)
+	a := joinPatient(t, newProcess(t), rs.URL(), prefix, nil)
+	b := joinPatient(t, newProcess(t), rs.URL(), prefix, nil)
 	var atA, atB recorder[Override]
 	defer a.OnOverride(atA.add)()
 	defer b.OnOverride(atB.add)()
@@ -48,7 +48,7 @@ func TestOverrideSharedReplayedAndReset(t *testing.T) {
 		t.Errorf("force_close key TTL %s, want none", ttl)
 	}
 
-	c := join(t, newProcess(t), rs.URL(), prefix, nil)
+	c := joinPatient(t, newProcess(t), rs.URL(), prefix, nil)
 	var atC recorder[Override]
 	defer c.OnOverride(atC.add)()
 	atC.find(t, time.Second, "replayed force_open at C", func(o Override) bool { return o.Upstream == "pay.example:443" && o.Mode == ModeForceOpen })
@@ -63,7 +63,7 @@ func TestOverrideSharedReplayedAndReset(t *testing.T) {
 		t.Error("reset left the override's key")
 	}
 
-	d := join(t, newProcess(t), rs.URL(), prefix, nil)
+	d := joinPatient(t, newProcess(t), rs.URL(), prefix, nil)
 	var atD recorder[Override]
 	defer d.OnOverride(atD.add)()
 	atD.find(t, time.Second, "replayed force_close at D", func(o Override) bool { return o.Upstream == "ship.example:443" })

@@ -14,8 +14,8 @@ func TestReserveHoldsForTheFleet(t *testing.T) {
 	t.Parallel()
 	rs := startRedis(t)
 	prefix := uniquePrefix(t)
-	a := join(t, newProcess(t), rs.URL(), prefix, nil)
-	b := join(t, newProcess(t), rs.URL(), prefix, nil)
+	a := joinPatient(t, newProcess(t), rs.URL(), prefix, nil)
+	b := joinPatient(t, newProcess(t), rs.URL(), prefix, nil)
 	l := Limit{Rate: 50, Burst: 5}
 	const run = 2 * time.Second
 
@@ -58,7 +58,7 @@ func TestReserveHoldsForTheFleet(t *testing.T) {
 func TestReserveRespectsMaxWait(t *testing.T) {
 	t.Parallel()
 	rs := startRedis(t)
-	m := join(t, newProcess(t), rs.URL(), uniquePrefix(t), nil)
+	m := joinPatient(t, newProcess(t), rs.URL(), uniquePrefix(t), nil)
 	ctx := context.Background()
 	l := Limit{Rate: 10, Burst: 2} // a token every 100ms
 
@@ -89,7 +89,7 @@ func TestReserveRespectsMaxWait(t *testing.T) {
 func TestRefundGivesTheTokenBack(t *testing.T) {
 	t.Parallel()
 	rs := startRedis(t)
-	m := join(t, newProcess(t), rs.URL(), uniquePrefix(t), nil)
+	m := joinPatient(t, newProcess(t), rs.URL(), uniquePrefix(t), nil)
 	ctx := context.Background()
 	l := Limit{Rate: 1, Burst: 1} // one token a second
 
@@ -129,8 +129,8 @@ func TestPauseEmptiesTheBucket(t *testing.T) {
 	t.Parallel()
 	rs := startRedis(t)
 	prefix := uniquePrefix(t)
-	a := join(t, newProcess(t), rs.URL(), prefix, nil)
-	b := join(t, newProcess(t), rs.URL(), prefix, nil)
+	a := joinPatient(t, newProcess(t), rs.URL(), prefix, nil)
+	b := joinPatient(t, newProcess(t), rs.URL(), prefix, nil)
 	ctx := context.Background()
 	l := Limit{Rate: 20, Burst: 10} // a token every 50ms
 

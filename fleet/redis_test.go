@@ -61,7 +61,21 @@ func closeNow(m *Member) {
 // member is connected.
 func join(t *testing.T, r *registry, url, prefix string, log *zap.Logger) *Member {
 	t.Helper()
-	m, err := r.join(Options{URL: url, Prefix: prefix}, log)
+	return joinWith(t, r, Options{URL: url, Prefix: prefix}, log)
+}
+
+// joinPatient is join with a Redis timeout long enough that a busy test
+// machine (the race detector, other packages' tests) never makes an
+// operation fail: for tests of what the fleet shares, not of Redis
+// being slow.
+func joinPatient(t *testing.T, r *registry, url, prefix string, log *zap.Logger) *Member {
+	t.Helper()
+	return joinWith(t, r, Options{URL: url, Prefix: prefix, Timeout: 2 * time.Second}, log)
+}
+
+func joinWith(t *testing.T, r *registry, o Options, log *zap.Logger) *Member {
+	t.Helper()
+	m, err := r.join(o, log)
 	if err != nil {
 		t.Fatal(err)
 	}
