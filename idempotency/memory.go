@@ -6,7 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/caddy-resilient/resilient/internal/answers"
+	"github.com/caddy-resilient/resilient/idempotency/answers"
 )
 
 // Defaults for the fields of Config left zero.
@@ -35,7 +35,7 @@ type Config struct {
 // Memory is the in-process store. Its in-flight records (claims, and the
 // repeats waiting on them) are a map under one lock; its completed
 // records, fingerprint and answer encoded as in Redis (wire.go), are the
-// values of a kept-answer store (internal/answers), outside Go's heap.
+// values of a kept-answer store (idempotency/answers), outside Go's heap.
 //
 // It is meant to be one per process, shared by every transport that
 // keeps records, so that records outlive any change of settings: each

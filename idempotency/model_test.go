@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddy-resilient/resilient/internal/answers"
+	"github.com/caddy-resilient/resilient/idempotency/answers"
 )
 
 // Long runs (the bench's):

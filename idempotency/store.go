@@ -7,7 +7,7 @@
 // which says whether to send (New, with a Claim) or what to answer
 // instead, and the Claim's Keep or Release once the request has ended.
 // Memory keeps the records of one process, its answers in the
-// kept-answer store of internal/answers; NewFleet adds the fleet's
+// kept-answer store of idempotency/answers; NewFleet adds the fleet's
 // Redis, so that a repeat on another instance is caught too.
 package idempotency
 
@@ -18,7 +18,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/caddy-resilient/resilient/internal/answers"
+	"github.com/caddy-resilient/resilient/idempotency/answers"
 )
 
 // Answer is what a record keeps of the first request's end.

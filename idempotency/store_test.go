@@ -4,7 +4,7 @@ import (
 	"net/http"
 	"testing"
 
-	"github.com/caddy-resilient/resilient/internal/answers"
+	"github.com/caddy-resilient/resilient/idempotency/answers"
 )
 
 func TestVerdictString(t *testing.T) {

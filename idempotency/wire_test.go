@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/caddy-resilient/resilient/internal/answers"
+	"github.com/caddy-resilient/resilient/idempotency/answers"
 )
 
 func wireAnswers() []Answer {

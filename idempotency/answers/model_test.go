@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// Long runs: go test ./internal/answers -run TestStoreModel -model.ops 2000000
+// Long runs: go test ./idempotency/answers -run TestStoreModel -model.ops 2000000
 var (
 	modelOps  = flag.Int("model.ops", 20000, "operations of TestStoreModel")
 	modelSeed = flag.Uint64("model.seed", 1, "seed of TestStoreModel")
