@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -380,9 +381,10 @@ func TestDeadlineCapsTotalAndTravelsUpstream(t *testing.T) {
 	if took > 800*time.Millisecond {
 		t.Fatalf("took %v with a 200ms caller deadline on a 1s upstream", took)
 	}
-	sent, err := strconv.Atoi(up.header(0, "X-Request-Timeout"))
-	if err != nil || sent <= 0 || sent > 200 {
-		t.Fatalf("the upstream was told %q ms left, want 1 to 200", up.header(0, "X-Request-Timeout"))
+	// in the unit the header is read in: seconds, to the millisecond
+	sent := up.header(0, "X-Request-Timeout")
+	if left, err := strconv.ParseFloat(sent, 64); !secondsLeft.MatchString(sent) || err != nil || left <= 0 || left > 0.2 {
+		t.Fatalf("the upstream was told %q left, want seconds such as 0.183, above 0 and at most 0.2", sent)
 	}
 
 	// a caller's deadline never raises total
@@ -409,7 +411,7 @@ func TestDeadlineJunkChangesNothing(t *testing.T) {
 	up := startTail(t, func(n int, w http.ResponseWriter, r *http.Request) bool {
 		return hold(w, r, 20*time.Millisecond)
 	})
-	g := loadGateway(t, hedgeSite(up.addr, "timeouts {\n total 3s\n }\n deadline {\n send X-Time-Left\n }"))
+	g := loadGateway(t, hedgeSite(up.addr, "timeouts {\n total 3s\n }\n deadline {\n send X-Time-Left ms\n }"))
 	for i, v := range []string{"abc", "-1", "NaN", "Inf", "1e309", "", "1.5.2", "10parsecs"} {
 		req, _ := http.NewRequest(http.MethodGet, "http://localhost:9080/api", nil)
 		req.Header.Set("X-Request-Timeout", v)
@@ -419,9 +421,61 @@ func TestDeadlineJunkChangesNothing(t *testing.T) {
 		if left < 2500 || left > 3000 {
 			t.Errorf("%q: the upstream was told %d ms left, want about the whole total (3000)", v, left)
 		}
-		if e := g.lastEntry(); !strings.Contains(e.raw, `"deadline_invalid":true`) {
-			t.Errorf("%q: log entry %s, want deadline_invalid", v, e.raw)
+		// at info, so an operator sees callers sending junk
+		if e := g.lastEntry(); !strings.Contains(e.raw, `"deadline_invalid":true`) || e.Level != "info" {
+			t.Errorf("%q: log entry %s, want deadline_invalid at info", v, e.raw)
 		}
+	}
+}
+
+// secondsLeft is how send writes what is left by default: seconds with
+// three decimals.
+var secondsLeft = regexp.MustCompile(`^[0-9]+\.[0-9]{3}$`)
+
+func TestDeadlineSendUnitsAndOff(t *testing.T) {
+	up := startTail(t, func(n int, w http.ResponseWriter, r *http.Request) bool {
+		return hold(w, r, 10*time.Millisecond)
+	})
+	call := func(g *gateway, caller string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, "http://localhost:9080/api", nil)
+		if caller != "" {
+			req.Header.Set("X-Request-Timeout", caller)
+		}
+		res, _ := g.do(req)
+		expect(t, res, http.StatusOK, "ok")
+	}
+
+	// the header read and sent alike: a second gateway reading it caps
+	// at the same instant, not 1000 times later
+	g := loadGateway(t, hedgeSite(up.addr, "deadline {\n header X-Request-Timeout\n send X-Request-Timeout\n }"))
+	call(g, "2.5")
+	sent := up.header(0, "X-Request-Timeout")
+	if left, err := strconv.ParseFloat(sent, 64); !secondsLeft.MatchString(sent) || err != nil || left < 2 || left > 2.5 {
+		t.Errorf("a caller's 2.5 went on as %q, want the seconds left (2.000 to 2.500)", sent)
+	}
+
+	// whole milliseconds when asked for
+	g = loadGateway(t, hedgeSite(up.addr, "deadline {\n send X-Left-Ms ms\n }"))
+	call(g, "2.5")
+	if ms, err := strconv.Atoi(up.header(1, "X-Left-Ms")); err != nil || ms < 2000 || ms > 2500 {
+		t.Errorf("send ms wrote %q, want 2000 to 2500", up.header(1, "X-Left-Ms"))
+	}
+
+	// send off sends nothing, and names no header Off
+	g = loadGateway(t, hedgeSite(up.addr, "timeouts {\n total 3s\n }\n deadline {\n send off\n }"))
+	call(g, "")
+	if v := up.header(2, "Off"); v != "" {
+		t.Errorf("send off sent a header Off: %q", v)
+	}
+
+	// send without header: what is left of total, however the caller's
+	// header reads
+	g = loadGateway(t, hedgeSite(up.addr, "timeouts {\n total 3s\n }\n deadline {\n header off\n send X-Left\n }"))
+	call(g, "0.001")
+	sent = up.header(3, "X-Left")
+	if left, err := strconv.ParseFloat(sent, 64); !secondsLeft.MatchString(sent) || err != nil || left < 2.5 || left > 3 {
+		t.Errorf("with header off, X-Left %q, want about total (2.500 to 3.000)", sent)
 	}
 }
 
@@ -443,6 +497,27 @@ func TestDeadlineOfAGRPCCall(t *testing.T) {
 	ms, err := strconv.Atoi(strings.TrimSuffix(got, "m"))
 	if !strings.HasSuffix(got, "m") || err != nil || ms <= 0 || ms > 200 {
 		t.Fatalf("the upstream got grpc-timeout %q, want what was left: 1m to 200m", got)
+	}
+
+	// too large for a duration, yet valid: no cap, and the upstream is
+	// told what is left of total
+	fast := startTail(t, func(n int, w http.ResponseWriter, r *http.Request) bool {
+		return hold(w, r, time.Millisecond)
+	})
+	g = loadGateway(t, hedgeSite(fast.addr, "timeouts {\n total 5s\n }\n deadline"))
+	for i, v := range []string{"2562047H", "2562048H", "99999999H"} {
+		req, _ := http.NewRequest(http.MethodPost, "http://localhost:9080/pkg.Service/Method", strings.NewReader("\x00\x00\x00\x00\x00"))
+		req.Header.Set("Content-Type", "application/grpc")
+		req.Header.Set("Grpc-Timeout", v)
+		res, _ := g.do(req)
+		expect(t, res, http.StatusOK, "ok")
+		got := fast.header(i, "Grpc-Timeout")
+		if ms, err := strconv.Atoi(strings.TrimSuffix(got, "m")); !strings.HasSuffix(got, "m") || err != nil || ms < 4000 || ms > 5000 {
+			t.Errorf("grpc-timeout %s: the upstream got %q, want what is left of total (4000m to 5000m)", v, got)
+		}
+		if e := g.lastEntry(); strings.Contains(e.raw, "deadline_invalid") {
+			t.Errorf("grpc-timeout %s is valid: log entry %s", v, e.raw)
+		}
 	}
 }
 
