@@ -59,7 +59,7 @@ import (
 //		}
 //		deadline {
 //			header <name|off>
-//			send   <name>
+//			send   <name|off> [s|ms]
 //			grpc   on|off
 //		}
 //		fallback {

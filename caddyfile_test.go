@@ -328,6 +328,21 @@ func TestCaddyfileValid(t *testing.T) {
 			want: `{"tls":{"ca":{"pem_files":["/etc/ssl/ca.pem"],"provider":"file"}},
 				"retry":{"attempts":2},"breaker":{"disabled":true}}`,
 		},
+		{
+			name:  "deadline send in milliseconds",
+			input: "resilient {\n\tdeadline {\n\t\tsend X-Left ms\n\t}\n}",
+			want:  `{"deadline":{"send":"X-Left","send_unit":"ms"}}`,
+		},
+		{
+			name:  "deadline send without header",
+			input: "resilient {\n\tdeadline {\n\t\theader off\n\t\tsend X-Left s\n\t}\n}",
+			want:  `{"deadline":{"header":"off","send":"X-Left","send_unit":"s"}}`,
+		},
+		{
+			name:  "deadline send off",
+			input: "resilient {\n\tdeadline {\n\t\tsend off\n\t}\n}",
+			want:  `{"deadline":{"send":"off"}}`,
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tr, err := cfUnmarshal(tc.input)
@@ -488,6 +503,11 @@ func TestCaddyfileInvalid(t *testing.T) {
 		{"misspelled burst", "resilient {\n\trate_limit {\n\t\trate 1/s\n\t\tbrust 2\n\t}\n}", 4, []string{"rate_limit", "brust", "did you mean", "burst"}},
 		{"misspelled prefix", "resilient {\n\tfleet {\n\t\tredis redis://127.0.0.1:6379\n\t\tprefx a\n\t}\n}", 4, []string{"fleet", "prefx", "did you mean", "prefix"}},
 		{"unknown option lists the block's", "resilient {\n\tpool {\n\t\tsize 2\n\t}\n}", 3, []string{"pool", "size", "max_conns", "max_idle", "idle_timeout"}},
+		{"send without a name", "resilient {\n\tdeadline {\n\t\tsend\n\t}\n}", 3, []string{"deadline", "send"}},
+		{"send in hours", "resilient {\n\tdeadline {\n\t\tsend X-Left h\n\t}\n}", 3, []string{"deadline", "send", "h"}},
+		{"send off with a unit", "resilient {\n\tdeadline {\n\t\tsend off ms\n\t}\n}", 3, []string{"deadline", "send off", "ms"}},
+		{"send with a third value", "resilient {\n\tdeadline {\n\t\tsend X-Left ms now\n\t}\n}", 3, []string{"deadline", "send", "now"}},
+		{"send a bad header name", "resilient {\n\tdeadline {\n\t\tsend X:Left\n\t}\n}", 3, []string{"deadline", "send", "X:Left"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := cfUnmarshal(tc.input)
@@ -781,6 +801,8 @@ func TestCaddyfileValidateJSON(t *testing.T) {
 		{`{"breaker":{"half_open_requests":5000000000}}`, []string{"breaker", "half_open_requests", "5000000000"}},
 		{`{"breaker":{"min_requests":5000000000}}`, []string{"breaker", "min_requests", "5000000000"}},
 		{`{"pool":{"max_conns":5000000000}}`, []string{"pool", "max_conns", "5000000000"}},
+		{`{"deadline":{"send":"X-Left","send_unit":"h"}}`, []string{"deadline", "send_unit", "h"}},
+		{`{"deadline":{"send":"X Left"}}`, []string{"deadline", "X Left"}},
 	} {
 		t.Run(tc.json, func(t *testing.T) {
 			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})

@@ -2,7 +2,6 @@ package resilient
 
 import (
 	"fmt"
-	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -17,15 +16,21 @@ import (
 // up; and each attempt can tell the upstream what is left. Off unless
 // configured.
 type Deadline struct {
-	// The request header carrying the caller's time left: seconds
-	// (`1.5`, `1e3`) or a Go duration (`1500ms`). Anything else is
-	// ignored (the log entry says `deadline_invalid`); `off`: none.
-	// Default: `X-Request-Timeout`.
+	// The request header carrying the caller's time left: a decimal
+	// number of seconds (`1.5`, `1e3`) or a Go duration (`1500ms`), with
+	// no sign. Anything else is ignored (the log entry says
+	// `deadline_invalid`); `off`: none. Default: `X-Request-Timeout`.
 	Header string `json:"header,omitempty"`
 
 	// The header each attempt carries with what is left of the (capped)
-	// total, in whole milliseconds. Default: none.
+	// total, with or without Header; `off`: none. Default: none.
 	Send string `json:"send,omitempty"`
+
+	// The unit Send writes in: `s`, seconds with three decimals
+	// (`2.499`), the unit Header reads, so that a second gateway reading
+	// the same header caps at the same instant; or `ms`, whole
+	// milliseconds (`2499`), for upstreams that expect them. Default: `s`.
+	SendUnit string `json:"send_unit,omitempty"`
 
 	// For gRPC requests (Content-Type application/grpc…), grpc-timeout
 	// caps total too, and is rewritten on each attempt to what is left.
@@ -33,6 +38,7 @@ type Deadline struct {
 	GRPC *bool `json:"grpc,omitempty"`
 
 	header, send string // canonical; "": none
+	sendMillis   bool
 	grpc         bool
 }
 
@@ -45,8 +51,15 @@ func (dl *Deadline) provision() error {
 	default:
 		dl.header = http.CanonicalHeaderKey(dl.Header)
 	}
-	if dl.Send != "" {
+	if dl.Send != "" && dl.Send != "off" {
 		dl.send = http.CanonicalHeaderKey(dl.Send)
+	}
+	switch dl.SendUnit {
+	case "", "s":
+	case "ms":
+		dl.sendMillis = true
+	default:
+		return fmt.Errorf("send_unit must be s or ms, got %q", dl.SendUnit)
 	}
 	dl.grpc = dl.GRPC == nil || *dl.GRPC
 	for _, h := range []string{dl.header, dl.send} {
@@ -57,33 +70,62 @@ func (dl *Deadline) provision() error {
 	return nil
 }
 
-// maxCallerSeconds bounds a caller's value: past it a number of seconds
-// does not fit a duration, and caps nothing anyway.
-const maxCallerSeconds = float64(math.MaxInt64 / int64(time.Second))
+// noCap is where a caller's time left stops capping anything: a longer
+// one, up to what no duration holds, means no cap.
+const noCap = maxDuration
 
-// parseTimeLeft reads a caller's time left: a non-negative decimal
-// number of seconds, or a Go duration. ok is false for anything else.
+// parseTimeLeft reads a caller's time left: a decimal number of
+// seconds, or a Go duration, with no sign; surrounding blanks are
+// allowed. ok is false for anything else, a number past float64's range
+// and a duration past time.Duration's included. A value of noCap or
+// more reads as noCap.
 func parseTimeLeft(v string) (time.Duration, bool) {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0, false
-	}
-	if f, err := strconv.ParseFloat(v, 64); err == nil {
+	v = strings.Trim(v, " \t")
+	if isDecimal(v) {
+		f, err := strconv.ParseFloat(v, 64)
 		switch {
-		case math.IsNaN(f) || math.IsInf(f, 0) || f < 0:
-			return 0, false
-		case f >= maxCallerSeconds:
-			return maxDuration, true
+		case err != nil:
+			return 0, false // 1e309: an overflow, not a duration
+		case f >= noCap.Seconds():
+			return noCap, true
 		}
 		return time.Duration(f * float64(time.Second)), true
-	} else if ne, isNum := err.(*strconv.NumError); isNum && ne.Err == strconv.ErrRange {
-		return 0, false // 1e309: an overflow, not a duration
+	}
+	if v == "" || (v[0] != '.' && (v[0] < '0' || v[0] > '9')) {
+		return 0, false // a sign, or no number
 	}
 	d, err := time.ParseDuration(v)
-	if err != nil || d < 0 {
+	if err != nil {
 		return 0, false
 	}
-	return d, true
+	return min(d, noCap), true
+}
+
+// isDecimal reports whether s is an unsigned decimal number: digits
+// with an optional fraction (`1.5`, `.5`, `5.`), then an optional
+// exponent (`1e3`, `25E-1`). strconv.ParseFloat alone would take hex
+// (`0x1p3`), underscores (`1_0`), signs, `Inf` and `NaN` too.
+func isDecimal(s string) bool {
+	i, digits := 0, 0
+	for ; i < len(s) && s[i] >= '0' && s[i] <= '9'; i++ {
+		digits++
+	}
+	if i < len(s) && s[i] == '.' {
+		for i++; i < len(s) && s[i] >= '0' && s[i] <= '9'; i++ {
+			digits++
+		}
+	}
+	if digits == 0 {
+		return false
+	}
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		if i < len(s) && (s[i] == '+' || s[i] == '-') {
+			i++
+		}
+		return isDigits(s[i:])
+	}
+	return i == len(s)
 }
 
 // grpcUnits are the units of grpc-timeout.
@@ -93,6 +135,8 @@ var grpcUnits = map[byte]time.Duration{
 }
 
 // parseGRPCTimeout reads a grpc-timeout value: 1 to 8 digits and a unit.
+// Hours run past what a duration holds (from 2562048H); anything of
+// noCap or more reads as noCap.
 func parseGRPCTimeout(v string) (time.Duration, bool) {
 	if len(v) < 2 || len(v) > 9 || !isDigits(v[:len(v)-1]) {
 		return 0, false
@@ -102,6 +146,9 @@ func parseGRPCTimeout(v string) (time.Duration, bool) {
 		return 0, false
 	}
 	n, _ := strconv.ParseInt(v[:len(v)-1], 10, 64)
+	if n >= int64(noCap/unit) {
+		return noCap, true
+	}
 	return time.Duration(n) * unit, true
 }
 
@@ -118,6 +165,14 @@ func formatGRPCTimeout(d time.Duration) string {
 	}
 }
 
+// formatSeconds writes d as seconds with three decimals, the
+// milliseconds cut, not rounded: never more than is left.
+func formatSeconds(d time.Duration) string {
+	ms := max(d.Milliseconds(), 0)
+	frac := strconv.FormatInt(1000+ms%1000, 10) // 1000 to 1999: three digits after the 1
+	return strconv.FormatInt(ms/1000, 10) + "." + frac[1:]
+}
+
 // isGRPC reports whether req is a gRPC call.
 func isGRPC(req *http.Request) bool {
 	return strings.HasPrefix(req.Header.Get("Content-Type"), "application/grpc")
@@ -129,7 +184,10 @@ func isGRPC(req *http.Request) bool {
 func (ex *exchange) callerDeadline(dl *Deadline) (res *http.Response, err error, done bool) {
 	req := ex.req
 	capAt := func(d time.Duration) {
-		at := ex.start.Add(min(d, maxDuration))
+		if d >= noCap {
+			return
+		}
+		at := ex.start.Add(d)
 		if ex.totalAt.IsZero() || at.Before(ex.totalAt) {
 			ex.totalAt = at
 		}
@@ -174,8 +232,12 @@ func (ex *exchange) deadlineHeader(totalAt time.Time) http.Header {
 	}
 	left := max(time.Until(totalAt), 0)
 	h := ex.header.Clone()
-	if dl.send != "" {
+	switch {
+	case dl.send == "":
+	case dl.sendMillis:
 		h.Set(dl.send, strconv.FormatInt(left.Milliseconds(), 10))
+	default:
+		h.Set(dl.send, formatSeconds(left))
 	}
 	if ex.grpcTimeout {
 		h.Set("Grpc-Timeout", formatGRPCTimeout(left))
@@ -190,18 +252,37 @@ func parseDeadline(d *caddyfile.Dispenser) (*Deadline, error) {
 	dl := new(Deadline)
 	err := block(d, func(opt string) error {
 		switch opt {
-		case "header", "send":
+		case "header":
 			v, err := oneArg(d, "deadline", opt)
 			if err != nil {
 				return err
 			}
-			if !(opt == "header" && v == "off") && !isToken(v) {
-				return d.Errf("deadline: %s: %q is not a header name", opt, v)
+			if v != "off" && !isToken(v) {
+				return d.Errf("deadline: header: %q is not a header name", v)
 			}
-			if opt == "header" {
-				dl.Header = v
-			} else {
-				dl.Send = v
+			dl.Header = v
+		case "send":
+			// send <name|off> [s|ms]
+			if !d.NextArg() {
+				return d.Errf("deadline: send needs a header name, or off")
+			}
+			v := d.Val()
+			if v != "off" && !isToken(v) {
+				return d.Errf("deadline: send: %q is not a header name", v)
+			}
+			dl.Send = v
+			if d.NextArg() {
+				unit := d.Val()
+				switch {
+				case v == "off":
+					return d.Errf("deadline: send off takes no unit, got %q", unit)
+				case unit != "s" && unit != "ms":
+					return d.Errf("deadline: send: the unit must be s or ms, got %q", unit)
+				}
+				dl.SendUnit = unit
+			}
+			if d.NextArg() {
+				return d.Errf("deadline: send takes a header name and a unit, got another: %q", d.Val())
 			}
 		case "grpc":
 			v, err := oneArg(d, "deadline", opt)

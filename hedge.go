@@ -119,6 +119,11 @@ var errHedgeLost = errors.New("another attempt of the request answered first")
 // is never hedged pays for no goroutine and no runtime timer, only this
 // struct. A hedge runs on a goroutine of its own; the first
 // attempt stays on the request's.
+//
+// Every attempt that reached the upstream is counted once, with the
+// request: the one the request goes on with by the loop of
+// exchange.run, the others here. So the race is over only once every
+// hedge's round trip has ended, and its try is known.
 type hedging struct {
 	timer schedSlot // guarded by the scheduler's lock
 	ex    *exchange
@@ -131,8 +136,9 @@ type hedging struct {
 	winner   *hedgeRun
 	lastFail *hedgeRun  // the latest hedge that failed on its own
 	sending  []*attempt // the hedges whose round trip is under way
+	lost     []try      // the hedges not used that reached the upstream
 	launched int
-	inflight int
+	inflight int           // hedges whose round trip has not ended
 	sent     bool          // some hedge may have reached the upstream
 	wake     chan struct{} // a hedge ended; made with the first hedge
 }
@@ -143,6 +149,7 @@ type hedgeRun struct {
 	res   *http.Response
 	at    *attemptResult
 	share share
+	tok   token // the rate-limit token it took
 	start time.Time
 }
 
@@ -154,6 +161,8 @@ func (h *hedging) fire() { go h.launch() }
 // hedged makes the first attempt a of ex, with ticket tk, hedged after
 // delay; it returns the result the request goes on with: the first
 // answer that is not a failure in retry.on, or else the last failure.
+// The tries of the other attempts that reached the upstream are the
+// request's too: they are added to its tries here.
 func (ex *exchange) hedged(a *attempt, tk *ticket, delay time.Duration) (*http.Response, *attemptResult) {
 	h := &hedging{ex: ex, first: a, every: delay, racing: true}
 	ex.hedge = h
@@ -170,53 +179,51 @@ func (ex *exchange) hedged(a *attempt, tk *ticket, delay time.Duration) (*http.R
 		h.mu.Unlock()
 		return res, at
 	}
-	if h.decided { // a hedge answered first; the first attempt was canceled
-		w := h.winner
-		h.mu.Unlock()
-		return ex.tookHedge(res, at, w)
+	var losers []*attempt
+	var old *hedgeRun
+	if !h.decided && ((res != nil && !ex.retryable(at)) || h.inflight == 0) {
+		// the first attempt's answer is used: the hedges lose
+		h.decided, losers = true, slices.Clone(h.sending)
+		old, h.lastFail = h.lastFail, nil
+		h.lose(old)
 	}
-	if (res != nil && !ex.retryable(at)) || h.inflight == 0 {
-		h.decided = true
-		last, losers := h.lastFail, slices.Clone(h.sending)
-		h.lastFail = nil
-		h.mu.Unlock()
-		for _, a := range losers {
-			a.w.abort(errHedgeLost)
-		}
-		if last != nil {
-			ex.letGo(last)
-		}
-		ex.sent = ex.sent || h.sentNow()
-		return res, at
+	h.mu.Unlock()
+	for _, l := range losers {
+		l.w.abort(errHedgeLost)
 	}
-	// the first attempt failed while hedges are under way: the first
-	// of them to answer wins; when they all fail, the last failure is
-	// the request's
-	for {
+	if old != nil {
+		ex.letGo(old)
+	}
+	// The first attempt failed while hedges are under way: the first of
+	// them to answer wins; when they all fail, the last failure is the
+	// request's. Then every hedge's round trip ends (the losers are
+	// canceled), so that their tries are known.
+	h.mu.Lock()
+	for !h.decided || h.inflight > 0 {
 		h.mu.Unlock()
 		<-h.wake
 		h.mu.Lock()
-		if h.decided {
-			w := h.winner
-			h.mu.Unlock()
-			return ex.tookHedge(res, at, w)
-		}
-		if h.inflight == 0 {
-			h.decided = true
-			last := h.lastFail
-			h.lastFail = nil
-			h.mu.Unlock()
-			if last == nil { // every hedge was refused
-				return res, at
-			}
-			return ex.tookHedge(res, at, last)
+		if !h.decided && h.inflight == 0 {
+			h.decided, h.winner, h.lastFail = true, h.lastFail, nil
 		}
 	}
+	w, lost := h.winner, h.lost
+	ex.sent = ex.sent || h.sent
+	h.mu.Unlock()
+	if w != nil {
+		res, at = ex.tookHedge(res, at, w)
+	}
+	for _, t := range lost {
+		ex.tries = append(ex.tries, t)
+		ex.up.m.attempt(t.outcome)
+	}
+	ex.hedges += len(lost)
+	return res, at
 }
 
 // sends notes that hedge a, its watchdog armed, starts its round trip:
 // from now on it is canceled when another attempt wins. One that starts
-// after the race was decided is canceled at once.
+// after the race was decided is canceled at once, and so never leaves.
 func (h *hedging) sends(a *attempt) {
 	h.mu.Lock()
 	decided := h.decided
@@ -229,10 +236,21 @@ func (h *hedging) sends(a *attempt) {
 	}
 }
 
-func (h *hedging) sentNow() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.sent
+// reached reports whether attempt result at may have reached the
+// upstream, for an attempt of a hedged race: one canceled before any
+// byte of it went out did not, and is no attempt.
+func reached(at *attemptResult) bool {
+	return at.admitted && !(at.outcome == OutcomeCanceled && at.neverSent)
+}
+
+// lose keeps the try of hedge r, which lost, when it reached the
+// upstream. Called with h.mu held; r may be nil.
+func (h *hedging) lose(r *hedgeRun) {
+	if r == nil || !reached(r.at) {
+		return
+	}
+	at := r.at
+	h.lost = append(h.lost, try{outcome: at.outcome, status: at.status, took: at.took, admitted: true, hedge: true, exec: executedBy(at)})
 }
 
 // tookHedge ends the race with hedge w's result: the first attempt's
@@ -241,11 +259,11 @@ func (ex *exchange) tookHedge(res *http.Response, at *attemptResult, w *hedgeRun
 	if res != nil {
 		ex.discard(res, at)
 	}
-	ex.tries = append(ex.tries, try{outcome: at.outcome, status: at.status, took: at.took, admitted: at.admitted, exec: executedBy(at)})
-	if at.admitted {
+	counted := reached(at)
+	ex.tries = append(ex.tries, try{outcome: at.outcome, status: at.status, took: at.took, admitted: counted, exec: executedBy(at)})
+	if counted {
 		ex.up.m.attempt(at.outcome)
 	}
-	ex.sent = ex.sent || !at.neverSent || ex.hedge.sentNow()
 	ex.hedges++
 	ex.up.m.hedged(hedgeWon)
 	if w.res != nil && !ex.retryable(w.at) {
@@ -274,6 +292,7 @@ func (h *hedging) launch() {
 	}
 	h.launched++
 	h.inflight++
+	more := h.launched < cfg.Max
 	if h.wake == nil {
 		h.wake = make(chan struct{}, 1)
 	}
@@ -291,7 +310,7 @@ func (h *hedging) launch() {
 		signal(h.wake)
 		return
 	}
-	if h.launched < cfg.Max {
+	if more {
 		sched.set(h, time.Now().Add(h.every))
 	}
 	res, at := ex.send(r.a, tk, r.start, ex.totalDeadline())
@@ -299,8 +318,9 @@ func (h *hedging) launch() {
 }
 
 // admitHedge asks what every attempt needs, without waiting: the
-// breaker, a connection slot, a rate-limit token and the retry budget.
-// When one refuses, what the others gave is given back.
+// breaker, a connection slot, the retry budget and a rate-limit token,
+// the token last, so that a hedge refused takes none. When one refuses,
+// what the others gave is given back.
 func (ex *exchange) admitHedge(r *hedgeRun) (*ticket, bool) {
 	tk, _, ok := ex.up.breaker.allow(&r.a.tk)
 	if !ok {
@@ -311,16 +331,12 @@ func (ex *exchange) admitHedge(r *hedgeRun) (*ticket, bool) {
 		return nil, false
 	}
 	now := time.Now()
-	if ex.bkt != nil {
-		if _, _, ok := ex.bkt.take(now, 0); !ok {
-			ex.up.freeSlot()
-			tk.report(false, true)
-			return nil, false
+	if r.share, ok = ex.up.budget.allow(now); ok && ex.bkt != nil {
+		if r.tok, _, ok = ex.bkt.take(now, 0); !ok {
+			ex.up.budget.giveBack(r.share)
 		}
 	}
-	if sh, ok := ex.up.budget.allow(now); ok {
-		r.share = sh
-	} else {
+	if !ok {
 		ex.up.freeSlot()
 		tk.report(false, true)
 		return nil, false
@@ -331,12 +347,14 @@ func (ex *exchange) admitHedge(r *hedgeRun) (*ticket, bool) {
 // finish ends hedge r with (res, at): it wins when nothing else did and
 // its answer is not a failure in retry.on; it loses when the race was
 // decided meanwhile; else it failed, and is kept as the latest failure.
+// Whoever waits for the race is woken before a loser's answer is
+// drained.
 func (h *hedging) finish(r *hedgeRun, res *http.Response, at *attemptResult) {
 	ex := h.ex
-	if at.admitted {
-		ex.up.m.attempt(at.outcome)
-	}
 	usable := res != nil && !ex.retryable(at)
+	var first *attempt
+	var losers []*attempt
+	var old *hedgeRun
 	h.mu.Lock()
 	r.res, r.at = res, at
 	h.inflight--
@@ -344,37 +362,33 @@ func (h *hedging) finish(r *hedgeRun, res *http.Response, at *attemptResult) {
 	h.sent = h.sent || !at.neverSent
 	switch {
 	case h.decided:
-		h.mu.Unlock()
-		ex.letGo(r)
-		return
+		old = r
 	case usable:
 		h.decided, h.winner = true, r
-		first, losers := h.first, slices.Clone(h.sending)
-		old := h.lastFail
-		h.lastFail = nil
-		h.mu.Unlock()
-		first.w.abort(errHedgeLost)
-		for _, a := range losers {
-			a.w.abort(errHedgeLost)
-		}
-		if old != nil {
-			ex.letGo(old)
-		}
+		first, losers = h.first, slices.Clone(h.sending)
+		old, h.lastFail = h.lastFail, nil
 	default:
-		old := h.lastFail
-		h.lastFail = r
-		h.mu.Unlock()
-		if old != nil {
-			ex.letGo(old)
-		}
+		old, h.lastFail = h.lastFail, r
+	}
+	h.lose(old)
+	h.mu.Unlock()
+	if first != nil {
+		first.w.abort(errHedgeLost)
+	}
+	for _, a := range losers {
+		a.w.abort(errHedgeLost)
 	}
 	signal(h.wake)
+	if old != nil {
+		ex.letGo(old)
+	}
 }
 
 // letGo lets go of a hedge whose result is not used: its answer is
 // drained and closed, and the budget gets its share back unless it
 // failed on its own (a canceled loser counts for neither the breaker,
-// which was told so, nor the budget).
+// which was told so, nor the budget). One that never reached the
+// upstream gives its rate-limit token back.
 func (ex *exchange) letGo(r *hedgeRun) {
 	ex.up.m.hedged(hedgeLost)
 	if r.res != nil {
@@ -382,6 +396,9 @@ func (ex *exchange) letGo(r *hedgeRun) {
 	}
 	if r.at.outcome == OutcomeCanceled || (r.res != nil && !ex.retryable(r.at)) {
 		ex.up.budget.giveBack(r.share)
+	}
+	if !reached(r.at) {
+		r.tok.cancel()
 	}
 }
 

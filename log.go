@@ -144,9 +144,10 @@ var stateValues = map[string]any{"closed": "closed", "half_open": "half_open", "
 
 func stateValue(s string) any { return stateValues[s] }
 
-// log writes the request's one log entry: info when it was retried or
-// did not end ok, debug otherwise. It names no header value, credential
-// or query string.
+// log writes the request's one log entry: info when it was retried, did
+// not end ok, or carries a caller's deadline that did not read (so that
+// an operator sees callers sending junk); debug otherwise. It names no
+// header value, credential or query string.
 func (ex *exchange) log(e *Error) {
 	lvl := zapcore.DebugLevel
 	var suppressed uint64
@@ -156,7 +157,7 @@ func (ex *exchange) log(e *Error) {
 		// by the thousand per second when a provider is down: one a
 		// second at info, the rest at debug; the metrics count them all
 		lvl, suppressed, sampled = ex.up.refusals[refusalIndex(ex.outcome)].level(time.Now())
-	case len(ex.tries) > 1 || ex.outcome != OutcomeOK:
+	case len(ex.tries) > 1 || ex.outcome != OutcomeOK || ex.deadlineInvalid:
 		lvl = zapcore.InfoLevel
 	}
 	c := ex.t.logger.Check(lvl, "request")

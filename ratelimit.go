@@ -184,7 +184,8 @@ func (b *bucket) at(now time.Time) time.Time {
 	return t
 }
 
-// cancel gives back a token that will not be used (the client left).
+// cancel gives back a token that will not be used: the client left
+// while it waited, or a hedge was refused or never left.
 func (tok token) cancel() {
 	if tok.f != nil {
 		tok.f.refund()
@@ -196,9 +197,19 @@ func (tok token) cancel() {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if tok.epoch == b.epoch {
-		tok.r.CancelAt(b.at(time.Now()))
+	if tok.epoch != b.epoch {
+		return // a pause emptied the bucket since: nothing to give back
 	}
+	now := b.at(time.Now())
+	if tok.r.DelayFrom(now) > 0 {
+		tok.r.CancelAt(now)
+		return
+	}
+	// x/time/rate takes a reservation that is due as spent, and gives
+	// nothing back for it: put the token back by hand (a reservation of
+	// -1), then set the burst again, which caps what the bucket holds
+	b.lim.ReserveN(now, -1)
+	b.lim.SetBurstAt(now, b.burst)
 }
 
 // void reports whether a pause came since the token was taken: it no

@@ -94,6 +94,42 @@ func TestBucketCancelGivesThePlaceBack(t *testing.T) {
 	}
 }
 
+// A token due at once and not used (a hedge refused after it took one,
+// or one that never left) goes back too: x/time/rate counts a
+// reservation already due as spent.
+func TestBucketCancelGivesBackATokenDueAtOnce(t *testing.T) {
+	b := newBucket(rate.Limit(1.0/3600), 2) // rate 1/h burst 2
+	now := time.Now()
+	if _, _, ok := b.take(now, 0); !ok {
+		t.Fatal("first token refused")
+	}
+	tok, wait, ok := b.take(now, 0)
+	if !ok || wait != 0 {
+		t.Fatalf("second token: %v, due in %v", ok, wait)
+	}
+	time.Sleep(time.Millisecond) // it is due, and not used
+	tok.cancel()
+	if _, _, ok := b.take(time.Now(), 0); !ok {
+		t.Fatal("the token given back is not there")
+	}
+	if _, _, ok := b.take(time.Now(), 0); ok {
+		t.Fatal("a third token at 1/h with burst 2: cancel gave back more than one")
+	}
+
+	// never more than the burst: a token given back to a full bucket is lost
+	full := newBucket(rate.Limit(1.0/3600), 1)
+	tok, _, _ = full.take(time.Now(), 0)
+	time.Sleep(time.Millisecond)
+	tok.cancel()
+	tok.cancel() // twice: the second finds the bucket full
+	if _, _, ok := full.take(time.Now(), 0); !ok {
+		t.Fatal("the token given back is not there")
+	}
+	if _, _, ok := full.take(time.Now(), 0); ok {
+		t.Fatal("two cancels of one token gave back two: more than the burst")
+	}
+}
+
 func TestBucketPauseEmptiesItUntilThen(t *testing.T) {
 	b := newBucket(100, 10) // a full bucket of ten
 	now := time.Now()

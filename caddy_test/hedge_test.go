@@ -3,7 +3,11 @@ package integration
 import (
 	"fmt"
 	"io"
+	"math/rand/v2"
+	"net"
 	"net/http"
+	"net/http/httptest"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -110,18 +114,155 @@ func TestHedgeWinsAgainstAStuckFirstAttempt(t *testing.T) {
 	// the loser is canceled upstream
 	poll(t, 2*time.Second, "the stuck attempt's context to end upstream", func() bool { return up.canceled.Load() == 1 })
 	e := g.lastEntry()
-	if !strings.Contains(e.raw, `"hedge":true`) || e.Attempts != 2 {
+	if !strings.Contains(e.raw, `"hedge":true`) || e.Attempts != 2 || len(e.Tries) != 2 {
 		t.Errorf("log entry %s, want two tries, the second a hedge", e.raw)
+	}
+	if got := res.Header.Get("X-Attempts"); got != "2" {
+		t.Errorf("{http.resilient.attempts} = %q, want 2", got)
 	}
 	s := metricsScrape(t)
 	if v := metricsValue(s, "caddy_resilient_hedges_total", map[string]string{"upstream": up.addr, "result": "won"}); v != 1 {
 		t.Errorf("hedges_total{won} = %v, want 1", v)
+	}
+	// the hedge that won is one attempt, counted once
+	if v := metricsSum(s, "caddy_resilient_attempts_total", map[string]string{"upstream": up.addr}); v != 2 {
+		t.Errorf("attempts_total grew by %v for an upstream that saw 2 requests", v)
 	}
 	// the canceled loser counted for neither side of the breaker: with
 	// consecutive_failures 1, a failure would have opened it
 	if b := adminBreakerOf(t, up.addr); b.State != "closed" || b.Counts.Failures != 0 {
 		t.Errorf("breaker %+v after a canceled loser, want closed with no failure", b)
 	}
+}
+
+// A hedge that loses still reached the upstream: the log, the placeholder
+// and attempts_total show it, whether it failed on its own or was
+// canceled because the first attempt answered.
+func TestHedgeThatLosesIsCounted(t *testing.T) {
+	up := startTail(t, func(n int, w http.ResponseWriter, r *http.Request) bool {
+		switch n {
+		case 2: // the first request's hedge fails at once
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return true
+		case 3: // the second request's first attempt
+			return hold(w, r, 100*time.Millisecond)
+		case 4: // its hedge never answers
+			return hold(w, r, 5*time.Second)
+		}
+		return hold(w, r, 150*time.Millisecond)
+	})
+	g := loadGateway(t, hedgeSite(up.addr, "hedge {\n after 30ms\n }"))
+	attempts := func() float64 {
+		return metricsSum(metricsScrape(t), "caddy_resilient_attempts_total", map[string]string{"upstream": up.addr})
+	}
+	lost := func() float64 {
+		return metricsValue(metricsScrape(t), "caddy_resilient_hedges_total", map[string]string{"upstream": up.addr, "result": "lost"})
+	}
+
+	res, body := g.get("/a")
+	expect(t, res, http.StatusOK, "ok")
+	if body != "after 150ms" || up.count() != 2 {
+		t.Fatalf("got %q after %d arrivals, want the first attempt's answer after the hedge's 503", body, up.count())
+	}
+	if got := res.Header.Get("X-Attempts"); got != "2" {
+		t.Errorf("{http.resilient.attempts} = %q for an upstream that saw the request twice", got)
+	}
+	e := g.lastEntry()
+	if len(e.Tries) != 2 || e.Attempts != 2 || !e.Tries[0].Hedge || e.Tries[0].Status != 503 || e.Tries[1].Hedge {
+		t.Errorf("log entry %s, want two tries: the hedge's 503, then the first attempt's answer", e.raw)
+	}
+	if v := attempts(); v != 2 {
+		t.Errorf("attempts_total = %v after 2 arrivals", v)
+	}
+	if v := lost(); v != 1 {
+		t.Errorf("hedges_total{lost} = %v, want 1", v)
+	}
+
+	res, _ = g.get("/b")
+	expect(t, res, http.StatusOK, "ok")
+	if got := res.Header.Get("X-Attempts"); got != "2" {
+		t.Errorf("{http.resilient.attempts} = %q for a request whose canceled hedge reached the upstream", got)
+	}
+	poll(t, 2*time.Second, "the canceled hedge's request to end upstream", func() bool { return up.canceled.Load() == 1 })
+	e = g.lastEntry()
+	if len(e.Tries) != 2 || !e.Tries[0].Hedge || e.Tries[0].Outcome != "canceled" || e.Tries[1].Outcome != "ok" {
+		t.Errorf("log entry %s, want the canceled hedge, then the first attempt's answer", e.raw)
+	}
+	if v := attempts(); v != 4 {
+		t.Errorf("attempts_total = %v after 4 arrivals", v)
+	}
+	poll(t, 2*time.Second, "hedges_total{lost} 2", func() bool { return lost() == 2 })
+}
+
+// A hedge refused after it took a rate-limit token gives the token back:
+// with a burst of 2, two requests that each had a hedge refused both go.
+func TestHedgeRefusedGivesItsTokenBack(t *testing.T) {
+	up := startTail(t, func(n int, w http.ResponseWriter, r *http.Request) bool {
+		return hold(w, r, 100*time.Millisecond)
+	})
+	g := loadGateway(t, hedgeSite(up.addr, "hedge {\n after 20ms\n }\n retry {\n budget 0 0\n }\n rate_limit {\n rate 1/h\n burst 2\n max_wait 0\n }"))
+	for _, path := range []string{"/a", "/b"} {
+		res, _ := g.get(path)
+		expect(t, res, http.StatusOK, "ok")
+	}
+	if n := up.count(); n != 2 {
+		t.Fatalf("%d arrivals, want one per request", n)
+	}
+	if v := metricsValue(metricsScrape(t), "caddy_resilient_hedges_total", map[string]string{"upstream": up.addr, "result": "denied"}); v != 2 {
+		t.Fatalf("hedges_total{denied} = %v, want 2", v)
+	}
+}
+
+// laterConnsWait is a listener that hands over its first connection at
+// once and each later one only after wait: a TLS handshake on those
+// waits that long, so a hedge needing a connection of its own stays
+// unsent.
+type laterConnsWait struct {
+	net.Listener
+	wait time.Duration
+	n    atomic.Int64
+}
+
+func (l *laterConnsWait) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil && l.n.Add(1) > 1 {
+		time.Sleep(l.wait)
+	}
+	return c, err
+}
+
+// A hedge canceled before any of it went out never reached the upstream:
+// it is no attempt, and its rate-limit token goes back to the bucket.
+func TestHedgeThatNeverLeftIsNoAttempt(t *testing.T) {
+	var arrivals atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrivals.Add(1)
+		hold(w, r, 150*time.Millisecond)
+	}))
+	srv.Listener = &laterConnsWait{Listener: srv.Listener, wait: time.Second}
+	srv.StartTLS() // HTTP/1.1 only: a hedge needs a connection of its own
+	t.Cleanup(srv.Close)
+	addr := strings.TrimPrefix(srv.URL, "https://")
+	g := loadGateway(t, hedgeSite("https://"+addr, "tls_insecure_skip_verify\n hedge {\n after 30ms\n }\n rate_limit {\n rate 1/h\n burst 2\n max_wait 0\n }"))
+
+	res, _ := g.get("/a")
+	expect(t, res, http.StatusOK, "ok")
+	if n := arrivals.Load(); n != 1 {
+		t.Fatalf("%d arrivals, want the first attempt only: the hedge's handshake could not finish", n)
+	}
+	if got := res.Header.Get("X-Attempts"); got != "1" {
+		t.Errorf("{http.resilient.attempts} = %q, want 1", got)
+	}
+	if e := g.lastEntry(); len(e.Tries) != 1 || e.Attempts != 1 {
+		t.Errorf("log entry %s, want one try", e.raw)
+	}
+	s := metricsScrape(t)
+	if v := metricsSum(s, "caddy_resilient_attempts_total", map[string]string{"upstream": addr}); v != 1 {
+		t.Errorf("attempts_total = %v for 1 arrival", v)
+	}
+	// the hedge's token is back: the second request gets the bucket's last one
+	res, _ = g.get("/b")
+	expect(t, res, http.StatusOK, "ok")
 }
 
 func TestHedgeNotForPOSTNorAStreamingBody(t *testing.T) {
@@ -240,9 +381,10 @@ func TestDeadlineCapsTotalAndTravelsUpstream(t *testing.T) {
 	if took > 800*time.Millisecond {
 		t.Fatalf("took %v with a 200ms caller deadline on a 1s upstream", took)
 	}
-	sent, err := strconv.Atoi(up.header(0, "X-Request-Timeout"))
-	if err != nil || sent <= 0 || sent > 200 {
-		t.Fatalf("the upstream was told %q ms left, want 1 to 200", up.header(0, "X-Request-Timeout"))
+	// in the unit the header is read in: seconds, to the millisecond
+	sent := up.header(0, "X-Request-Timeout")
+	if left, err := strconv.ParseFloat(sent, 64); !secondsLeft.MatchString(sent) || err != nil || left <= 0 || left > 0.2 {
+		t.Fatalf("the upstream was told %q left, want seconds such as 0.183, above 0 and at most 0.2", sent)
 	}
 
 	// a caller's deadline never raises total
@@ -269,7 +411,7 @@ func TestDeadlineJunkChangesNothing(t *testing.T) {
 	up := startTail(t, func(n int, w http.ResponseWriter, r *http.Request) bool {
 		return hold(w, r, 20*time.Millisecond)
 	})
-	g := loadGateway(t, hedgeSite(up.addr, "timeouts {\n total 3s\n }\n deadline {\n send X-Time-Left\n }"))
+	g := loadGateway(t, hedgeSite(up.addr, "timeouts {\n total 3s\n }\n deadline {\n send X-Time-Left ms\n }"))
 	for i, v := range []string{"abc", "-1", "NaN", "Inf", "1e309", "", "1.5.2", "10parsecs"} {
 		req, _ := http.NewRequest(http.MethodGet, "http://localhost:9080/api", nil)
 		req.Header.Set("X-Request-Timeout", v)
@@ -279,9 +421,61 @@ func TestDeadlineJunkChangesNothing(t *testing.T) {
 		if left < 2500 || left > 3000 {
 			t.Errorf("%q: the upstream was told %d ms left, want about the whole total (3000)", v, left)
 		}
-		if e := g.lastEntry(); !strings.Contains(e.raw, `"deadline_invalid":true`) {
-			t.Errorf("%q: log entry %s, want deadline_invalid", v, e.raw)
+		// at info, so an operator sees callers sending junk
+		if e := g.lastEntry(); !strings.Contains(e.raw, `"deadline_invalid":true`) || e.Level != "info" {
+			t.Errorf("%q: log entry %s, want deadline_invalid at info", v, e.raw)
 		}
+	}
+}
+
+// secondsLeft is how send writes what is left by default: seconds with
+// three decimals.
+var secondsLeft = regexp.MustCompile(`^[0-9]+\.[0-9]{3}$`)
+
+func TestDeadlineSendUnitsAndOff(t *testing.T) {
+	up := startTail(t, func(n int, w http.ResponseWriter, r *http.Request) bool {
+		return hold(w, r, 10*time.Millisecond)
+	})
+	call := func(g *gateway, caller string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, "http://localhost:9080/api", nil)
+		if caller != "" {
+			req.Header.Set("X-Request-Timeout", caller)
+		}
+		res, _ := g.do(req)
+		expect(t, res, http.StatusOK, "ok")
+	}
+
+	// the header read and sent alike: a second gateway reading it caps
+	// at the same instant, not 1000 times later
+	g := loadGateway(t, hedgeSite(up.addr, "deadline {\n header X-Request-Timeout\n send X-Request-Timeout\n }"))
+	call(g, "2.5")
+	sent := up.header(0, "X-Request-Timeout")
+	if left, err := strconv.ParseFloat(sent, 64); !secondsLeft.MatchString(sent) || err != nil || left < 2 || left > 2.5 {
+		t.Errorf("a caller's 2.5 went on as %q, want the seconds left (2.000 to 2.500)", sent)
+	}
+
+	// whole milliseconds when asked for
+	g = loadGateway(t, hedgeSite(up.addr, "deadline {\n send X-Left-Ms ms\n }"))
+	call(g, "2.5")
+	if ms, err := strconv.Atoi(up.header(1, "X-Left-Ms")); err != nil || ms < 2000 || ms > 2500 {
+		t.Errorf("send ms wrote %q, want 2000 to 2500", up.header(1, "X-Left-Ms"))
+	}
+
+	// send off sends nothing, and names no header Off
+	g = loadGateway(t, hedgeSite(up.addr, "timeouts {\n total 3s\n }\n deadline {\n send off\n }"))
+	call(g, "")
+	if v := up.header(2, "Off"); v != "" {
+		t.Errorf("send off sent a header Off: %q", v)
+	}
+
+	// send without header: what is left of total, however the caller's
+	// header reads
+	g = loadGateway(t, hedgeSite(up.addr, "timeouts {\n total 3s\n }\n deadline {\n header off\n send X-Left\n }"))
+	call(g, "0.001")
+	sent = up.header(3, "X-Left")
+	if left, err := strconv.ParseFloat(sent, 64); !secondsLeft.MatchString(sent) || err != nil || left < 2.5 || left > 3 {
+		t.Errorf("with header off, X-Left %q, want about total (2.500 to 3.000)", sent)
 	}
 }
 
@@ -303,6 +497,27 @@ func TestDeadlineOfAGRPCCall(t *testing.T) {
 	ms, err := strconv.Atoi(strings.TrimSuffix(got, "m"))
 	if !strings.HasSuffix(got, "m") || err != nil || ms <= 0 || ms > 200 {
 		t.Fatalf("the upstream got grpc-timeout %q, want what was left: 1m to 200m", got)
+	}
+
+	// too large for a duration, yet valid: no cap, and the upstream is
+	// told what is left of total
+	fast := startTail(t, func(n int, w http.ResponseWriter, r *http.Request) bool {
+		return hold(w, r, time.Millisecond)
+	})
+	g = loadGateway(t, hedgeSite(fast.addr, "timeouts {\n total 5s\n }\n deadline"))
+	for i, v := range []string{"2562047H", "2562048H", "99999999H"} {
+		req, _ := http.NewRequest(http.MethodPost, "http://localhost:9080/pkg.Service/Method", strings.NewReader("\x00\x00\x00\x00\x00"))
+		req.Header.Set("Content-Type", "application/grpc")
+		req.Header.Set("Grpc-Timeout", v)
+		res, _ := g.do(req)
+		expect(t, res, http.StatusOK, "ok")
+		got := fast.header(i, "Grpc-Timeout")
+		if ms, err := strconv.Atoi(strings.TrimSuffix(got, "m")); !strings.HasSuffix(got, "m") || err != nil || ms < 4000 || ms > 5000 {
+			t.Errorf("grpc-timeout %s: the upstream got %q, want what is left of total (4000m to 5000m)", v, got)
+		}
+		if e := g.lastEntry(); strings.Contains(e.raw, "deadline_invalid") {
+			t.Errorf("grpc-timeout %s is valid: log entry %s", v, e.raw)
+		}
 	}
 }
 
@@ -361,4 +576,107 @@ func TestHedgeUnderLoad(t *testing.T) {
 	poll(t, 3*time.Second, "every slot given back (pool_in_flight 0)", func() bool {
 		return metricsValue(metricsScrape(t), "caddy_resilient_pool_in_flight", map[string]string{"upstream": up.addr}) == 0
 	})
+}
+
+// Hundreds of hedged requests, the upstream fast, slow, failing or
+// stuck per request as a fixed seed draws it, so hedges win and lose
+// every way: the upstream's own count of requests, attempts_total, the
+// log's tries and {http.resilient.attempts} agree.
+func TestHedgedAttemptsAgreeEverywhere(t *testing.T) {
+	var mu sync.Mutex
+	rng := rand.New(rand.NewPCG(2013, 74)) // The Tail at Scale: 2013, 74 ms
+	up := startTail(t, func(_ int, w http.ResponseWriter, r *http.Request) bool {
+		mu.Lock()
+		p := rng.IntN(100)
+		mu.Unlock()
+		switch {
+		case p < 8: // fails at once
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return true
+		case p < 14: // fails slowly
+			select {
+			case <-time.After(25 * time.Millisecond):
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return true
+			case <-r.Context().Done():
+				return false
+			}
+		case p < 26: // slow
+			return hold(w, r, 40*time.Millisecond)
+		case p < 31: // stuck
+			return hold(w, r, 300*time.Millisecond)
+		}
+		return hold(w, r, time.Millisecond)
+	})
+	g := loadGateway(t, hedgeSite(up.addr, "hedge {\n after 10ms\n max 2\n }\n retry {\n budget off\n }\n breaker off"))
+
+	const requests, workers = 300, 6
+	var wg sync.WaitGroup
+	var placeholders, bad atomic.Int64
+	next := make(chan int)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				res, err := g.Client.Get(fmt.Sprintf("http://localhost:9080/r/%d", i))
+				if err != nil {
+					bad.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				n, err := strconv.Atoi(res.Header.Get("X-Attempts"))
+				if err != nil || (res.StatusCode != http.StatusOK && res.StatusCode != http.StatusServiceUnavailable) {
+					bad.Add(1)
+					continue
+				}
+				placeholders.Add(int64(n))
+			}
+		}()
+	}
+	start := time.Now()
+	for i := range requests {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	took := time.Since(start)
+	if bad.Load() != 0 {
+		t.Fatalf("%d of %d requests got no upstream answer with {http.resilient.attempts}", bad.Load(), requests)
+	}
+
+	entries := g.entries(requests)
+	if len(entries) != requests {
+		t.Fatalf("%d log entries for %d requests", len(entries), requests)
+	}
+	tries, logged, hedgeTries := 0, 0, 0
+	for _, e := range entries {
+		tries += len(e.Tries)
+		logged += e.Attempts
+		for _, tr := range e.Tries {
+			if tr.Hedge {
+				hedgeTries++
+			}
+		}
+	}
+	s := metricsScrape(t)
+	counted := int(metricsSum(s, "caddy_resilient_attempts_total", map[string]string{"upstream": up.addr}))
+	won := metricsValue(s, "caddy_resilient_hedges_total", map[string]string{"upstream": up.addr, "result": "won"})
+	lost := metricsValue(s, "caddy_resilient_hedges_total", map[string]string{"upstream": up.addr, "result": "lost"})
+	// a canceled loser's request may reach the upstream's handler a
+	// moment after the gateway let go of it
+	deadline := time.Now().Add(2 * time.Second)
+	for up.count() < counted && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Logf("%d requests in %v: upstream %d, attempts_total %d, log tries %d (%d hedges; attempts %d), placeholders %d; hedges won %v, lost %v",
+		requests, took.Round(time.Millisecond), up.count(), counted, tries, hedgeTries, logged, placeholders.Load(), won, lost)
+	if won <= 0 || lost <= 0 || hedgeTries == 0 {
+		t.Fatalf("hedges won %v, lost %v: the draw did not race them both ways", won, lost)
+	}
+	if n := up.count(); counted != n || tries != n || logged != n || int(placeholders.Load()) != n {
+		t.Fatalf("the upstream saw %d requests; attempts_total %d, log tries %d, log attempts %d, {http.resilient.attempts} %d",
+			n, counted, tries, logged, placeholders.Load())
+	}
 }

@@ -219,6 +219,7 @@ type logEntry struct {
 		Status   int     `json:"status"`
 		Duration float64 `json:"duration"`
 		Wait     float64 `json:"wait"`
+		Hedge    bool    `json:"hedge"`
 	} `json:"tries"`
 	raw string
 }

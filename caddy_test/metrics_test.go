@@ -58,6 +58,33 @@ func metricsValue(scrape, name string, labels map[string]string) float64 {
 	return -1
 }
 
+// metricsSum adds up the values of every series of name whose labels
+// include labels (other labels, such as outcome, may take any value); 0
+// when there is none.
+func metricsSum(scrape, name string, labels map[string]string) float64 {
+	sum := 0.0
+	for _, line := range strings.Split(scrape, "\n") {
+		m := metricsLine.FindStringSubmatch(line)
+		if m == nil || m[1] != name {
+			continue
+		}
+		got := map[string]string{}
+		for _, kv := range strings.Split(m[2], ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			got[k] = strings.Trim(v, `"`)
+		}
+		match := true
+		for k, v := range labels {
+			match = match && got[k] == v
+		}
+		if match {
+			f, _ := strconv.ParseFloat(m[3], 64)
+			sum += f
+		}
+	}
+	return sum
+}
+
 func TestMetricsMoveAsDocumented(t *testing.T) {
 	ok := startUpstream(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
 	rec := new(recorder)
