@@ -33,6 +33,10 @@ type exchange struct {
 	idem    idemKind
 	start   time.Time
 	totalAt time.Time // zero when the total timeout is off
+	// Caddy's lb_retries: how many times the request went through the
+	// transport before, and when it first did
+	lbTry    int
+	reqStart time.Time
 	// time spent waiting for the client's body, which the total bound
 	// does not count
 	paused atomic.Int64
@@ -125,8 +129,12 @@ func newExchange(t *Transport, req *http.Request) *exchange {
 	}
 	ex.t, ex.req, ex.ctx, ex.up, ex.start = t, req, req.Context(), t.upstreamFor(req), time.Now()
 	ex.up.begin(ex.start)
+	ex.reqStart = ex.start
 	if ex.repl, _ = req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ex.repl != nil {
-		providePlaceholders(ex.repl, ex)
+		if prev := providePlaceholders(ex.repl, ex); prev != nil {
+			// Caddy's lb_retries sends the request again
+			ex.lbTry, ex.reqStart = prev.lbTry+1, prev.reqStart
+		}
 	}
 	ex.tries = ex.triesBuf[:0]
 	if d := on(t.Timeouts.Total); d > 0 {
@@ -555,6 +563,19 @@ func (ex *exchange) discard(res *http.Response, at *attemptResult) {
 	ex.up.freeSlot()
 }
 
+// letGoNow lets go of an answer that will not be passed on, without
+// reading what is left of it: the connection is not reused.
+func (ex *exchange) letGoNow(res *http.Response, at *attemptResult) {
+	res.Body.Close()
+	if !at.failed {
+		at.ticket.settle()
+	}
+	w := &at.a.w
+	w.stop()
+	w.cancel(nil)
+	ex.up.freeSlot()
+}
+
 // sleep waits d before the next attempt, unless the client goes away.
 func (ex *exchange) sleep(d time.Duration) error {
 	if d <= 0 {
@@ -573,15 +594,17 @@ func (ex *exchange) sleep(d time.Duration) error {
 // finish returns the final response, its body wrapped to finish the
 // request when it is closed, or the typed error.
 func (ex *exchange) finish(res *http.Response, at *attemptResult) (*http.Response, error) {
-	if ex.fb.cfg != nil {
-		// a failure that falls back gets the read's kept answer
+	if ex.fb.cfg != nil && (res != nil || !ex.lbMovesOn(!ex.sent && ex.body.untouched())) {
+		// a failure that falls back gets the read's kept answer, unless
+		// Caddy is to try another upstream
 		status := 0
 		if res != nil {
 			status = res.StatusCode
 		}
 		if a, ok := ex.fallbackLookup(at.outcome, status); ok {
 			if res != nil {
-				ex.discard(res, at)
+				// not drained: the kept answer does not wait for it
+				ex.letGoNow(res, at)
 			}
 			if ex.body != nil {
 				ex.body.end()

@@ -11,11 +11,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddy-resilient/resilient/idempotency/answers"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/dustin/go-humanize"
 	"golang.org/x/net/http/httpguts"
 )
@@ -55,13 +58,15 @@ type Fallback struct {
 	// Default: `1048576` (1MiB).
 	MaxResponse int64 `json:"max_response,omitempty"`
 
-	// The bytes of all answers kept by the transports with a fallback,
-	// in this process (the largest max_memory among them); past it the
-	// oldest answers go first. Default: `67108864` (64MiB).
+	// The bytes of all answers this transport keeps, and streams in to
+	// keep; past it the oldest answers go first. Default: `67108864`
+	// (64MiB).
 	MaxMemory int64 `json:"max_memory,omitempty"`
 
 	on       [numOutcomes]bool
 	onStatus []statusMatch
+	store    *fallbackStore
+	ns       string // the store's name in fallbackStores
 	release  func() // this transport's hold on the store's bound
 }
 
@@ -84,15 +89,35 @@ var fallbackConditions = map[string][]Outcome{
 	"timeout":       {OutcomeConnectTimeout, OutcomeTLSTimeout, OutcomeWriteTimeout, OutcomeReadTimeout, OutcomeAttemptTimeout, OutcomeTotalTimeout},
 }
 
-// fallbackAnswers keeps the answers of every transport with a fallback
-// in this process, across config reloads; each transport holds its
-// max_memory as a bound while it lives (the largest applies).
+// fallbackStores keeps the answers of each reverse_proxy's fallback
+// across config reloads, by the upstreams it proxies to (see
+// upstreamSet): one provider's answers are never served for another's
+// that happens to have the same path, and a reload that keeps the
+// upstreams keeps the answers.
 var (
-	fallbackUsage   answers.Usage
-	fallbackAnswers = answers.New(answers.Config{Usage: &fallbackUsage})
+	fallbackStores = caddy.NewUsagePool()
+	fallbackUsage  answers.Usage // of every fallback store, for the gauges
 )
 
-func (fb *Fallback) provision() error {
+// fallbackStore is the kept answers of one set of upstreams, bounded by
+// the max_memory of the transport that keeps them (the largest, should
+// two reverse_proxy blocks share their upstreams).
+type fallbackStore struct {
+	*answers.Store
+	// bytes of answers streaming in to be kept: they count toward the
+	// bound too, so that many large answers at once stay within it
+	capturing atomic.Int64
+}
+
+// Destruct implements caddy.Destructor.
+func (s *fallbackStore) Destruct() error {
+	s.Close()
+	return nil
+}
+
+// provision fills the defaults and takes the store of the upstream set
+// ns (see upstreamSet).
+func (fb *Fallback) provision(ns string) error {
 	if fb.Stale == 0 {
 		fb.Stale = caddy.Duration(defaultFallbackStale)
 	}
@@ -135,7 +160,15 @@ func (fb *Fallback) provision() error {
 	if err := fb.validate(); err != nil {
 		return err
 	}
-	fb.release = fallbackAnswers.Limit(fb.MaxMemory)
+	fb.ns = ns
+	v, _, err := fallbackStores.LoadOrNew(ns, func() (caddy.Destructor, error) {
+		return &fallbackStore{Store: answers.New(answers.Config{MaxBytes: fb.MaxMemory, Usage: &fallbackUsage})}, nil
+	})
+	if err != nil {
+		return err
+	}
+	fb.store = v.(*fallbackStore)
+	fb.release = fb.store.Limit(fb.MaxMemory)
 	return nil
 }
 
@@ -161,12 +194,16 @@ func (fb *Fallback) validate() error {
 	return nil
 }
 
-// cleanup lets go of the transport's hold on the store's bound; the
-// answers stay for the next config.
+// cleanup lets go of the transport's hold on the store's bound and of
+// the store; the answers stay for the next config with these upstreams.
 func (fb *Fallback) cleanup() {
 	if fb.release != nil {
 		fb.release()
 		fb.release = nil
+	}
+	if fb.store != nil {
+		_, _ = fallbackStores.Delete(fb.ns)
+		fb.store = nil
 	}
 }
 
@@ -194,20 +231,43 @@ var (
 	fallbackMiss  any = "miss"
 )
 
+// upstreamSet names the upstreams of the reverse_proxy h, for the
+// fallback's store: its upstreams' dial addresses, sorted, or its
+// dynamic upstreams' source.
+func upstreamSet(h *reverseproxy.Handler) string {
+	if h == nil {
+		return ""
+	}
+	if h.DynamicUpstreamsRaw != nil {
+		return "dynamic " + string(h.DynamicUpstreamsRaw)
+	}
+	dials := make([]string, 0, len(h.Upstreams))
+	for _, u := range h.Upstreams {
+		if u != nil {
+			dials = append(dials, u.Dial)
+		}
+	}
+	slices.Sort(dials)
+	return strings.Join(dials, " ")
+}
+
 // fallbackState is what an exchange whose request the fallback applies
 // to keeps: inline in the exchange, so that a healthy request pays no
 // allocation for it beyond its kept answer.
 type fallbackState struct {
-	cfg    *Fallback
-	key    answers.Key // of method, target and scope values
-	serve  bool        // the caller takes a kept answer (no no-cache, no-store, max-stale=0)
-	keep   bool        // the caller lets its answer be kept (no no-store)
-	maxAge time.Duration
+	cfg       *Fallback
+	key       answers.Key // of method, target and scope values
+	answerKey answers.Key // of the answer: key, or its Vary values
+	serve     bool        // the caller takes a kept answer (no no-cache, no-store, max-stale=0)
+	keep      bool        // the caller lets its answer be kept (no no-store)
+	maxAge    time.Duration
 
 	// the answer as it streams to the client, while it may be kept
 	capture bool
 	head    []byte
 	body    *[]byte // pooled
+	counted int64   // bytes of it counted in the store's capturing
+	vary    []string
 	eof     bool
 	expires time.Time
 	result  any // {http.resilient.fallback}: stale, miss; nil: not looked up
@@ -277,21 +337,33 @@ func fallbackKey(req *http.Request, scope []string, repl *caddy.Replacer) answer
 	field(req.Method)
 	field(req.URL.EscapedPath())
 	field(req.URL.RawQuery)
+	host, header := callerOf(req)
 	for _, sc := range scope {
-		field(scopeValue(req, sc, repl))
+		field(scopeValue(host, header, sc, repl))
 	}
 	return sha256.Sum256(b)
 }
 
-// scopeValue is the value of the scope placeholder sc for req: the host
-// and request headers are read directly, without the replacer's
+// callerOf returns the host and headers of the request as its caller
+// sent it: the placeholders' view, before header_up changed the copy
+// that goes upstream (a Host rewritten for the provider, a header taken
+// out).
+func callerOf(req *http.Request) (string, http.Header) {
+	if orig, ok := req.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok {
+		return orig.Host, orig.Header
+	}
+	return req.Host, req.Header
+}
+
+// scopeValue is the value of the scope placeholder sc for the caller's
+// host and header: those two are read directly, without the replacer's
 // allocations; anything else goes through repl.
-func scopeValue(req *http.Request, sc string, repl *caddy.Replacer) string {
+func scopeValue(host string, header http.Header, sc string, repl *caddy.Replacer) string {
 	switch {
 	case sc == "{http.request.host}":
-		return req.Host
+		return host
 	case strings.HasPrefix(sc, "{http.request.header.") && strings.HasSuffix(sc, "}") && !strings.ContainsAny(sc[1:len(sc)-1], "{}"):
-		return strings.Join(req.Header.Values(sc[len("{http.request.header."):len(sc)-1]), ",")
+		return strings.Join(header.Values(sc[len("{http.request.header."):len(sc)-1]), ",")
 	case repl != nil:
 		return repl.ReplaceAll(sc, "")
 	}
@@ -343,35 +415,48 @@ func (ex *exchange) fallbackAnswered(res *http.Response) {
 	if !ok {
 		return // Vary: *
 	}
-	key := s.key
+	s.answerKey = s.key
 	if len(vary) > 0 {
-		// the answer is kept under the values of the headers it varies
-		// on; the request's own key says which those are
-		marker := encodeVary(vary)
-		fallbackAnswers.Put(s.key, marker, nil, time.Now().Add(stale))
-		key = varyKey(s.key, vary, ex.req.Header)
+		// kept under the values of the headers it varies on, as the
+		// upstream got them; the request's own key will say which
+		// headers those are, once the answer is kept
+		s.vary, s.answerKey = vary, varyKey(s.key, vary, ex.req.Header)
 	}
 	head, ok := encodeKeptHead(res.StatusCode, h)
-	if !ok {
+	if !ok || int64(len(head)) > s.cfg.MaxResponse || !s.count(int64(len(head))) {
+		s.drop()
 		return
 	}
-	s.key, s.head, s.expires, s.capture = key, head, time.Now().Add(stale), true
+	s.head, s.expires, s.capture = head, time.Now().Add(stale), true
 	s.body = captureBufs.Get().(*[]byte)
 	*s.body = (*s.body)[:0]
 }
 
 // fallbackCapture adds p, read from the answer's body, to what will be
-// kept; past max_response the answer is not kept.
+// kept; past max_response (head and body), or when the answers
+// streaming in at once would pass max_memory, the answer is not kept.
 func (s *fallbackState) fallbackCapture(p []byte, eof bool) {
 	if !s.capture {
 		return
 	}
-	if int64(len(*s.body)+len(p)) > s.cfg.MaxResponse {
+	if int64(len(s.head)+len(*s.body)+len(p)) > s.cfg.MaxResponse || !s.count(int64(len(p))) {
 		s.drop()
 		return
 	}
 	*s.body = append(*s.body, p...)
 	s.eof = s.eof || eof
+}
+
+// count adds n bytes to what streams in to be kept, if that stays
+// within max_memory.
+func (s *fallbackState) count(n int64) bool {
+	st := s.cfg.store
+	if st.capturing.Add(n) > s.cfg.MaxMemory {
+		st.capturing.Add(-n)
+		return false
+	}
+	s.counted += n
+	return true
 }
 
 // drop stops capturing the answer; nothing is kept.
@@ -382,7 +467,11 @@ func (s *fallbackState) drop() {
 		}
 		s.body = nil
 	}
-	s.capture, s.head = false, nil
+	if s.counted != 0 {
+		s.cfg.store.capturing.Add(-s.counted)
+		s.counted = 0
+	}
+	s.capture, s.head, s.vary = false, nil, nil
 }
 
 // fallbackKeep keeps the answer whose body ended as end says: only one
@@ -393,7 +482,14 @@ func (ex *exchange) fallbackKeep(end Outcome) {
 		return
 	}
 	if end == OutcomeOK && s.eof {
-		fallbackAnswers.Put(s.key, s.head, *s.body, s.expires)
+		st := s.cfg.store
+		if s.vary != nil {
+			// the answers under this request's key vary on these
+			// headers: the marker says which, for as long as any answer
+			// may be kept
+			st.Put(s.key, encodeVary(s.vary), nil, time.Now().Add(time.Duration(s.cfg.Stale)))
+		}
+		st.Put(s.answerKey, s.head, *s.body, s.expires)
 	}
 	s.drop()
 }
@@ -407,7 +503,7 @@ func (ex *exchange) fallbackLookup(o Outcome, status int) (keptAnswer, bool) {
 	if s.cfg == nil || !s.serve || ex.keyed != nil || !s.cfg.falls(o, status) {
 		return keptAnswer{}, false
 	}
-	a, ok := lookupKept(s.key, ex.req.Header, time.Now(), s.maxAge)
+	a, ok := lookupKept(s.cfg.store, s.key, ex.req.Header, time.Now(), s.maxAge)
 	if !ok {
 		s.result = fallbackMiss
 		ex.up.m.fellBack(fallbackResultMiss)
@@ -422,11 +518,18 @@ func (ex *exchange) fallbackLookup(o Outcome, status int) (keptAnswer, bool) {
 // what the caller may assume of the upstream is what the tries tell.
 func (ex *exchange) serveKept(a keptAnswer) *http.Response {
 	a.header.Set("Age", strconv.FormatInt(int64(a.age/time.Second), 10))
+	length := a.header.Get("Content-Length")
 	if ex.req.Method == http.MethodHead {
 		a.body = nil
 	}
 	ex.outcome = OutcomeStale
-	return ex.answerHere(a.status, a.header, a.body)
+	res := ex.answerHere(a.status, a.header, a.body)
+	if ex.req.Method == http.MethodHead && length != "" {
+		// a HEAD tells the length of the body a GET would get
+		res.Header.Set("Content-Length", length)
+		res.ContentLength, _ = strconv.ParseInt(length, 10, 64)
+	}
+	return res
 }
 
 // keptAnswer is a kept answer as it is served.
@@ -439,13 +542,13 @@ type keptAnswer struct {
 
 // lookupKept returns the answer kept under key, or under the key of the
 // values of the headers it varies on, when it is at most maxAge old.
-func lookupKept(key answers.Key, reqHeader http.Header, now time.Time, maxAge time.Duration) (keptAnswer, bool) {
-	v, kept, ok := fallbackAnswers.Get(key)
+func lookupKept(st *fallbackStore, key answers.Key, reqHeader http.Header, now time.Time, maxAge time.Duration) (keptAnswer, bool) {
+	v, kept, ok := st.Get(key)
 	if !ok {
 		return keptAnswer{}, false
 	}
 	if vary, isMarker := decodeVary(v); isMarker {
-		if v, kept, ok = fallbackAnswers.Get(varyKey(key, vary, reqHeader)); !ok {
+		if v, kept, ok = st.Get(varyKey(key, vary, reqHeader)); !ok {
 			return keptAnswer{}, false
 		}
 	}
@@ -469,7 +572,7 @@ const (
 
 // hopHeaders are not kept: they describe the connection the answer came
 // on, not the answer.
-var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Te", "Trailer", "Upgrade", "Content-Length", "Age"}
+var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Te", "Trailer", "Upgrade", "Age"}
 
 // encodeKeptHead encodes status and h, without hop-by-hop headers; ok is
 // false for a header too hostile to keep (too many lines, or a name or
@@ -480,7 +583,7 @@ func encodeKeptHead(status int, h http.Header) ([]byte, bool) {
 	b = binary.BigEndian.AppendUint16(b, uint16(status))
 	lines := 0
 	for name, vs := range h {
-		if slices.Contains(hopHeaders, name) {
+		if slices.Contains(hopHeaders, name) || connectionNames(h, name) {
 			continue
 		}
 		if !httpguts.ValidHeaderFieldName(name) {
@@ -496,6 +599,19 @@ func encodeKeptHead(status int, h http.Header) ([]byte, bool) {
 	}
 	// the end of the head: an empty name
 	return binary.AppendUvarint(b, 0), true
+}
+
+// connectionNames reports whether h's Connection header names name: a
+// field for the connection the answer came on (RFC 9110 §7.6.1).
+func connectionNames(h http.Header, name string) bool {
+	for _, v := range h["Connection"] {
+		for d := range directives(v) {
+			if strings.EqualFold(d, name) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func appendField(b []byte, s string) []byte {
@@ -585,6 +701,7 @@ func varyKey(key answers.Key, names []string, h http.Header) answers.Key {
 	var buf bytes.Buffer
 	buf.Write(key[:])
 	for _, n := range names {
+		buf.Write(appendField(nil, n))
 		vs := h.Values(n)
 		buf.Write(binary.AppendUvarint(nil, uint64(len(vs))))
 		for _, v := range vs {

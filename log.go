@@ -23,13 +23,16 @@ func (ex *exchange) report(e *Error) {
 // transport several times, and the placeholders tell of the last.
 const exchangeKey = "resilient.exchange"
 
-// providePlaceholders makes repl provide {http.resilient.*} from ex:
+// providePlaceholders makes repl provide {http.resilient.*} from ex, and
+// returns the request's exchange before ex (lb_retries), if any:
 // each value is read from the exchange as it stands when it is asked
 // for, so that none is ever unset, and a request pays for one provider
 // (added by its first exchange) rather than a static value per
 // placeholder (each a write into the replacer's map, which grows).
-func providePlaceholders(repl *caddy.Replacer, ex *exchange) {
-	if _, ok := repl.Get(exchangeKey); !ok {
+func providePlaceholders(repl *caddy.Replacer, ex *exchange) (prev *exchange) {
+	if v, ok := repl.Get(exchangeKey); ok {
+		prev, _ = v.(*exchange)
+	} else {
 		repl.Map(func(key string) (any, bool) {
 			if !strings.HasPrefix(key, "http.resilient.") {
 				return nil, false
@@ -41,6 +44,7 @@ func providePlaceholders(repl *caddy.Replacer, ex *exchange) {
 		})
 	}
 	repl.Set(exchangeKey, ex)
+	return prev
 }
 
 // String hides the exchange from a {resilient.exchange} placeholder.

@@ -77,6 +77,7 @@ type Transport struct {
 	Fallback *Fallback `json:"fallback,omitempty"`
 
 	logger    *zap.Logger
+	proxy     *reverseproxy.Handler // the reverse_proxy this transport is of; nil outside one
 	upstreams *upstreamTable
 	untraced  bool // HTTP/3: net/http/httptrace sees nothing, so nothing counts as never sent
 	h2c       bool // cleartext connections speak HTTP/2
@@ -94,6 +95,7 @@ func (Transport) CaddyModule() caddy.ModuleInfo {
 // and wires the phase timeouts and pool settings into it.
 func (t *Transport) Provision(ctx caddy.Context) error {
 	t.logger = ctx.Logger()
+	t.proxy = parentProxy(ctx)
 	t.upstreams = newUpstreamTable(t)
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %v", err)
@@ -158,7 +160,7 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 		if err := registerAll(ctx.GetMetricsRegistry(), fallbackGauges); err != nil {
 			return fmt.Errorf("registering fallback metrics: %v", err)
 		}
-		if err := t.Fallback.provision(); err != nil {
+		if err := t.Fallback.provision(upstreamSet(t.proxy)); err != nil {
 			return fmt.Errorf("fallback: %v", err)
 		}
 	}
@@ -279,6 +281,43 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return ex.upgrade()
 	}
 	return ex.run()
+}
+
+// parentProxy returns the reverse_proxy handler that provisions the
+// transport, nil when there is none (a transport made in a test).
+func parentProxy(ctx caddy.Context) *reverseproxy.Handler {
+	mods := ctx.Modules()
+	for i := len(mods) - 1; i >= 0; i-- {
+		if h, ok := mods[i].(*reverseproxy.Handler); ok {
+			return h
+		}
+	}
+	return nil
+}
+
+// lbMovesOn reports whether Caddy's reverse_proxy would try the request
+// of ex again, on another upstream, after it ended with an error
+// (movable: nothing was sent, and the body is untouched): its lb_retries
+// or lb_try_duration leave room, it has more than one upstream, and e is
+// an error it moves (nothing sent, or a GET's). A fresh answer from a
+// healthy upstream is worth more than a kept one (the fallback waits
+// for it), and a request refused by an open breaker must end up at a
+// healthy upstream (SPEC §4).
+func (ex *exchange) lbMovesOn(movable bool) bool {
+	h := ex.t.proxy
+	if h == nil || h.LoadBalancing == nil || (len(h.Upstreams) < 2 && h.DynamicUpstreamsRaw == nil) {
+		return false
+	}
+	lb := h.LoadBalancing
+	switch {
+	case lb.Retries == 0 && lb.TryDuration == 0:
+		return false
+	case lb.Retries > 0 && ex.lbTry >= lb.Retries:
+		return false
+	case lb.TryDuration > 0 && time.Since(ex.reqStart) >= time.Duration(lb.TryDuration):
+		return false
+	}
+	return movable || ex.req.Method == http.MethodGet
 }
 
 // fleetLink returns the transport's fleet membership, nil without one.
