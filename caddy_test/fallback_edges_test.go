@@ -542,3 +542,38 @@ func TestFallbackMemoryWhileAnswersStreamIsBounded(t *testing.T) {
 			float64(grew)/(1<<20), clients)
 	}
 }
+
+// SPEC §15: "What is kept: ... with status, headers and body up to
+// max_response", "max_response 1MiB # larger answers are not kept",
+// "memory bounded by max_memory". fallbackAnswered measures the body
+// alone against max_response, so an answer with 70KiB of headers is
+// kept under max_response 8KiB; and since it costs more than
+// max_memory 64KiB on its own, answers.Store.Put drops every other
+// kept answer to keep it alone, past the bound.
+func TestFallbackMaxResponseCountsTheHeaders(t *testing.T) {
+	up := startFlip(t, func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == "/e-fat" {
+			for i := range 20 {
+				w.Header().Set(fmt.Sprintf("X-Fat-%d", i), strings.Repeat("f", 3500))
+			}
+		}
+		io.WriteString(w, "kept "+r.URL.Path+strings.Repeat(".", 1024))
+		return true
+	})
+	g := loadGateway(t, edgeSite(up.addr, "", "breaker off\nretry off\nfallback {\nmax_memory 64KiB\nmax_response 8KiB\n}"))
+	for i := range 10 {
+		getHost(t, g, "", fmt.Sprintf("/e-thin-%d", i))
+	}
+	getHost(t, g, "", "/e-fat")
+	up.mode.Store("503")
+	if res, _ := getHost(t, g, "", "/e-fat"); res.Header.Get("X-Outcome") == "stale" {
+		t.Errorf("an answer of 70KiB of headers was kept under max_response 8KiB")
+	}
+	for i := range 10 {
+		p := fmt.Sprintf("/e-thin-%d", i)
+		if res, _ := getHost(t, g, "", p); res.Header.Get("X-Outcome") != "stale" {
+			t.Fatalf("%s: %d %s (fallback %s): a small answer kept before was dropped for one larger than max_response",
+				p, res.StatusCode, res.Header.Get("X-Outcome"), res.Header.Get("X-Fallback"))
+		}
+	}
+}
