@@ -17,7 +17,6 @@ import (
 	"github.com/caddy-resilient/resilient/idempotency/answers"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/dustin/go-humanize"
 	"golang.org/x/net/http/httpguts"
@@ -59,8 +58,9 @@ type Fallback struct {
 	MaxResponse int64 `json:"max_response,omitempty"`
 
 	// The bytes of all answers this transport keeps, and streams in to
-	// keep; past it the oldest answers go first. Default: `67108864`
-	// (64MiB).
+	// keep; past it the oldest answers go first. Answers survive a
+	// config reload that keeps max_memory and the upstreams.
+	// Default: `67108864` (64MiB).
 	MaxMemory int64 `json:"max_memory,omitempty"`
 
 	on       [numOutcomes]bool
@@ -90,18 +90,18 @@ var fallbackConditions = map[string][]Outcome{
 }
 
 // fallbackStores keeps the answers of each reverse_proxy's fallback
-// across config reloads, by the upstreams it proxies to (see
-// upstreamSet): one provider's answers are never served for another's
-// that happens to have the same path, and a reload that keeps the
-// upstreams keeps the answers.
+// across config reloads, by its max_memory and the upstreams it proxies
+// to (see upstreamSet): one provider's answers are never served for
+// another's that happens to have the same path, and a reload that keeps
+// the upstreams and max_memory keeps the answers.
 var (
 	fallbackStores = caddy.NewUsagePool()
 	fallbackUsage  answers.Usage // of every fallback store, for the gauges
 )
 
 // fallbackStore is the kept answers of one set of upstreams, bounded by
-// the max_memory of the transport that keeps them (the largest, should
-// two reverse_proxy blocks share their upstreams).
+// the max_memory of the transports that keep them (two reverse_proxy
+// blocks with the same upstreams and max_memory share one).
 type fallbackStore struct {
 	*answers.Store
 	// bytes of answers streaming in to be kept: they count toward the
@@ -160,8 +160,10 @@ func (fb *Fallback) provision(ns string) error {
 	if err := fb.validate(); err != nil {
 		return err
 	}
-	fb.ns = ns
-	v, _, err := fallbackStores.LoadOrNew(ns, func() (caddy.Destructor, error) {
+	// a store of its own per bound, so that no transport's answers
+	// take another's room
+	fb.ns = strconv.FormatInt(fb.MaxMemory, 10) + " " + ns
+	v, _, err := fallbackStores.LoadOrNew(fb.ns, func() (caddy.Destructor, error) {
 		return &fallbackStore{Store: answers.New(answers.Config{MaxBytes: fb.MaxMemory, Usage: &fallbackUsage})}, nil
 	})
 	if err != nil {
@@ -337,35 +339,26 @@ func fallbackKey(req *http.Request, scope []string, repl *caddy.Replacer) answer
 	field(req.Method)
 	field(req.URL.EscapedPath())
 	field(req.URL.RawQuery)
-	host, header := callerOf(req)
 	for _, sc := range scope {
-		field(scopeValue(host, header, sc, repl))
+		field(scopeValue(req, sc, repl))
 	}
 	return sha256.Sum256(b)
 }
 
-// callerOf returns the host and headers of the request as its caller
-// sent it: the placeholders' view, before header_up changed the copy
-// that goes upstream (a Host rewritten for the provider, a header taken
-// out).
-func callerOf(req *http.Request) (string, http.Header) {
-	if orig, ok := req.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok {
-		return orig.Host, orig.Header
-	}
-	return req.Host, req.Header
-}
-
-// scopeValue is the value of the scope placeholder sc for the caller's
-// host and header: those two are read directly, without the replacer's
-// allocations; anything else goes through repl.
-func scopeValue(host string, header http.Header, sc string, repl *caddy.Replacer) string {
+// scopeValue is the value of the scope placeholder sc, as the caller
+// sent the request: the placeholders' view, before header_up changed the
+// copy that goes upstream (a Host rewritten for the provider, a header
+// taken out). A lone placeholder is looked up without building a
+// string; outside Caddy's server (no replacer), req is all there is.
+func scopeValue(req *http.Request, sc string, repl *caddy.Replacer) string {
 	switch {
-	case sc == "{http.request.host}":
-		return host
-	case strings.HasPrefix(sc, "{http.request.header.") && strings.HasSuffix(sc, "}") && !strings.ContainsAny(sc[1:len(sc)-1], "{}"):
-		return strings.Join(header.Values(sc[len("{http.request.header."):len(sc)-1]), ",")
+	case repl != nil && len(sc) > 2 && sc[0] == '{' && sc[len(sc)-1] == '}' && !strings.ContainsAny(sc[1:len(sc)-1], "{}"):
+		v, _ := repl.GetString(sc[1 : len(sc)-1])
+		return v
 	case repl != nil:
 		return repl.ReplaceAll(sc, "")
+	case sc == "{http.request.host}":
+		return req.Host
 	}
 	return sc
 }
