@@ -133,3 +133,95 @@ http://localhost:9080 {
 }
 `, upstreams, options, transport)
 }
+
+// README, "Failover to another upstream": "A request whose body was
+// already read is not offered to `lb_retries`: Caddy would send it on
+// without its body." SPEC §13: "When the first is released while repeats
+// wait, one of them is sent in its place". A repeat that waited for the
+// first with its key has its body read ahead (to notice a client that
+// leaves); when it then becomes the first and its upstream is refused
+// (nothing sent), the transport offers it to lb_retries as untouched, and
+// Caddy sends the request, whose body the transport already consumed, to
+// the next upstream: the provider executes a POST with an empty body
+// (chunked), or gets its headers with no body and the key is spent on a
+// 502 "maybe" that every later repeat gets (Content-Length). The
+// configuration is the README's own failover setup.
+func TestPromiseARepeatSentInTheFirstsPlaceKeepsItsBodyAcrossUpstreams(t *testing.T) {
+	const order = `{"parcel":"42","to":"Berlin"}`
+	for _, tc := range []struct {
+		name string
+		body func() io.Reader
+	}{
+		// a body of unknown length (chunked), as streaming clients send it:
+		// the provider gets a whole POST with an empty body
+		{"chunked", func() io.Reader { return io.MultiReader(strings.NewReader(order)) }},
+		// with Content-Length: the provider gets the headers and no body,
+		// and the key is spent on a 502 "maybe"
+		{"content-length", func() io.Reader { return strings.NewReader(order) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			release := make(chan struct{})
+			var once sync.Once
+			free := func() { once.Do(func() { close(release) }) }
+			t.Cleanup(free)
+			var mu sync.Mutex
+			var bodies []string
+			up := startExecutions(t, func(w http.ResponseWriter, r *http.Request, body string) {
+				mu.Lock()
+				bodies = append(bodies, body)
+				n := len(bodies)
+				mu.Unlock()
+				if n <= 3 { // the first's three attempts
+					if n == 1 {
+						<-release
+					}
+					w.WriteHeader(http.StatusServiceUnavailable) // did nothing: the key comes free
+					return
+				}
+				w.WriteHeader(http.StatusCreated)
+				io.WriteString(w, "created from "+body)
+			})
+			down := closedPort(t)
+			// round_robin picks the second upstream first, then the first,
+			// then the second again: the first request goes to up, the
+			// repeat to the refused one, and lb_retries moves it to up
+			g := loadGateway(t, verdictSite(down+" "+up.addr, "lb_policy resilient round_robin\nlb_retries 1",
+				"retry {\n backoff 1ms 2ms\n}\nidempotency"))
+
+			first := sendAsync(g, "/orders", order, "Idempotency-Key", "moved-"+tc.name)
+			poll(t, 2*time.Second, "the first at the upstream", func() bool { return up.of("moved-"+tc.name) == 1 })
+			type answer struct {
+				res  *http.Response
+				body string
+			}
+			repeat := make(chan answer, 1)
+			go func() {
+				req, _ := http.NewRequest(http.MethodPost, "http://localhost:9080/orders", tc.body())
+				req.Header.Set("Idempotency-Key", "moved-"+tc.name)
+				res, err := g.Client.Do(req)
+				if err != nil {
+					repeat <- answer{body: err.Error()}
+					return
+				}
+				b, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				repeat <- answer{res, string(b)}
+			}()
+			time.Sleep(300 * time.Millisecond) // the repeat waits for the first
+			free()
+			<-first // three 503s: released
+			a := <-repeat
+			mu.Lock()
+			defer mu.Unlock()
+			for i, b := range bodies[3:] {
+				if b != order {
+					t.Errorf("the repeat sent in the first's place reached the upstream (request %d) with body %q, want %q", i+4, b, order)
+				}
+			}
+			// the operation goes through once, with its body
+			if a.res == nil || a.res.StatusCode != http.StatusCreated || a.body != "created from "+order {
+				t.Errorf("the repeat sent in the first's place got %+v %s, want the upstream's 201 for the whole order", verdictOf(a.res), a.body)
+			}
+		})
+	}
+}
