@@ -225,3 +225,31 @@ func TestPromiseARepeatSentInTheFirstsPlaceKeepsItsBodyAcrossUpstreams(t *testin
 		})
 	}
 }
+
+// SPEC §6: {http.resilient.executed} is "what the caller may assume about
+// the upstream": "`maybe`: request bytes went out and no answer came";
+// "`no`: nothing was done upstream: nothing was sent". The placeholders
+// read "the latest exchange (lb_retries included)", and Caddy's
+// lb_retries moves a GET after any error (the README's failover setup):
+// the first upstream read the request and hung up, the second refused the
+// connection. The request's bytes went out and no answer came, yet the
+// caller is told `no` ("Repeating is safe"), because only the last
+// upstream's exchange is looked at.
+func TestPromiseExecutedRemembersAnUpstreamLbRetriesLeft(t *testing.T) {
+	read := startUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		hangUp(w) // read it all, then no answer: it may have acted
+	})
+	down := closedPort(t)
+	// round_robin picks the second upstream first, then the first
+	g := loadGateway(t, verdictSite(down+" "+read.addr, "lb_policy resilient round_robin\nlb_retries 1",
+		"retry {\n backoff 1ms 2ms\n}\nbreaker off"))
+	res, body := g.get("/report")
+	if read.count.Load() == 0 {
+		t.Fatalf("the upstream that reads never got the request (answer %+v): the order of picks is not as expected", verdictOf(res))
+	}
+	if v := verdictOf(res); v.executed != "maybe" {
+		t.Fatalf("the GET reached %s (%d times), which read it and hung up, then lb_retries moved it to a refused upstream: the caller is told %+v %s; want executed maybe",
+			read.addr, read.count.Load(), v, body)
+	}
+}
