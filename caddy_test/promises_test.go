@@ -253,3 +253,56 @@ func TestPromiseExecutedRemembersAnUpstreamLbRetriesLeft(t *testing.T) {
 			read.addr, read.count.Load(), v, body)
 	}
 }
+
+// SPEC §13: "the timeouts that end it for its client (`read`, `attempt`,
+// `total`, a caller deadline) answer the client (504, `executed maybe`)
+// but do not abandon the upstream", and the repeat gets the real answer;
+// COMMON: `go test -race` clean. Upstream answers that arrive right at
+// the read bound race the carry's detach: whichever wins, the client gets
+// either the upstream's answer (executed yes) or a 504 (executed maybe),
+// the record ends with the upstream's answer, nothing executes twice, and
+// the carrier's goroutine does not write into the attempt the client's
+// answer is made from (a data race under -race).
+func TestPromiseCarryDetachRacingTheAnswer(t *testing.T) {
+	var mu sync.Mutex
+	delays := map[string]time.Duration{}
+	up := startExecutions(t, func(w http.ResponseWriter, r *http.Request, body string) {
+		mu.Lock()
+		d := delays[r.Header.Get("Idempotency-Key")]
+		mu.Unlock()
+		time.Sleep(d)
+		w.WriteHeader(http.StatusCreated)
+		io.WriteString(w, "made "+body)
+	})
+	g := loadGateway(t, verdictSite(up.addr, "", "timeouts {\n read 20ms\n}\nbreaker off\nidempotency"))
+	const n = 80
+	for i := 0; i < n; i++ {
+		key := fmt.Sprintf("race-%d", i)
+		mu.Lock()
+		delays[key] = 15*time.Millisecond + time.Duration(i)*10*time.Millisecond/n // 15ms to 25ms
+		mu.Unlock()
+		res, body := post(t, g, "/", key, "Idempotency-Key", key)
+		v := verdictOf(res)
+		switch {
+		case v.status == 201 && v.executed == "yes" && body == "made "+key:
+		case v.status == 504 && v.executed == "maybe" && v.outcome == "read_timeout":
+		default:
+			t.Fatalf("%s: %+v %q, want the upstream's 201 (yes) or a 504 read_timeout (maybe)", key, v, body)
+		}
+	}
+	for _, e := range g.entries(n) {
+		if e.Outcome == "read_timeout" && e.Status != 504 {
+			t.Errorf("a request answered 504 read_timeout is logged with status %d: %s", e.Status, e.raw)
+		}
+	}
+	for i := 0; i < n; i++ {
+		key := fmt.Sprintf("race-%d", i)
+		res, body := post(t, g, "/", key, "Idempotency-Key", key)
+		if v := verdictOf(res); v.status != 201 || body != "made "+key {
+			t.Errorf("%s: the repeat got %+v %q, want the upstream's 201", key, v, body)
+		}
+		if got := up.of(key); got != 1 {
+			t.Errorf("%s: executed %d times", key, got)
+		}
+	}
+}
