@@ -306,3 +306,41 @@ func TestPromiseCarryDetachRacingTheAnswer(t *testing.T) {
 		}
 	}
 }
+
+// README, "One execution per key": "A repeat afterwards gets the stored
+// answer, status, headers and body"; "Every replay is byte for byte the
+// first answer." SPEC §13: "Replays are byte-identical to the first
+// answer". An answer's trailer fields (a checksum or a signature sent
+// after a streamed body, as gRPC and many signing APIs do) are part of
+// what the upstream gave: the first client gets them, the repeat does not.
+func TestPromiseReplayKeepsTheAnswersTrailers(t *testing.T) {
+	up := startExecutions(t, func(w http.ResponseWriter, r *http.Request, body string) {
+		w.Header().Set("Trailer", "X-Checksum")
+		w.WriteHeader(http.StatusCreated)
+		io.WriteString(w, "label for "+body)
+		w.Header().Set("X-Checksum", "sha256=abc123")
+	})
+	g := loadGateway(t, verdictSite(up.addr, "", "breaker off\nidempotency"))
+	get := func() (*http.Response, string) {
+		req, _ := http.NewRequest(http.MethodPost, "http://localhost:9080/labels", strings.NewReader("parcel-7"))
+		req.Header.Set("Idempotency-Key", "trailer")
+		res, err := g.Client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body) // trailers are there once the body is read
+		return res, string(b)
+	}
+	first, fb := get()
+	if first.StatusCode != 201 || first.Trailer.Get("X-Checksum") != "sha256=abc123" {
+		t.Fatalf("the first: %d %q trailer %v, want 201 with the upstream's trailer", first.StatusCode, fb, first.Trailer)
+	}
+	repeat, rb := get()
+	if v := verdictOf(repeat); v.outcome != "replayed" || rb != fb {
+		t.Fatalf("the repeat: %+v %q, want the replay of %q", v, rb, fb)
+	}
+	if got := repeat.Trailer.Get("X-Checksum") + repeat.Header.Get("X-Checksum"); got != "sha256=abc123" {
+		t.Fatalf("the replay lost the answer's trailer X-Checksum (trailer %v, header %v)", repeat.Trailer, repeat.Header)
+	}
+}
