@@ -344,3 +344,32 @@ func TestPromiseReplayKeepsTheAnswersTrailers(t *testing.T) {
 		t.Fatalf("the replay lost the answer's trailer X-Checksum (trailer %v, header %v)", repeat.Trailer, repeat.Header)
 	}
 }
+
+// SPEC §6: {http.resilient.retry_after} is "set for ... an upstream answer
+// carrying `Retry-After`"; §13: a repeat afterwards gets "the stored
+// answer, status, headers and body as the upstream gave them". The first
+// client of an answer with Retry-After is told retry_after; the repeat,
+// which gets the same answer with the same Retry-After header, is told
+// nothing (the placeholder is empty), so a client that reads the verdict
+// (the README's table, the Python library) classifies the same answer
+// two ways.
+func TestPromiseReplayOfAnAnswerWithRetryAfterSaysRetryAfter(t *testing.T) {
+	up := startExecutions(t, func(w http.ResponseWriter, r *http.Request, body string) {
+		w.Header().Set("Retry-After", "120")
+		w.WriteHeader(http.StatusInternalServerError) // kept: the upstream acted
+		io.WriteString(w, "ledger busy, try later")
+	})
+	g := loadGateway(t, verdictSite(up.addr, "", "breaker off\nidempotency"))
+	res, _ := post(t, g, "/payments", "pay-1", "Idempotency-Key", "ra-replay")
+	if v := verdictOf(res); v.status != 500 || v.retryAfter != "120" {
+		t.Fatalf("the first: %+v, want the upstream's 500 with retry_after 120", v)
+	}
+	res, _ = post(t, g, "/payments", "pay-1", "Idempotency-Key", "ra-replay")
+	v := verdictOf(res)
+	if v.status != 500 || v.outcome != "replayed" || res.Header.Get("Retry-After") != "120" {
+		t.Fatalf("the repeat: %+v Retry-After %q, want the replayed 500 with its Retry-After", v, res.Header.Get("Retry-After"))
+	}
+	if v.retryAfter != "120" {
+		t.Fatalf("the replay carries the upstream's Retry-After: 120, but retry_after is %q", v.retryAfter)
+	}
+}
