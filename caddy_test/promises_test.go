@@ -373,3 +373,41 @@ func TestPromiseReplayOfAnAnswerWithRetryAfterSaysRetryAfter(t *testing.T) {
 		t.Fatalf("the replay carries the upstream's Retry-After: 120, but retry_after is %q", v.retryAfter)
 	}
 }
+
+// SPEC §13: "A repeat whose body differs only beyond what the gateway
+// could hash (an upstream that answered without reading a large body) is
+// not called a mismatch: it gets the kept answer or 409, never a false
+// 422." An upstream answers a large upload at once, without reading it,
+// and the first client's upload stops after its first MiB (it gives up,
+// its connection drops). The gateway could hash only that MiB; the
+// client's repeat, with the very body it meant to send and the same key,
+// is told 422 "reused with another request".
+func TestPromiseRepeatOfAnUploadCutShortIsNoMismatch(t *testing.T) {
+	up := startUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close")
+		w.WriteHeader(http.StatusAccepted)
+		io.WriteString(w, "accepted unread")
+	})
+	g := loadGateway(t, verdictSite(up.addr, "", "breaker off\nidempotency"))
+	body := strings.Repeat("0123456789abcdef", (9<<20)/16) // 9 MiB
+
+	// the first: the whole body announced, its first MiB sent, then gone
+	c, err := net.Dial("tcp", "127.0.0.1:9080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "POST /upload HTTP/1.1\r\nHost: localhost:9080\r\nIdempotency-Key: cut-upload\r\nContent-Length: %d\r\n\r\n", len(body))
+	c.Write([]byte(body[:1<<20]))
+	time.Sleep(500 * time.Millisecond)
+	c.Close()
+	poll(t, 3*time.Second, "the first's answer at the upstream", func() bool { return up.count.Load() == 1 })
+	time.Sleep(200 * time.Millisecond) // its record is kept once its answer was read
+
+	res, got := post(t, g, "/upload", body, "Idempotency-Key", "cut-upload", "Connection", "close")
+	if v := verdictOf(res); v.status == http.StatusUnprocessableEntity {
+		t.Fatalf("the repeat with the body the first meant to send: %+v %s; want the kept 202 or 409, never a false 422", v, got)
+	}
+	if up.count.Load() != 1 {
+		t.Fatalf("the upstream got the keyed POST %d times", up.count.Load())
+	}
+}
