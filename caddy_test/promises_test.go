@@ -411,3 +411,45 @@ func TestPromiseRepeatOfAnUploadCutShortIsNoMismatch(t *testing.T) {
 		t.Fatalf("the upstream got the keyed POST %d times", up.count.Load())
 	}
 }
+
+// SPEC §6: "`maybe`: request bytes went out and no answer came (reset,
+// timeouts, a cut answer), or a replay of such a record." The upstream
+// answers a keyed POST 201 and cuts the body short: the first request
+// ends `reset` (a cut answer, executed maybe). Its record keeps status and
+// headers (the answer could not be kept whole), and the repeat is told
+// 409 with executed `yes`, "outcome known to have happened", which is not
+// what the first request's own verdict said.
+func TestPromiseRepeatOfACutAnswerSaysMaybe(t *testing.T) {
+	up := startRaw(t, func(_ int64, c net.Conn, req *http.Request) {
+		io.Copy(io.Discard, req.Body)
+		io.WriteString(c, "HTTP/1.1 201 Created\r\nContent-Length: 100\r\n\r\nlabel-")
+	})
+	g := loadGateway(t, verdictSite(up.addr, "", "breaker off\nidempotency"))
+	req, _ := http.NewRequest(http.MethodPost, "http://localhost:9080/labels", strings.NewReader("parcel"))
+	req.Header.Set("Idempotency-Key", "cut-answer")
+	res, err := g.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadAll(res.Body)
+	res.Body.Close()
+	var first logEntry
+	poll(t, 2*time.Second, "the first's log entry", func() bool {
+		es := g.entries(0)
+		if len(es) == 0 {
+			return false
+		}
+		first = es[len(es)-1]
+		return true
+	})
+	if first.Outcome != "reset" {
+		t.Fatalf("the first, whose answer was cut: %s, want reset", first.raw)
+	}
+	res, body := post(t, g, "/labels", "parcel", "Idempotency-Key", "cut-answer")
+	if v := verdictOf(res); v.executed != "maybe" {
+		t.Fatalf("the repeat of a key whose answer was cut short: %+v %s; want executed maybe (a replay of such a record)", v, body)
+	}
+	if up.requests.Load() != 1 {
+		t.Fatalf("the upstream got %d requests", up.requests.Load())
+	}
+}
