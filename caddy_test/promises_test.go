@@ -453,3 +453,28 @@ func TestPromiseRepeatOfACutAnswerSaysMaybe(t *testing.T) {
 		t.Fatalf("the upstream got %d requests", up.requests.Load())
 	}
 }
+
+// SPEC §13: "a keyed unsafe request is sent upstream at most once per
+// key; every repeat gets the first one's answer"; the change claims one
+// execution per key everywhere. A keyed POST that carries an Upgrade
+// header (an HTTP/1.1 client offering h2c, say) takes the transport's
+// upgrade path, which skips the idempotency step: an upstream that does
+// not upgrade answers it as the plain POST it is, and every repeat with
+// the same key is executed again.
+func TestPromiseKeyedPostOfferingAnUpgradeExecutesOnce(t *testing.T) {
+	up := startExecutions(t, func(w http.ResponseWriter, r *http.Request, body string) {
+		w.WriteHeader(http.StatusCreated) // no upgrade: the POST's own answer
+		io.WriteString(w, "charged "+body)
+	})
+	g := loadGateway(t, verdictSite(up.addr, "", "breaker off\nidempotency"))
+	for i := 0; i < 2; i++ {
+		res, body := post(t, g, "/charges", "10 EUR", "Idempotency-Key", "upgrade-offered",
+			"Connection", "Upgrade", "Upgrade", "foo/1")
+		if res.StatusCode != http.StatusCreated {
+			t.Fatalf("POST %d: %+v %q", i+1, verdictOf(res), body)
+		}
+	}
+	if got := up.of("upgrade-offered"); got != 1 {
+		t.Fatalf("the keyed POST was executed %d times, want once", got)
+	}
+}
