@@ -131,6 +131,14 @@ func (s *bodySource) snapshot() ([]byte, bool) {
 	return s.kept[:s.n:s.n], true
 }
 
+// locked runs f under the lock that guards what the readers feed the
+// body's hash.
+func (s *bodySource) locked(f func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f()
+}
+
 // complete reports whether the whole body was read from the client.
 func (s *bodySource) complete() bool {
 	s.mu.Lock()

@@ -719,5 +719,9 @@ func retryAfterSeconds(d time.Duration) string {
 // retryAfterSecs is retryAfterSeconds as a number: boxed for the
 // replacer, a small one costs no allocation.
 func retryAfterSecs(d time.Duration) int64 {
-	return max(1, int64((d+time.Second-1)/time.Second))
+	s := int64(d / time.Second) // rounded up, without overflowing for the longest asks
+	if d%time.Second != 0 {
+		s++
+	}
+	return max(1, s)
 }

@@ -115,11 +115,12 @@ func (c *carrier) detach(cause *timeoutCause) (carried, late bool) {
 		up.carried.Add(-1)
 		return false, false // past the limit: abandoned as before, the record keeps the no-answer
 	}
+	// the cause is the carrier's to read once it sees the detach
+	c.cause = cause
 	if !c.state.CompareAndSwap(carryRacing, carryDetached) {
 		up.carried.Add(-1)
 		return false, true
 	}
-	c.cause = cause
 	carriedNow.Add(1)
 	up.busy.Add(1) // its state stays while the exchange is carried
 	c.wake <- struct{}{}
@@ -180,13 +181,26 @@ func (ex *exchange) carryOn(c *carrier, res *http.Response, err error) {
 	}
 	body, whole, rerr := readCarried(res.Body, ix.MaxResponse, w)
 	res.Body.Close()
-	a.res.status = res.StatusCode
-	kept := "answer"
-	if !whole {
-		body, kept = nil, "status"
+	switch {
+	case rerr != nil:
+		// cut short, or silent for too long: what the upstream did is not
+		// known, as for an answer that never came
+		end := OutcomeReset
+		if w.idleFire.Load() {
+			end = OutcomeReadTimeout
+		}
+		k.claim.Keep(fp, idempotency.Answer{Status: end.StatusCode(), Outcome: end.String(), Whole: true})
+		ex.logCarried(c, res.StatusCode, "no_answer", rerr)
+		return
+	case !whole || len(res.Trailer) > 0:
+		// larger than max_response, or with trailers the record cannot
+		// hold: the key is used, its answer not kept
+		k.claim.Keep(fp, idempotency.Answer{Status: res.StatusCode, Header: res.Header.Clone()})
+		ex.logCarried(c, res.StatusCode, "status", nil)
+		return
 	}
-	k.claim.Keep(fp, idempotency.Answer{Status: res.StatusCode, Header: res.Header.Clone(), Body: body, Whole: whole})
-	ex.logCarried(c, res.StatusCode, kept, rerr)
+	k.claim.Keep(fp, idempotency.Answer{Status: res.StatusCode, Header: res.Header.Clone(), Body: body, Whole: true})
+	ex.logCarried(c, res.StatusCode, "answer", nil)
 }
 
 // readCarried reads body to its end, at most limit bytes, each read under

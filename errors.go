@@ -263,6 +263,22 @@ func (e *Error) As(target any) bool {
 	return false
 }
 
+// hideDialError returns err with any reverseproxy.DialError in it out
+// of errors.As's reach (the message stays): the Error's own As decides
+// whether a request may move to another upstream.
+func hideDialError(err error) error {
+	var de reverseproxy.DialError
+	if err == nil || !errors.As(err, &de) {
+		return err
+	}
+	return dialHidden{err.Error()}
+}
+
+// dialHidden is an error that says what a dial error said, and is none.
+type dialHidden struct{ msg string }
+
+func (e dialHidden) Error() string { return e.msg }
+
 // handlerError wraps e for Caddy with the outcome's status code. It is
 // built here rather than with caddyhttp.Error, whose stack trace of the
 // caller costs more than a refusal by an open breaker itself; the trace

@@ -37,6 +37,7 @@ type exchange struct {
 	// transport before, and when it first did
 	lbTry    int
 	reqStart time.Time
+	prevExec executed // what the earlier tries of the request tell
 	// time spent waiting for the client's body, which the total bound
 	// does not count
 	paused atomic.Int64
@@ -49,10 +50,10 @@ type exchange struct {
 	// is rewritten on each attempt
 	deadlineInvalid, grpcTimeout bool
 
-	keyed      *keyed // the idempotency key's claim this request holds; nil: none
-	keyVerdict string // what the idempotency step said, for the log; "" when not managed
-	keyValue   any    // the same, boxed for the placeholder; nil when not managed
-	heldBody   bool   // the request body was read ahead while it waited (holdBody)
+	keyed      *keyed    // the idempotency key's claim this request holds; nil: none
+	keyVerdict string    // what the idempotency step said, for the log; "" when not managed
+	keyValue   any       // the same, boxed for the placeholder; nil when not managed
+	held       *heldBody // the request body, read ahead while it waited (holdBody); nil: not
 
 	fb  fallbackState // with fallback, for a request of its methods; inline
 	err *Error        // the error the request ended with, for the placeholders
@@ -133,7 +134,7 @@ func newExchange(t *Transport, req *http.Request) *exchange {
 	if ex.repl, _ = req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ex.repl != nil {
 		if prev := providePlaceholders(ex.repl, ex); prev != nil {
 			// Caddy's lb_retries sends the request again
-			ex.lbTry, ex.reqStart = prev.lbTry+1, prev.reqStart
+			ex.lbTry, ex.reqStart, ex.prevExec = prev.lbTry+1, prev.reqStart, prev.executed()
 		}
 	}
 	ex.tries = ex.triesBuf[:0]
@@ -359,6 +360,20 @@ func (ex *exchange) obeyRetryAfter(res *http.Response, now time.Time) {
 // upgrade sends an upgrade request once, as it is, and reports how it
 // went.
 func (ex *exchange) upgrade() (*http.Response, error) {
+	ex.body = nil // sent as it is, never through a body source
+	if ix := ex.t.Idempotency; ix != nil {
+		// a keyed request that offers an upgrade is still executed at
+		// most once: a repeat is answered here
+		if res, err, done := ex.keyBegin(ix); done {
+			return res, err
+		}
+		ex.ctx = ex.req.Context() // sent as it is: its client's to end
+		if k := ex.keyed; k != nil && ex.req.Body != nil && ex.req.Body != http.NoBody {
+			r := *ex.req
+			r.Body = &hashedBody{ReadCloser: ex.req.Body, hash: k.hash}
+			ex.req = &r
+		}
+	}
 	res, err := ex.t.HTTPTransport.RoundTrip(ex.req)
 	at := &ex.first.res
 	*at = attemptResult{took: time.Since(ex.start), admitted: true}
@@ -383,6 +398,9 @@ func (ex *exchange) upgrade() (*http.Response, error) {
 	}
 	ex.tries = append(ex.tries, try{outcome: at.outcome, status: at.status, took: at.took, admitted: true, exec: executedBy(at)})
 	ex.final, ex.outcome, ex.took = at, at.outcome, at.took
+	if ex.keyed != nil {
+		ex.keyUpgraded(res, at)
+	}
 	if err != nil {
 		e := &Error{Outcome: at.outcome, Upstream: ex.up.addr, Attempts: 1, Err: at.err}
 		ex.done(e)
@@ -594,7 +612,7 @@ func (ex *exchange) sleep(d time.Duration) error {
 // finish returns the final response, its body wrapped to finish the
 // request when it is closed, or the typed error.
 func (ex *exchange) finish(res *http.Response, at *attemptResult) (*http.Response, error) {
-	if ex.fb.cfg != nil && (res != nil || !ex.lbMovesOn(!ex.sent && ex.body.untouched())) {
+	if ex.fb.cfg != nil && (res != nil || !ex.lbMovesOn(!ex.sent && ex.body.untouched() && ex.held == nil)) {
 		// a failure that falls back gets the read's kept answer, unless
 		// Caddy is to try another upstream
 		status := 0
@@ -621,10 +639,15 @@ func (ex *exchange) finish(res *http.Response, at *attemptResult) (*http.Respons
 			RetryAfter: at.retryAfter,
 			NeverSent:  !ex.sent,
 			Err:        at.err,
-			movable:    !ex.sent && ex.body.untouched(),
+			movable:    !ex.sent && ex.body.untouched() && ex.held == nil,
 		}
 		if at.outcome == OutcomeCanceled && !errors.Is(e, context.Canceled) {
 			e.Err = context.Canceled
+		}
+		if !e.movable {
+			// Caddy's lb_retries moves any request whose error unwraps
+			// to a dial error: one whose body was read must not go
+			e.Err = hideDialError(e.Err)
 		}
 		if ex.keyed != nil {
 			ex.keyFailed(at.outcome)

@@ -42,7 +42,7 @@ func (ex *exchange) executed() executed {
 	if ex.execFixed {
 		return ex.exec
 	}
-	e := executedNo
+	e := ex.prevExec // an upstream lb_retries left may have acted too
 	for _, t := range ex.tries {
 		e = max(e, t.exec)
 	}

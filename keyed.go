@@ -35,7 +35,8 @@ type keyed struct {
 	status  int
 	header  http.Header
 	body    []byte
-	large   bool // over max_response: only status and headers are kept
+	trailer http.Header // the answer's, filled in as its body ends
+	large   bool        // over max_response: only status and headers are kept
 	eof     bool // the answer's body was read to its end
 	ended   bool // the claim was kept or released
 	carried bool // its client was answered; a carrier ends the claim
@@ -99,6 +100,9 @@ func (ex *exchange) keyBegin(ix *Idempotency) (res *http.Response, err error, do
 	// a repeat's body is read (hashed, never kept) only when a completed
 	// record is to be compared with it
 	fp := func() (idempotency.Fingerprint, error) {
+		if held := ex.held; held != nil {
+			return held.sum, held.err
+		}
 		h := idempotency.NewHasher(req.Method, target)
 		if b := ex.req.Body; b != nil && b != http.NoBody {
 			// the fingerprint covers HashedBody bytes, and whether there
@@ -139,6 +143,15 @@ func (ex *exchange) keyBegin(ix *Idempotency) (res *http.Response, err error, do
 	}
 	switch r.Verdict {
 	case idempotency.New:
+		if held := ex.held; held != nil && (held.lost || held.err != nil) {
+			// it waited, and the first was released: it is to be sent in
+			// the first's place, but its body is gone (longer than
+			// max_body, read to see its client leave): nothing sent, the
+			// key free for it to repeat at once
+			r.Claim.Release()
+			return ex.keyProblem(OutcomeKeyConflict, keyConflict, executedNo, "A request with this "+ix.header+" was in flight",
+				"The first request with this key did nothing upstream, and this one, which waited for it, could not be sent in its place. Nothing was sent: repeat it with the same key.", 1), nil, true
+		}
 		ex.keyed = &keyed{ix: ix, claim: r.Claim, hash: idempotency.NewHasher(req.Method, target)}
 		// once sent, the request goes on if its client leaves: its
 		// answer is kept for the repeat (it still ends by total)
@@ -152,7 +165,7 @@ func (ex *exchange) keyBegin(ix *Idempotency) (res *http.Response, err error, do
 			"The first request with this key has not ended yet, and this one was not sent. Repeat it with the same key after Retry-After to get the first one's answer.", 1), nil, true
 	case idempotency.Used:
 		return ex.keyProblem(OutcomeKeyConflict, keyConflict, executedYes, "This "+ix.header+" was used",
-			"The first request with this key was executed, but its answer was not kept (too large to keep). Do not send it again with a new key: check with the upstream.", 0), nil, true
+			"The first request with this key was executed, but its answer was not kept (larger than the gateway keeps, or not one a replay could give back whole). Do not send it again with a new key: check with the upstream.", 0), nil, true
 	default: // Mismatch
 		return ex.keyProblem(OutcomeKeyMismatch, keyMismatch, executedNo, ix.header+" reused with another request",
 			"This key was used with another method, target or body, and this request was not sent. Use a new key for a new request.", 0), nil, true
@@ -193,7 +206,14 @@ func (ex *exchange) replay(a *idempotency.Answer) *http.Response {
 		ex.answered(OutcomeReplayed, keyReplayed, executedYes)
 	}
 	h.Set("Idempotent-Replayed", "true")
-	return ex.answerHere(a.Status, h, body)
+	res := ex.answerHere(a.Status, h, body)
+	if v := h.Get("Retry-After"); v != "" {
+		// {http.resilient.retry_after} says what the first one was told
+		if ra, ok := parseRetryAfter(v, time.Now()); ok && ra > 0 {
+			ex.final.retryAfter = ra
+		}
+	}
+	return res
 }
 
 // answered notes how the transport answers the request itself: its
@@ -245,7 +265,7 @@ func (ex *exchange) keyAnswered(res *http.Response) {
 		ex.keyRelease()
 		return
 	}
-	k.status, k.header = res.StatusCode, res.Header.Clone()
+	k.status, k.header, k.trailer = res.StatusCode, res.Header.Clone(), res.Trailer
 }
 
 // capture keeps p, read from the answer's body, for the record.
@@ -285,7 +305,17 @@ func (ex *exchange) keyDone(end Outcome) {
 		return
 	}
 	k.ended = true
-	whole := end == OutcomeOK && k.eof && !k.large
+	if end != OutcomeOK {
+		// the upstream cut its answer, or went silent in it: what it did
+		// is not known, and the repeat is told so (executed maybe), as
+		// for an answer that never came
+		k.claim.Keep(ex.keyFingerprint(), idempotency.Answer{Status: end.StatusCode(), Outcome: end.String(), Whole: true})
+		k.body = nil
+		return
+	}
+	// an answer with trailers is not kept whole: the record has no room
+	// for them, and a replay without them would not be the answer
+	whole := k.eof && !k.large && len(k.trailer) == 0
 	a := idempotency.Answer{Status: k.status, Header: k.header, Whole: whole}
 	if whole {
 		a.Body = k.body
@@ -316,11 +346,25 @@ func (ex *exchange) keyFingerprint() idempotency.Fingerprint {
 	if k.summed {
 		return k.fp
 	}
-	h := k.hash
-	if b := ex.body; b != nil && !b.complete() && !h.Full() {
-		b.drainHash(idempotency.HashedBody + 1)
+	h, b := k.hash, ex.body
+	if b == nil {
+		k.fp, k.summed = h.Sum(), true
+		return k.fp
 	}
-	k.fp, k.summed = h.Sum(), true
+	// the hash is fed by the body's readers, under its lock
+	full := false
+	b.locked(func() { full = h.Full() })
+	if !full && !b.complete() && !b.drainHash(idempotency.HashedBody+1) {
+		b.locked(func() { full = h.Full() })
+		if !full {
+			// the client's body failed before the fingerprint was
+			// whole: no repeat can be compared with it
+			k.fp, k.summed = idempotency.Unverifiable, true
+			return k.fp
+		}
+	}
+	b.locked(func() { k.fp = h.Sum() })
+	k.summed = true
 	return k.fp
 }
 
@@ -349,19 +393,116 @@ func (b *responseBody) drainAnswer() {
 // in the first's place.
 func (ex *exchange) holdBody() {
 	req := ex.req
-	if req.Body == nil || req.Body == http.NoBody || ex.heldBody {
+	if req.Body == nil || req.Body == http.NoBody || ex.held != nil {
 		return
 	}
-	ex.heldBody = true
-	held, _ := io.ReadAll(io.LimitReader(req.Body, max(ex.t.Retry.MaxBody, 0)+1))
+	// read to its end, whatever its size (only then does the server
+	// watch the connection), hashed for the fingerprint; at most
+	// max_body of it is kept, to be sent should this repeat become the
+	// first
+	h := &heldBody{hash: idempotency.NewHasher(req.Method, req.URL.RequestURI()), limit: max(ex.t.Retry.MaxBody, 0)}
+	_, h.err = io.Copy(h, req.Body)
+	h.sum = h.hash.Sum()
+	ex.held = h
 	r := *req
-	r.Body = heldBody{Reader: io.MultiReader(bytes.NewReader(held), req.Body), Closer: req.Body}
+	r.Body = heldReader{Reader: bytes.NewReader(h.kept), Closer: req.Body}
 	ex.req = &r
 }
 
-// heldBody is a request body read ahead of its sending: what was read,
-// then the rest, closed as the original.
+// heldBody is the request body of a repeat that waited, read ahead.
 type heldBody struct {
+	hash  *idempotency.Hasher
+	sum   idempotency.Fingerprint
+	kept  []byte
+	limit int64
+	lost  bool  // longer than limit: it cannot be sent
+	err   error // the client's body failed
+}
+
+func (h *heldBody) Write(p []byte) (int, error) {
+	h.hash.Write(p)
+	if !h.lost && int64(len(h.kept)+len(p)) <= h.limit {
+		h.kept = append(h.kept, p...)
+	} else {
+		h.lost, h.kept = true, nil
+	}
+	return len(p), nil
+}
+
+// heldReader is a held body as the attempts read it, closed as the
+// client's.
+type heldReader struct {
 	io.Reader
 	io.Closer
+}
+
+
+// keyUpgraded ends, or hands on, the claim of a keyed request that
+// offered an upgrade, sent once as it is (see exchange.upgrade). A
+// switched protocol cannot be replayed: a repeat is told the key is
+// used. An upstream that did not switch answered the request as it is:
+// that answer is kept as it streams to the client, as any other.
+func (ex *exchange) keyUpgraded(res *http.Response, at *attemptResult) {
+	k := ex.keyed
+	if hb, ok := ex.req.Body.(*hashedBody); ok && !hb.eof && !k.hash.Full() {
+		// its body was not all sent: what the fingerprint does not cover
+		// cannot be compared with a repeat's
+		k.fp, k.summed = idempotency.Unverifiable, true
+	}
+	switch {
+	case res == nil && at.neverSent, res != nil && releasingStatus(res.StatusCode):
+		ex.keyRelease()
+	case res == nil:
+		k.acted = true
+		ex.keyFailed(at.outcome)
+	case res.StatusCode == http.StatusSwitchingProtocols:
+		k.ended = true
+		k.claim.Keep(ex.keyFingerprint(), idempotency.Answer{Status: res.StatusCode, Header: res.Header.Clone()})
+	default:
+		k.status, k.header, k.trailer = res.StatusCode, res.Header.Clone(), res.Trailer
+		res.Body = &upgradeRefused{rc: res.Body, ex: ex}
+	}
+}
+
+// upgradeRefused is the body of the answer to a keyed request whose
+// upgrade offer the upstream did not take: kept as it streams, and the
+// claim ended when it is closed.
+type upgradeRefused struct {
+	rc io.ReadCloser
+	ex *exchange
+}
+
+func (b *upgradeRefused) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	k := b.ex.keyed
+	k.capture(p[:n])
+	k.eof = k.eof || err == io.EOF
+	return n, err
+}
+
+func (b *upgradeRefused) Close() error {
+	err := b.rc.Close()
+	end := OutcomeOK
+	if !b.ex.keyed.eof {
+		// the client stopped reading, or the upstream cut it: not known
+		// whole
+		end = OutcomeReset
+	}
+	b.ex.keyDone(end)
+	return err
+}
+
+// hashedBody is the body of a keyed request sent as it is (an upgrade
+// offer), fed to its fingerprint as it goes.
+type hashedBody struct {
+	io.ReadCloser
+	hash *idempotency.Hasher
+	eof  bool
+}
+
+func (b *hashedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.hash.Write(p[:n])
+	b.eof = b.eof || err == io.EOF
+	return n, err
 }

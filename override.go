@@ -52,6 +52,10 @@ type overrideCell struct {
 	addr string
 	ov   atomic.Pointer[override] // nil: none
 	refs int                      // breakers holding it; under overrides' lock
+	// the upstream's metric label, held while the cell lives: an
+	// upstream no breaker has seen yet reads its own breaker_state under
+	// an override, even when labels are at their cap
+	label string
 }
 
 // maxOverrides bounds the overrides kept for upstreams no breaker uses.
@@ -68,7 +72,7 @@ func acquireOverride(addr string) *overrideCell {
 	defer overrides.Unlock()
 	c := overrides.m[addr]
 	if c == nil {
-		c = &overrideCell{addr: addr}
+		c = &overrideCell{addr: addr, label: holdLabel(addr)}
 		overrides.m[addr] = c
 	}
 	c.refs++
@@ -89,6 +93,7 @@ func (c *overrideCell) release() {
 func (c *overrideCell) dropIfIdle() {
 	if c.refs <= 0 && c.ov.Load() == nil && overrides.m[c.addr] == c {
 		delete(overrides.m, c.addr)
+		releaseLabel(c.addr, c.label)
 	}
 }
 
@@ -130,7 +135,7 @@ func setOverrideFrom(addr string, mode forceMode, d time.Duration, origin string
 		if unused >= maxOverrides {
 			return nil, false
 		}
-		c = &overrideCell{addr: addr}
+		c = &overrideCell{addr: addr, label: holdLabel(addr)}
 		overrides.m[addr] = c
 	}
 	now := time.Now()

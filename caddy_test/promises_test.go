@@ -218,9 +218,17 @@ func TestPromiseARepeatSentInTheFirstsPlaceKeepsItsBodyAcrossUpstreams(t *testin
 					t.Errorf("the repeat sent in the first's place reached the upstream (request %d) with body %q, want %q", i+4, b, order)
 				}
 			}
-			// the operation goes through once, with its body
-			if a.res == nil || a.res.StatusCode != http.StatusCreated || a.body != "created from "+order {
-				t.Errorf("the repeat sent in the first's place got %+v %s, want the upstream's 201 for the whole order", verdictOf(a.res), a.body)
+			// the operation goes through once, with its body; or, when the
+			// body it waited with cannot go on to another upstream, the
+			// caller is told truthfully that nothing was done, and may
+			// repeat it
+			switch v := verdictOf(a.res); {
+			case a.res == nil:
+				t.Errorf("the repeat sent in the first's place got no answer: %s", a.body)
+			case v.status == http.StatusCreated && a.body == "created from "+order:
+			case v.executed == "no" && v.idem == "released" && len(bodies) == 3:
+			default:
+				t.Errorf("the repeat sent in the first's place got %+v %s, want the upstream's 201 for the whole order, or nothing sent and executed no", v, a.body)
 			}
 		})
 	}
@@ -339,11 +347,23 @@ func TestPromiseReplayKeepsTheAnswersTrailers(t *testing.T) {
 		t.Fatalf("the first: %d %q trailer %v, want 201 with the upstream's trailer", first.StatusCode, fb, first.Trailer)
 	}
 	repeat, rb := get()
-	if v := verdictOf(repeat); v.outcome != "replayed" || rb != fb {
-		t.Fatalf("the repeat: %+v %q, want the replay of %q", v, rb, fb)
+	// a replay must be the whole answer, trailer included; an answer the
+	// record cannot hold whole is not replayed at all: the key is used
+	// (409 without Retry-After, executed yes), as for a large answer
+	switch v := verdictOf(repeat); {
+	case v.outcome == "replayed":
+		if rb != fb {
+			t.Fatalf("the repeat: %+v %q, want the replay of %q", v, rb, fb)
+		}
+		if got := repeat.Trailer.Get("X-Checksum") + repeat.Header.Get("X-Checksum"); got != "sha256=abc123" {
+			t.Fatalf("the replay lost the answer's trailer X-Checksum (trailer %v, header %v)", repeat.Trailer, repeat.Header)
+		}
+	case v.status == http.StatusConflict && v.executed == "yes" && repeat.Header.Get("Retry-After") == "":
+	default:
+		t.Fatalf("the repeat: %+v %q, want the whole replay or 409 used", v, rb)
 	}
-	if got := repeat.Trailer.Get("X-Checksum") + repeat.Header.Get("X-Checksum"); got != "sha256=abc123" {
-		t.Fatalf("the replay lost the answer's trailer X-Checksum (trailer %v, header %v)", repeat.Trailer, repeat.Header)
+	if got := up.of("trailer"); got != 1 {
+		t.Fatalf("executed %d times", got)
 	}
 }
 

@@ -17,6 +17,13 @@ type Fingerprint [32]byte
 // HashedBody is how much of a request body a fingerprint covers.
 const HashedBody = 8 << 20
 
+// Unverifiable is the fingerprint of a request whose body could not be
+// hashed as far as a fingerprint covers (its client left while sending
+// it): a repeat can be neither matched nor told apart from it, so any
+// repeat of its key is told the key is used (Used), never a mismatch
+// and never a replay.
+var Unverifiable = Fingerprint(sha256.Sum256([]byte(fingerprintDomain + "unverifiable")))
+
 // fingerprintDomain starts every fingerprint's hash, as keyDomain does
 // for keys.
 const fingerprintDomain = "resilient idempotency fingerprint v1\x00"

@@ -173,6 +173,12 @@ var errNoFingerprint = errors.New("idempotency: no fingerprint function to compa
 // judge compares a repeat's fingerprint with a completed record's and
 // says what the repeat gets.
 func judge(stored Fingerprint, a Answer, fp func() (Fingerprint, error)) (Result, error) {
+	if stored == Unverifiable {
+		// the first request's body was never all there to hash: no
+		// repeat can be told the same or another; the key is used
+		a.Body, a.Whole = nil, false
+		return Result{Verdict: Used, Answer: &a}, nil
+	}
 	if fp == nil {
 		return Result{}, errNoFingerprint
 	}
