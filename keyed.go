@@ -37,9 +37,9 @@ type keyed struct {
 	body    []byte
 	trailer http.Header // the answer's, filled in as its body ends
 	large   bool        // over max_response: only status and headers are kept
-	eof     bool // the answer's body was read to its end
-	ended   bool // the claim was kept or released
-	carried bool // its client was answered; a carrier ends the claim
+	eof     bool        // the answer's body was read to its end
+	ended   bool        // the claim was kept or released
+	carried bool        // its client was answered; a carrier ends the claim
 }
 
 // releasingStatus reports whether an answer with status says the
@@ -435,7 +435,6 @@ type heldReader struct {
 	io.Reader
 	io.Closer
 }
-
 
 // keyUpgraded ends, or hands on, the claim of a keyed request that
 // offered an upgrade, sent once as it is (see exchange.upgrade). A
