@@ -50,6 +50,10 @@ type loadSpec struct {
 	// again when it gives up on an answer (S10); Timeout then bounds all
 	// of its sends.
 	Resend *resend
+	// Reads makes each request a GET of a target shared with others,
+	// for one of several callers, whose answer the client checks (S13);
+	// Mix and Route do not apply.
+	Reads *reads
 }
 
 // sample is one client request.
@@ -73,9 +77,15 @@ type sample struct {
 	Sends     int
 	Conflicts int
 	Replayed  bool
+	// with Reads: what the answer was made for, and when
+	Read *readSeen
 }
 
-func (s *sample) ok() bool { return s.Status >= 200 && s.Status < 300 }
+// ok reports whether s was answered 2xx, and, for a read, with the
+// answer made for it.
+func (s *sample) ok() bool {
+	return s.Status >= 200 && s.Status < 300 && (s.Read == nil || !s.Read.Crossed && !s.Read.Wrong)
+}
 
 // client builds the generator's HTTP client: keep-alive, no
 // compression, no proxy from the environment, enough idle connections
@@ -196,8 +206,12 @@ func (spec *loadSpec) do(ctx context.Context, c *http.Client, targets []string, 
 	s := spec.newSample(targets, i, start, intended)
 	ctx, cancel := context.WithDeadline(ctx, intended.Add(spec.Timeout))
 	defer cancel()
-	if spec.Resend != nil {
+	switch {
+	case spec.Resend != nil:
 		spec.Resend.run(ctx, c, &s, targets, start, intended)
+		return s
+	case spec.Reads != nil:
+		spec.Reads.run(ctx, c, &s, i, targets, start, intended)
 		return s
 	}
 	from := s.sent(intended)

@@ -4,13 +4,14 @@
 //
 // Run it from the repository root:
 //
-//	go run ./bench                          # every scenario, 3 repetitions; about 40 minutes on 2 cores
+//	go run ./bench                          # every scenario, 3 repetitions; about 55 minutes on 2 cores
 //	go run ./bench -quick                   # smoke run: runs 3/8 as long, 1 repetition; about 5 minutes
 //	go run ./bench -scenarios S9 -quick     # the fleet scenario alone: about 20 s (70 s without -quick)
 //	go run ./bench -scenarios S5h -repeat 3 # S5 hard, its target per repetition: about 4 minutes (80 s a repetition)
 //	go run ./bench -scenarios S10 -repeat 1 # client retries against idempotency keys: about 2 minutes
 //	go run ./bench -scenarios S10m -repeat 1 # idempotency memory, 200 000 keys: 1 to 2 minutes a setup
 //	go run ./bench -scenarios S11,S11x -repeat 1 # the tail, with and without hedges: about 3 minutes
+//	go run ./bench -scenarios S13 -repeat 3 # the provider down for 30 s, fallback against nginx's stale cache: about 13 minutes
 //	go run ./bench -scenarios S0,S1 -repeat 5 -setups caddy-http,resilient
 //	go run ./bench -scenarios S0 -profile   # also CPU-profile the Caddy setups (bench/results/profiles/)
 //	go tool pprof -top bench/results/profiles/S0-resilient-*.pprof
@@ -34,8 +35,10 @@
 // 300ms and send their keyed POST again (idempotency at the gateway),
 // and S10m the memory 200 000 distinct keys cost under max_memory;
 // S11 a tail of 1s answers on 2% of arrivals (hedged requests), and
-// S11x with 10%. `go run ./bench -scenarios X` with an unknown X lists
-// them.
+// S11x with 10%; S13 reads of 300 targets by 4 callers while the
+// provider refuses, answers 503, then hangs, 10 s each (a fallback
+// against nginx's stale cache). `go run ./bench -scenarios X` with an
+// unknown X lists them.
 //
 // Before any run, each Caddy setup's Caddyfile is adapted once: a setup
 // whose options this Caddy does not have (a feature not built yet)
@@ -76,7 +79,9 @@
 // the gateways, their Redis, the analysis), clientretry.go (S10: the
 // client that sends again, executions per logical request),
 // memory.go (S10m: the gateway's RSS and gauges), tail.go (S11: extra
-// attempts against the retry budget's bound), chaos.go (S8's quota
+// attempts against the retry budget's bound), fallback.go (S13: the
+// readers that check whose answer they got, the breaker watch, the
+// analysis), chaos.go (S8's quota
 // upstream), cost.go (-cost), host.go (child processes, CPU
 // accounting, SYN capture), report.go (table, targets, JSON).
 package main
@@ -288,6 +293,7 @@ func run(ctx context.Context, o options, kids *children) error {
 	}
 	fmt.Fprintln(w)
 	writeTable(w, sums)
+	writeFallbackTable(w, sums)
 	fmt.Fprintln(w, "\n### Targets")
 	fmt.Fprintln(w)
 	writeTargets(w, targets)

@@ -33,10 +33,11 @@ const (
 	setupResilientIdemWait = "resilient-idem-wait"  // an `idempotency` block whose repeats wait for the first
 	setupResilientHedgeP95 = "resilient-hedge-p95"  // `hedge { after p95 }`
 	setupResilientHedge50  = "resilient-hedge-50ms" // `hedge { after 50ms }`
+	setupResilientFallback = "resilient-fallback"   // a `fallback` block
 )
 
 var allSetups = []string{setupCaddyHTTP, setupResilient, setupResilientNB, setupResilientNoBudget, setupResilientAttempts, setupResilientRL,
-	setupResilientIdem, setupResilientIdemWait, setupResilientHedgeP95, setupResilientHedge50,
+	setupResilientIdem, setupResilientIdemWait, setupResilientHedgeP95, setupResilientHedge50, setupResilientFallback,
 	setupNginx, setupHAProxy, setupFleet, setupNoFleet}
 
 // isCaddy reports whether setup runs this repository's Caddy.
@@ -52,7 +53,7 @@ func isCaddy(setup string) bool {
 func isResilient(setup string) bool {
 	switch setup {
 	case setupResilient, setupResilientNB, setupResilientNoBudget, setupResilientAttempts, setupResilientRL,
-		setupResilientIdem, setupResilientIdemWait, setupResilientHedgeP95, setupResilientHedge50:
+		setupResilientIdem, setupResilientIdemWait, setupResilientHedgeP95, setupResilientHedge50, setupResilientFallback:
 		return true
 	}
 	return false
@@ -88,6 +89,9 @@ type knobs struct {
 	// Queue is how long HAProxy queues a request for a connection slot
 	// when MaxConns is set (nginx has no queue; Caddy waits forever).
 	Queue time.Duration
+	// Cache, when set, gives nginx a proxy_cache that keeps 200s this
+	// long and serves them stale when the upstream fails (S13).
+	Cache time.Duration
 }
 
 func (k knobs) read() time.Duration {
@@ -378,6 +382,10 @@ func nginxConf(sc *scenario, listen, upstream, dir string) string {
 		user = "user root;\n"
 	}
 	tmp := filepath.Join(dir, "tmp")
+	cachePath, cache := "", ""
+	if k.Cache > 0 {
+		cachePath, cache = nginxCache(tmp, k.Cache)
+	}
 	return fmt.Sprintf(`%sdaemon off;
 master_process on;
 worker_processes 2;
@@ -392,7 +400,7 @@ http {
 	fastcgi_temp_path %[3]s/fastcgi;
 	uwsgi_temp_path %[3]s/uwsgi;
 	scgi_temp_path %[3]s/scgi;
-	upstream backend {
+%[9]s	upstream backend {
 		zone backend 64k;
 %[4]s		keepalive 64;
 	}
@@ -407,10 +415,26 @@ http {
 			proxy_connect_timeout 1s;
 			proxy_send_timeout 10s;
 			proxy_read_timeout %[8]dms;
-		}
+%[10]s		}
 	}
 }
-`, user, dir, tmp, servers, listen, next, tries, k.read().Milliseconds())
+`, user, dir, tmp, servers, listen, next, tries, k.read().Milliseconds(), cachePath, cache)
+}
+
+// nginxCache is the cache of nginx's S13 setup, for the http block and
+// the location: the answers of each target and caller (Authorization is
+// in the key, so that no caller gets another's) kept for valid (nginx
+// counts it in whole seconds), then fetched again; when the upstream
+// fails (connect error, timeout, 5xx) the kept one is served, however
+// old. X-Cache-Status tells the client which it got.
+func nginxCache(tmp string, valid time.Duration) (httpBlock, location string) {
+	httpBlock = fmt.Sprintf("\tproxy_cache_path %s/cache levels=1:2 keys_zone=reads:16m max_size=256m inactive=1h use_temp_path=off;\n", tmp)
+	location = fmt.Sprintf("\t\t\tproxy_cache reads;\n"+
+		"\t\t\tproxy_cache_key \"$scheme$proxy_host$request_uri $http_authorization\";\n"+
+		"\t\t\tproxy_cache_valid 200 %ds;\n"+
+		"\t\t\tproxy_cache_use_stale error timeout http_500 http_502 http_503 http_504;\n"+
+		"\t\t\tadd_header X-Cache-Status $upstream_cache_status always;\n", max(1, int(valid/time.Second)))
+	return httpBlock, location
 }
 
 // haproxyConf retries on the same server (no redispatch). HAProxy 2.6

@@ -120,7 +120,8 @@ func median(rs []*result) *summary {
 		switch k {
 		case "upstream_max_concurrency", "upstream_over_limit", "max_executions", "max_arrivals":
 			s.Extra[k] = slices.Max(v) // the worst run
-		case "got_429", "retried_429", "retried_early", "retried_within_100ms":
+		case "got_429", "retried_429", "retried_early", "retried_within_100ms",
+			"crossed_scopes", "wrong_target", "kept_misses", "age_header_off":
 			s.Extra[k] = sum(v) // events that must never happen: all of them
 		case "breaker_opened", "min_gap_ms":
 			s.Extra[k] = slices.Min(v)
@@ -238,6 +239,8 @@ func notes(s *summary) string {
 			"arrivals that ended before their answer %.0f", x["extra_attempts_pct"], x["budget_bound_pct"], x["max_arrivals"], x["canceled_arrivals"]))
 	case "S8":
 		parts = append(parts, quotaNote(x))
+	case "S13":
+		parts = append(parts, fallbackNote(s))
 	case "S9":
 		switch {
 		case s.Row != "S9 dead":
@@ -604,6 +607,7 @@ func evaluate(sums []*summary, failures map[runKey]string) []target {
 		return ok, "per repetition: " + per + "; " +
 			tailDetail(find, "S11x", setupResilientHedgeP95, setupResilientHedge50, setupResilient, setupCaddyHTTP), true
 	})
+	fallbackTargets(add, find, absent)
 	return ts
 }
 

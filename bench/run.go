@@ -73,7 +73,7 @@ func (e *env) runOne(ctx context.Context, sc *scenario, setup string, rep int, p
 	stopAux := make(chan struct{})
 	auxDone := make(chan struct{})
 	var tl timeline
-	if sc.Outage[1] > 0 || sc.CountRefused {
+	if sc.Outage[1] > 0 || sc.CountRefused || len(sc.Stages) > 0 {
 		go func() {
 			defer close(auxDone)
 			tl = e.timeline(sc, up, start, stopAux, syns == nil)
@@ -92,9 +92,26 @@ func (e *env) runOne(ctx context.Context, sc *scenario, setup string, rep int, p
 	if sc.Memory {
 		mem = watchMemory(p.cmd.Process.Pid, start)
 	}
+	var stopWatch func() []span
+	if sc.WatchBreaker && isResilient(setup) {
+		stopWatch = watchBreaker(ctx, p.admin, bk.upstream, start)
+	}
+	load := sc.Load
+	if load.Reads != nil {
+		// the repetition's targets and callers, the same for every setup
+		rd := *load.Reads
+		rd.seed = up.seed
+		load.Reads = &rd
+	}
 	cpu0, t0 := readCPU(pgids...), time.Now()
-	samples, _, elapsed := generate(ctx, targets, sc.Load, start)
+	samples, _, elapsed := generate(ctx, targets, load, start)
 	cpu1, wall := readCPU(pgids...), time.Since(t0)
+	var open []span
+	if stopWatch != nil {
+		if open = stopWatch(); open == nil {
+			open = []span{} // watched, never seen open
+		}
+	}
 	var memSeen *memStats
 	if mem != nil {
 		st := mem.stop()
@@ -120,7 +137,7 @@ func (e *env) runOne(ctx context.Context, sc *scenario, setup string, rep int, p
 		writeSamples(filepath.Join(dir, "samples.csv"), samples)
 	}
 	r := &runData{sc: sc, setup: setup, samples: samples, elapsed: elapsed, start: start,
-		up: up.stats(), tl: tl, measured: sc.Load.Duration, mem: memSeen}
+		up: up.stats(), tl: tl, measured: sc.Load.Duration, mem: memSeen, open: open}
 	if chaos != nil {
 		c1, err := chaos.stats(ctx)
 		if err != nil {
@@ -150,6 +167,8 @@ func (e *env) runOne(ctx context.Context, sc *scenario, setup string, rep int, p
 // timeline is what happened to the upstream's port during a run.
 type timeline struct {
 	outage [2]time.Duration // when the port actually closed and opened again
+	// when each of the scenario's stages actually began
+	stages []time.Duration
 	// SYNs sent to the upstream's port, when a packet capture was possible
 	syns   []time.Duration
 	synsOK bool
@@ -157,31 +176,51 @@ type timeline struct {
 	failed []counterSample
 }
 
-// timeline applies the scenario's outage, and samples the kernel's
-// failed-connect counter when sample is set, until stop is closed.
+// timeline applies the scenario's outage or stages, and samples the
+// kernel's failed-connect counter when sample is set, until stop is
+// closed.
 func (e *env) timeline(sc *scenario, up *upstream, start time.Time, stop <-chan struct{}, sample bool) timeline {
 	var tl timeline
 	refusing, restored := false, false
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	defer func() {
-		if refusing && !restored {
+		if refusing {
 			up.restore()
 		}
 	}()
+	reopen := func() {
+		if err := up.restore(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+		}
+		refusing = false
+	}
 	for {
 		now := time.Since(start)
 		if sc.Outage[1] > 0 {
-			if !refusing && now >= sc.Outage[0] {
+			if !refusing && !restored && now >= sc.Outage[0] {
 				up.refuse()
 				refusing, tl.outage[0] = true, time.Since(start)
 			}
-			if refusing && !restored && now >= sc.Outage[1] {
-				if err := up.restore(); err != nil {
-					fmt.Fprintln(os.Stderr, err)
-				}
+			if refusing && now >= sc.Outage[1] {
+				reopen()
 				restored, tl.outage[1] = true, time.Since(start)
 			}
+		}
+		for n := len(tl.stages); n < len(sc.Stages) && now >= sc.Stages[n].At; n++ {
+			st := sc.Stages[n]
+			if st.Refuse {
+				up.refuse()
+				refusing = true
+			} else {
+				// the faults first: nothing may be answered as before
+				// once the port opens again
+				up.setFaults(st.Faults)
+				if refusing {
+					reopen()
+				}
+			}
+			tl.stages = append(tl.stages, time.Since(start))
 		}
 		if sample && sc.CountRefused {
 			if v, ok := tcpAttemptFails(); ok {
@@ -245,9 +284,15 @@ func writeSamples(path string, samples []sample) {
 		return
 	}
 	defer f.Close()
-	fmt.Fprintln(f, "id,intended_ms,done_ms,latency_ms,lag_ms,status,outcome,attempts,sends,conflicts,replayed")
+	fmt.Fprintln(f, "id,intended_ms,done_ms,latency_ms,lag_ms,status,outcome,attempts,sends,conflicts,replayed,target,caller,made_ms,age,crossed,wrong")
 	for _, s := range samples {
-		fmt.Fprintf(f, "%s,%.3f,%.3f,%.3f,%.3f,%d,%s,%d,%d,%d,%t\n", s.ID, ms(s.Intended), ms(s.Done),
+		fmt.Fprintf(f, "%s,%.3f,%.3f,%.3f,%.3f,%d,%s,%d,%d,%d,%t", s.ID, ms(s.Intended), ms(s.Done),
 			ms(s.Latency), ms(s.Lag), s.Status, s.Outcome, s.Attempts, s.Sends, s.Conflicts, s.Replayed)
+		if r := s.Read; r != nil {
+			// S13: what the answer was made for, and when
+			fmt.Fprintf(f, ",%s,%s,%.3f,%d,%t,%t\n", itemPath(r.Target), callerAuth(r.Caller), ms(r.Made), r.Age, r.Crossed, r.Wrong)
+		} else {
+			fmt.Fprintln(f, ",,,,,,")
+		}
 	}
 }

@@ -21,6 +21,9 @@ type scenario struct {
 	// Outage, when set, closes the upstream's port from Outage[0] to
 	// Outage[1] into the run (S2).
 	Outage [2]time.Duration
+	// Stages, when set, change what the upstream does at these times
+	// into the run, in order (S13).
+	Stages []stage
 
 	Knobs knobs
 	// Resilient is the body of `transport resilient { … }`;
@@ -57,6 +60,9 @@ type scenario struct {
 	// Memory samples the proxy's resident memory through the load, and
 	// reads its idempotency gauge at the end (S10m).
 	Memory bool
+	// WatchBreaker polls the resilient setups' breaker through the admin
+	// API during the load, to tell when it was open (S13).
+	WatchBreaker bool
 
 	// Rows splits the samples into table rows; nil: one row, the ID.
 	Rows func(s *sample) string
@@ -78,6 +84,9 @@ type runData struct {
 	overLimit int
 	// mem is the proxy's memory through the load (S10m)
 	mem *memStats
+	// open are the spans, since start, in which the breaker was seen
+	// open (S13, resilient setups)
+	open []span
 }
 
 // connects counts the connect attempts to the upstream's port from
@@ -318,12 +327,54 @@ func scenarios(quick bool) []*scenario {
 		tailScenario("S11x", "tail, 10%: GET answered in 5ms, but 10% of arrivals held 1s; 200 req/s", 0.10, d(20*time.Second), warm,
 			"S11 with five times the slow answers, to show that the retry budget (default 0.2 + 10/s, which hedges "+
 				"pass like retries) holds the hedges to its share: 20% of requests + 10 per second."),
+		{
+			ID: "S13", Title: "fallback: GETs of 300 targets by 4 callers, 200 req/s, callers' deadline 1s; the provider refuses connections, then answers 503, then hangs, 10s each, then comes back",
+			Setups: []string{setupCaddyHTTP, setupResilient, setupResilientFallback, setupNginx},
+			Diag:   true, WatchBreaker: true,
+			Load: loadSpec{Rate: 200, Duration: d(55 * time.Second), Timeout: 1200 * time.Millisecond,
+				Reads: &reads{Targets: 300, Callers: 4, Deadline: time.Second}},
+			Warmup: warm,
+			Faults: faults{Echo: true},
+			Stages: []stage{
+				{At: d(15 * time.Second), Name: "refused", Refuse: true},
+				{At: d(25 * time.Second), Name: "503", Faults: faults{Status: 503}},
+				{At: d(35 * time.Second), Name: "hang", Faults: faults{Hang: true}},
+				{At: d(45 * time.Second), Name: "back", Faults: faults{Echo: true}},
+			},
+			Knobs:     knobs{Read: time.Second, Cache: time.Second},
+			Resilient: s13Resilient,
+			Variants:  map[string]string{setupResilientFallback: s13Resilient + "\nfallback"},
+			Doc: "Request i GETs /items/<t> with `Authorization: Bearer caller-<c>`, t of 300 and c of 4 drawn from the " +
+				"repetition's seed (1200 distinct answers; the same requests for every setup), and `X-Request-Timeout: 1`; " +
+				"the client gives up 1.2s after the request's intended time. The upstream's 200 names the target, the " +
+				"caller and when it was made: the client counts an answer naming another caller as served across scopes " +
+				"(and not a success), and the age of what it got is its arrival minus that time, whoever served it. " +
+				"From 15s to 45s of the 55s run (times 3/8 with -quick) the upstream's port is closed, then it answers " +
+				"503, then it accepts and never answers, 10s each; then it is healthy again. No retries in the " +
+				"baselines. caddy-http: `dial_timeout 1s`, `response_header_timeout 1s`. nginx: `proxy_connect_timeout 1s`, " +
+				"`proxy_read_timeout 1s` (the callers' deadline, which nginx cannot read per request), " +
+				"`proxy_cache_key \"$scheme$proxy_host$request_uri $http_authorization\"`, `proxy_cache_valid 200 1s` " +
+				"(answers are fetched again once a second old, so nginx's cache serves them up to 1s old while the " +
+				"upstream is healthy), `proxy_cache_use_stale error timeout http_500 http_502 http_503 http_504`, " +
+				"`inactive=1h`. resilient: `deadline` (the callers' X-Request-Timeout caps total) and " +
+				"`breaker { open_for 1s }` (a fixed period, so that probes go out every second of each stage, those of " +
+				"the hanging stage until the deadline); resilient-fallback: the same and `fallback` (defaults: stale 1h, " +
+				"scope Host and Authorization). \"breaker open\": the requests intended while the admin API showed the " +
+				"breaker open (polled every 10ms, until its open_until), but for those it let through (X-Resilient-Attempts " +
+				"above 0: they reached it once the open period was over, as probes). \"with an answer given before\": requests of " +
+				"the outage whose target and caller had a 200 from this proxy at least 100ms earlier in the run, the " +
+				"most a fallback can serve.",
+		},
 	}
 	for _, sc := range scs {
 		sc.Doc += variantConfigs(sc)
 	}
 	return scs
 }
+
+// s13Resilient is the transport block both resilient setups of S13
+// share: the caller's deadline, and a breaker that probes every second.
+const s13Resilient = "deadline\nbreaker {\nopen_for 1s\n}"
 
 // tailScenario is S11 with share slow of the upstream's arrivals held 1s
 // instead of 5ms: GET at 200 req/s, against the hedge setups.
@@ -493,6 +544,8 @@ func analyzeRow(r *runData, row string, samples []*sample, whole bool) *result {
 		analyzeMemory(r, res)
 	case "S11", "S11x":
 		analyzeTail(r, res)
+	case "S13":
+		analyzeFallback(r, samples, res)
 	}
 	return res
 }

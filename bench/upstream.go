@@ -47,6 +47,10 @@ type faults struct {
 	// BodySize makes a 200's body this many bytes (S10m); 0: okBody.
 	BodySize int
 	body     string // of BodySize, made by setFaults
+	// Echo makes a 200's body name what it answers: the target, the
+	// caller's Authorization and when it was made (S13), so that a
+	// client can tell whose answer it got, and how old it is.
+	Echo bool
 }
 
 // arrival is one request as the upstream saw it.
@@ -146,16 +150,24 @@ func (u *upstream) draw(id string, idx int, kind uint64) float64 {
 	h.Write(b[:])
 	h.Write([]byte(id))
 	// FNV alone keeps ids that differ in their last byte close; the
-	// finalizer of MurmurHash3 spreads them, so that faults stay
-	// independent from one request to the next
-	x := h.Sum64()
+	// finalizer spreads them, so that faults stay independent from one
+	// request to the next
+	return unit(scramble(h.Sum64()))
+}
+
+// scramble is the finalizer of MurmurHash3: close inputs give
+// unrelated outputs.
+func scramble(x uint64) uint64 {
 	x ^= x >> 33
 	x *= 0xff51afd7ed558ccd
 	x ^= x >> 33
 	x *= 0xc4ceb3fe1a85ec53
 	x ^= x >> 33
-	return float64(x>>11) / (1 << 53)
+	return x
 }
+
+// unit maps x to [0, 1).
+func unit(x uint64) float64 { return float64(x>>11) / (1 << 53) }
 
 func (u *upstream) port() int {
 	_, p, _ := net.SplitHostPort(u.addr)
@@ -323,10 +335,14 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		a.Status = http.StatusOK
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if f.body != "" {
+		switch {
+		case f.Echo:
+			w.Header().Set("Content-Type", "application/json")
+			w.Write(echoBody(r))
+		case f.body != "":
 			w.Header().Set("Content-Length", strconv.Itoa(len(f.body)))
 			io.WriteString(w, f.body)
-		} else {
+		default:
 			io.WriteString(w, okBody)
 		}
 	}
