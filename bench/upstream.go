@@ -94,6 +94,13 @@ type upstream struct {
 
 // startUpstream listens on a free loopback port and serves.
 func startUpstream(track bool) (*upstream, error) {
+	return serveUpstream(track, nil)
+}
+
+// serveUpstream listens on a free loopback port and serves with h, or
+// with the upstream's own handler when h is nil: another provider (S12's)
+// gets the same port, outage and connection tracking.
+func serveUpstream(track bool, h http.Handler) (*upstream, error) {
 	ln, err := listenFree()
 	if err != nil {
 		return nil, err
@@ -107,8 +114,11 @@ func startUpstream(track bool) (*upstream, error) {
 		recs:  map[string][]arrival{},
 	}
 	u.faults.Store(&faults{})
+	if h == nil {
+		h = u
+	}
 	u.srv = &http.Server{
-		Handler:           u,
+		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		ConnState:         u.connState,
 		ErrorLog:          log.New(io.Discard, "", 0),
@@ -142,9 +152,15 @@ func (u *upstream) draw(id string, idx int, kind uint64) float64 {
 	if id == "" {
 		return rand.Float64()
 	}
+	return seededDraw(u.seed, id, idx, kind)
+}
+
+// seededDraw is the number in [0, 1) that seed gives the kind-th fault
+// of the idx-th arrival of request id.
+func seededDraw(seed uint64, id string, idx int, kind uint64) float64 {
 	h := fnv.New64a()
 	var b [24]byte
-	binary.LittleEndian.PutUint64(b[0:], u.seed)
+	binary.LittleEndian.PutUint64(b[0:], seed)
 	binary.LittleEndian.PutUint64(b[8:], uint64(idx))
 	binary.LittleEndian.PutUint64(b[16:], kind)
 	h.Write(b[:])
@@ -168,6 +184,13 @@ func scramble(x uint64) uint64 {
 
 // unit maps x to [0, 1).
 func unit(x uint64) float64 { return float64(x>>11) / (1 << 53) }
+
+// down reports whether the upstream is refusing connections (an outage).
+func (u *upstream) down() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.ln == nil
+}
 
 func (u *upstream) port() int {
 	_, p, _ := net.SplitHostPort(u.addr)
