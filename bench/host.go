@@ -61,6 +61,13 @@ func (c *children) kill(cmd *exec.Cmd) {
 	killGroup(cmd, done)
 }
 
+// release forgets cmd, which has exited by itself: nothing to kill.
+func (c *children) release(cmd *exec.Cmd) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.procs, cmd)
+}
+
 // killGroup asks the leader to stop (SIGTERM: Caddy and HAProxy stop,
 // nginx's master stops and reaps its workers), then kills the whole
 // group with SIGKILL, whatever is left of it.

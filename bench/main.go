@@ -115,6 +115,7 @@ type options struct {
 	keep      bool
 	seed      uint64
 	cost      bool
+	python    string
 }
 
 func mainCode() int {
@@ -127,6 +128,7 @@ func mainCode() int {
 	flag.BoolVar(&o.profile, "profile", false, "CPU-profile the Caddy setups during each run, through the admin endpoint's /debug/pprof/profile, into profiles/ beside -out (the profiler costs a little throughput)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (configs and proxy logs)")
 	flag.BoolVar(&o.cost, "cost", false, "measure only what the transport costs, as ratios: micro-benchmarks, S0 against transport http, and open-breaker refusals against respond 503 (-repeat rounds, default 3)")
+	flag.StringVar(&o.python, "python", "/usr/bin/python3", "the Python that runs S12's clients; it needs httpx and Tenacity (Debian: python3-httpx python3-tenacity)")
 	flag.Uint64Var(&o.seed, "seed", 1, "seed of the upstream's fault draws; repetition r uses seed+r-1, the same for every setup")
 	flag.Parse()
 	repeatSet := false
@@ -173,7 +175,7 @@ func run(ctx context.Context, o options, kids *children) error {
 	} else {
 		defer os.RemoveAll(work)
 	}
-	e := &env{root: root, work: work, caddy: filepath.Join(work, "caddy"), children: kids, keep: o.keep, seed: o.seed}
+	e := &env{root: root, work: work, caddy: filepath.Join(work, "caddy"), children: kids, keep: o.keep, seed: o.seed, python: o.python}
 
 	fmt.Fprintln(os.Stderr, "building ./cmd/caddy ...")
 	build := exec.CommandContext(ctx, "go", "build", "-o", e.caddy, "./cmd/caddy")
@@ -205,6 +207,39 @@ func run(ctx context.Context, o options, kids *children) error {
 	} else if slices.ContainsFunc(scs, func(sc *scenario) bool { return sc.Gateways > 0 }) {
 		skipped = append(skipped, "redis-server: not installed, S9 is skipped (apt-get install redis-server)")
 		scs = slices.DeleteFunc(scs, func(sc *scenario) bool { return sc.Gateways > 0 })
+	}
+	if slices.ContainsFunc(scs, func(sc *scenario) bool { return sc.Shipping != nil }) {
+		if out, err := exec.CommandContext(ctx, e.python, "-c", "import httpx, tenacity").CombinedOutput(); err != nil {
+			skipped = append(skipped, fmt.Sprintf("%s without httpx and Tenacity (%s): S12 is skipped (apt-get install python3-httpx python3-tenacity)",
+				e.python, strings.TrimSpace(lastLine(string(out), err))))
+			scs = slices.DeleteFunc(scs, func(sc *scenario) bool { return sc.Shipping != nil })
+		} else if _, err := os.Stat(filepath.Join(root, "clients", "python")); err != nil {
+			skipped = append(skipped, "clients/python: not in this checkout, S12's library-gateway rows are skipped")
+			for _, sc := range scs {
+				if sc.Shipping != nil {
+					sc.Setups = slices.DeleteFunc(slices.Clone(sc.Setups), func(s string) bool { return s == setupLibraryGateway })
+				}
+			}
+		}
+	}
+	for _, sc := range scs {
+		if sc.Example[0] == "" {
+			continue
+		}
+		if sc.example, err = loadExampleSite(root, sc.Example[0], sc.Example[1]); err != nil {
+			return err
+		}
+		conf := sc.example.config("127.0.0.1:<port>", "127.0.0.1:<admin port>", "127.0.0.1:<provider port>")
+		sc.Doc += "\n\n  The gateway's Caddyfile, as run (the example's site; the harness sets only the listener, the upstream, " +
+			"the admin endpoint and the global defaults it always sets):\n\n  ```caddyfile\n"
+		for line := range strings.Lines(conf) {
+			if strings.TrimSpace(line) == "" {
+				sc.Doc += "\n"
+			} else {
+				sc.Doc += "  " + line
+			}
+		}
+		sc.Doc += "  ```"
 	}
 	var profDir string
 	if o.profile {
@@ -339,20 +374,33 @@ func selectScenarios(o options) ([]*scenario, error) {
 		id = strings.TrimSpace(id)
 		found := false
 		for _, sc := range all {
-			if strings.EqualFold(sc.ID, id) {
+			if strings.EqualFold(sc.ID, id) || strings.EqualFold(sc.Family, id) {
 				out = append(out, sc)
 				found = true
 			}
 		}
 		if !found {
-			ids := make([]string, len(all))
-			for i, sc := range all {
-				ids[i] = sc.ID
+			var ids []string
+			for _, sc := range all {
+				if sc.Family != "" && !slices.Contains(ids, sc.Family+" (all of "+sc.Family+"-*)") {
+					ids = append(ids, sc.Family+" (all of "+sc.Family+"-*)")
+				}
+				ids = append(ids, sc.ID)
 			}
 			return nil, fmt.Errorf("unknown scenario %q (%s)", id, strings.Join(ids, ", "))
 		}
 	}
 	return out, nil
+}
+
+// lastLine is the last line of a command's output (a Python traceback's error), or its error.
+func lastLine(out string, err error) string {
+	out = strings.TrimSpace(out)
+	if out == "" {
+		return err.Error()
+	}
+	lines := strings.Split(out, "\n")
+	return lines[len(lines)-1]
 }
 
 func containsFold(list, s string) bool {

@@ -38,12 +38,13 @@ const (
 
 var allSetups = []string{setupCaddyHTTP, setupResilient, setupResilientNB, setupResilientNoBudget, setupResilientAttempts, setupResilientRL,
 	setupResilientIdem, setupResilientIdemWait, setupResilientHedgeP95, setupResilientHedge50, setupResilientFallback,
-	setupNginx, setupHAProxy, setupFleet, setupNoFleet}
+	setupNginx, setupHAProxy, setupFleet, setupNoFleet,
+	setupSeedDirect, setupSeedGateway, setupThinGateway, setupLibraryGateway}
 
 // isCaddy reports whether setup runs this repository's Caddy.
 func isCaddy(setup string) bool {
 	switch setup {
-	case setupCaddyHTTP, setupFleet, setupNoFleet:
+	case setupCaddyHTTP, setupFleet, setupNoFleet, setupSeedGateway, setupThinGateway, setupLibraryGateway:
 		return true
 	}
 	return isResilient(setup)
@@ -129,6 +130,7 @@ type env struct {
 	children *children
 	keep     bool   // keep the work directory, with each run's samples
 	seed     uint64 // of the first repetition's fault draws
+	python   string // the Python with httpx and Tenacity S12's clients run on
 }
 
 // backends are what a proxy forwards to.
@@ -275,6 +277,9 @@ http://%s {
 
 // caddyConfig is the whole Caddyfile of a Caddy setup in sc.
 func caddyConfig(setup string, sc *scenario, listen, admin string, bk backends) string {
+	if sc.example != nil {
+		return sc.example.config(listen, admin, bk.upstream)
+	}
 	if sc.Gateways > 0 {
 		return gatewayCaddyfile(setup, sc, listen, admin, bk)
 	}

@@ -64,6 +64,19 @@ type scenario struct {
 	// API during the load, to tell when it was open (S13).
 	WatchBreaker bool
 
+	// Family, when set, also selects the scenario (-scenarios S12 runs
+	// every S12 scenario).
+	Family string
+	// Shipping, when set, makes the run S12's: the shipping provider and
+	// a Python application instead of the upstream and the load
+	// generator.
+	Shipping *shippingSpec
+	// Example, when set, is the Caddyfile in examples/ and the address of
+	// its site that the scenario's Caddy setups run as written;
+	// example is that site, loaded before the runs.
+	Example [2]string
+	example *exampleSite
+
 	// Rows splits the samples into table rows; nil: one row, the ID.
 	Rows func(s *sample) string
 	// Doc says how the setups are configured, for RESULTS.md.
@@ -87,6 +100,10 @@ type runData struct {
 	// open are the spans, since start, in which the breaker was seen
 	// open (S13, resilient setups)
 	open []span
+	// ship is what S12's provider saw, per operation, and ops what the
+	// application was told of each
+	ship map[string][]shipArrival
+	ops  map[string]opRecord
 }
 
 // connects counts the connect attempts to the upstream's port from
@@ -366,6 +383,7 @@ func scenarios(quick bool) []*scenario {
 				"most a fallback can serve.",
 		},
 	}
+	scs = append(scs, shippingScenarios(count)...)
 	for _, sc := range scs {
 		sc.Doc += variantConfigs(sc)
 	}
@@ -546,6 +564,9 @@ func analyzeRow(r *runData, row string, samples []*sample, whole bool) *result {
 		analyzeTail(r, res)
 	case "S13":
 		analyzeFallback(r, samples, res)
+	}
+	if r.sc.Shipping != nil {
+		analyzeShipping(r, samples, res)
 	}
 	return res
 }
