@@ -4,13 +4,15 @@
 //
 // Run it from the repository root:
 //
-//	go run ./bench                          # every scenario, 3 repetitions; about 55 minutes on 2 cores
+//	go run ./bench                          # every scenario, 3 repetitions; about 95 minutes on 2 cores
 //	go run ./bench -quick                   # smoke run: runs 3/8 as long, 1 repetition; about 5 minutes
 //	go run ./bench -scenarios S9 -quick     # the fleet scenario alone: about 20 s (70 s without -quick)
 //	go run ./bench -scenarios S5h -repeat 3 # S5 hard, its target per repetition: about 4 minutes (80 s a repetition)
 //	go run ./bench -scenarios S10 -repeat 1 # client retries against idempotency keys: about 2 minutes
 //	go run ./bench -scenarios S10m -repeat 1 # idempotency memory, 200 000 keys: 1 to 2 minutes a setup
 //	go run ./bench -scenarios S11,S11x -repeat 1 # the tail, with and without hedges: about 3 minutes
+//	go run ./bench -scenarios S12 -repeat 3 # the seed's Python client, its four scenarios: about 40 minutes (under a minute a run)
+//	go run ./bench -scenarios S12-slow -setups seed-direct,seed-gateway -repeat 1 # one of them: about 2 minutes
 //	go run ./bench -scenarios S13 -repeat 3 # the provider down for 30 s, fallback against nginx's stale cache: about 13 minutes
 //	go run ./bench -scenarios S0,S1 -repeat 5 -setups caddy-http,resilient
 //	go run ./bench -scenarios S0 -profile   # also CPU-profile the Caddy setups (bench/results/profiles/)
@@ -21,7 +23,10 @@
 // nginx and HAProxy rows need `apt-get install nginx haproxy`, and S9
 // (three gateways, with and without a fleet) needs redis-server
 // (`apt-get install redis-server`; the harness runs its own on a free
-// port); without them they are skipped, with a note. Counting the
+// port); without them they are skipped, with a note. S12 runs its
+// clients on /usr/bin/python3 (-python) with Debian's python3-httpx and
+// python3-tenacity, and its library rows need clients/python in the
+// checkout; without them they are skipped, with a note. Counting the
 // refused connects of S2 exactly needs root (a packet socket on lo);
 // otherwise the kernel's failed-connect counter stands in.
 //
@@ -35,7 +40,13 @@
 // 300ms and send their keyed POST again (idempotency at the gateway),
 // and S10m the memory 200 000 distinct keys cost under max_memory;
 // S11 a tail of 1s answers on 2% of arrivals (hedged requests), and
-// S11x with 10%; S13 reads of 300 targets by 4 callers while the
+// S11x with 10%; S12 the seed's client: Python processes (httpx,
+// Tenacity) calling a shipping provider that ignores Idempotency-Key,
+// directly, through the shipping site of examples/egress.Caddyfile as
+// the file has it, without retries, and with clients/python, against
+// mixed faults (S12-mixed), 20% 503 (S12-503), 5% answers after 8 s
+// (S12-slow) and a 4 s outage (S12-outage); `-scenarios S12` runs all
+// four; S13 reads of 300 targets by 4 callers while the
 // provider refuses, answers 503, then hangs, 10 s each (a fallback
 // against nginx's stale cache). `go run ./bench -scenarios X` with an
 // unknown X lists them.
@@ -59,7 +70,11 @@
 // latency counted from each request's intended send time, so a stalled
 // proxy is charged for the whole stall (no coordinated omission). In
 // S10 a request is a logical one: its latency runs from its intended
-// time to its last answer, across the client's resends.
+// time to its last answer, across the client's resends. S12 has its own
+// provider (shipping.go) and drives it with a Python process per run
+// (bench/s12/drive.py), 500 logical operations at 12.5 a second; an
+// operation's latency runs from its intended start to what the
+// application is told, across its client's retries.
 //
 // It prints a markdown table of the medians over the repetitions
 // (success %, p50/p99/p99.9 latency over all requests, failed ones
@@ -81,7 +96,13 @@
 // memory.go (S10m: the gateway's RSS and gauges), tail.go (S11: extra
 // attempts against the retry budget's bound), fallback.go (S13: the
 // readers that check whose answer they got, the breaker watch, the
-// analysis), chaos.go (S8's quota
+// analysis), shipping.go (S12's
+// provider), seedclient.go (S12: its scenarios and runs),
+// seedclient_analysis.go (S12: what the application was told against
+// what the provider did, and its targets), s12/ (S12's Python: the
+// seed's client, the library's, the application that drives them),
+// example.go (a site of an example Caddyfile, run as written),
+// chaos.go (S8's quota
 // upstream), cost.go (-cost), host.go (child processes, CPU
 // accounting, SYN capture), report.go (table, targets, JSON).
 package main

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 )
 
 // What S12's runs show: per operation, what the provider did (shipping.go)
@@ -18,6 +19,10 @@ func analyzeShipping(r *runData, samples []*sample, res *result) {
 	var upstream, tries, posts, executions, twice, extra int
 	var toldFailed, unknown, unknownNotExecuted, cut, failedNotCut, reportedOtherwise, okNotExecuted, severalKeys int
 	lastAnswers := map[string]int{} // the gateway's outcome of a failed operation's last answer
+	// failures by when the operation was due, around the outage: a try
+	// up to 2 s before it can still be retrying into it
+	var failedDuring, failedAfter int
+	outage := r.sc.Outage[1] > 0
 	for _, s := range samples {
 		as := r.ship[s.ID]
 		upstream += len(as)
@@ -37,6 +42,13 @@ func analyzeShipping(r *runData, samples []*sample, res *result) {
 		if !s.ok() {
 			if !post || !wasCut {
 				failedNotCut++
+			}
+			switch {
+			case !outage:
+			case s.Intended >= r.sc.Outage[1]:
+				failedAfter++
+			case s.Intended >= r.sc.Outage[0]-2*time.Second:
+				failedDuring++
 			}
 			if o := r.ops[s.ID].Outcome; o != "" {
 				lastAnswers[o]++
@@ -95,6 +107,10 @@ func analyzeShipping(r *runData, samples []*sample, res *result) {
 	x["executed_reported_otherwise"] = float64(reportedOtherwise)
 	x["ok_not_executed"] = float64(okNotExecuted)
 	x["posts_several_keys"] = float64(severalKeys)
+	if outage {
+		x["failed_outage"] = float64(failedDuring)
+		x["failed_after_outage"] = float64(failedAfter)
+	}
 	for o, n := range lastAnswers {
 		x["last_answer_"+o] = float64(n)
 	}
@@ -108,6 +124,10 @@ func shippingNote(s *summary) string {
 		"told unknown %.0f; cut by the provider %.0f; failed, not a cut POST %.0f; tries/op %.2f",
 		x["executions_per_post"], x["posts_executed_twice"], x["executed_told_failed"],
 		x["told_unknown"], x["cut"], x["failed_not_cut"], x["tries_per_op"])}
+	if _, ok := x["failed_outage"]; ok {
+		parts = append(parts, fmt.Sprintf("failures due from 2 s before the outage to its end %.0f, due after it %.0f",
+			x["failed_outage"], x["failed_after_outage"]))
+	}
 	if v := x["ok_not_executed"]; v > 0 {
 		parts = append(parts, fmt.Sprintf("told created, never executed %.0f", v))
 	}
