@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -68,5 +70,55 @@ func TestShippingAnalysis(t *testing.T) {
 	}
 	if res.Duplicates != 1 || res.UpstreamRequests != 14 {
 		t.Errorf("duplicates %d, provider requests %d; want 1, 14", res.Duplicates, res.UpstreamRequests)
+	}
+}
+
+// The seed's client, run by drive.py, tries an operation three times
+// against 503s, with one Idempotency-Key for all of them, and the
+// application is told it is unavailable; the thin client tries once.
+func TestSeedClientKeepsItsKeyAcrossTries(t *testing.T) {
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Debian's python3-httpx and python3-tenacity, as CI installs them
+	e := &env{root: root, python: "/usr/bin/python3", children: newChildren()}
+	defer e.children.killAll()
+	for _, c := range []struct {
+		setup string
+		tries int
+	}{{setupSeedDirect, 3}, {setupThinGateway, 1}} {
+		prov, err := startShipping(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prov.setFaults(shippingFaults{P503: 1})
+		sc := &scenario{ID: "S12-test", Shipping: &shippingSpec{Ops: 3, Rate: 50}}
+		recs, err := e.drive(context.Background(), sc, c.setup, "http://"+prov.up.addr, time.Now().Add(time.Second), t.TempDir())
+		prov.close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		arrivals := prov.arrivals()
+		for _, rec := range recs {
+			if rec.Verdict != "unavailable" || rec.Status != 503 || rec.Tries != c.tries {
+				t.Errorf("%s %s: told %s after %d tries (last status %d), want unavailable after %d (503)",
+					c.setup, rec.Op, rec.Verdict, rec.Tries, rec.Status, c.tries)
+			}
+			as := arrivals[rec.Op]
+			if len(as) != c.tries {
+				t.Errorf("%s %s reached the provider %d times, want %d", c.setup, rec.Op, len(as), c.tries)
+				continue
+			}
+			for _, a := range as {
+				if a.Method != rec.Method || (a.Method == "POST") != (a.Key != "" && a.Key == as[0].Key) {
+					t.Errorf("%s %s: arrivals %+v, want every POST with the first one's key", c.setup, rec.Op, as)
+					break
+				}
+			}
+		}
+		if len(recs) != 3 || recs[2].Method != "GET" {
+			t.Fatalf("%s: operations %+v, want o0 and o1 POST, o2 GET", c.setup, recs)
+		}
 	}
 }
