@@ -102,9 +102,9 @@
 // what the provider did, and its targets), s12/ (S12's Python: the
 // seed's client, the library's, the application that drives them),
 // example.go (a site of an example Caddyfile, run as written),
-// chaos.go (S8's quota
-// upstream), cost.go (-cost), host.go (child processes, CPU
-// accounting, SYN capture), report.go (table, targets, JSON).
+// chaos.go (S8's quota upstream), cost.go (-cost), host.go (child
+// processes, CPU accounting, SYN capture), report.go (table, targets,
+// JSON).
 package main
 
 import (
@@ -243,6 +243,7 @@ func run(ctx context.Context, o options, kids *children) error {
 			}
 		}
 	}
+	shown := map[[2]string]bool{} // the config is in the first scenario's doc that runs it
 	for _, sc := range scs {
 		if sc.Example[0] == "" {
 			continue
@@ -250,6 +251,10 @@ func run(ctx context.Context, o options, kids *children) error {
 		if sc.example, err = loadExampleSite(root, sc.Example[0], sc.Example[1]); err != nil {
 			return err
 		}
+		if shown[sc.Example] {
+			continue
+		}
+		shown[sc.Example] = true
 		conf := sc.example.config("127.0.0.1:<port>", "127.0.0.1:<admin port>", "127.0.0.1:<provider port>")
 		sc.Doc += "\n\n  The gateway's Caddyfile, as run (the example's site; the harness sets only the listener, the upstream, " +
 			"the admin endpoint and the global defaults it always sets):\n\n  ```caddyfile\n"

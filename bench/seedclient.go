@@ -78,6 +78,8 @@ func shippingScenarios(count func(int) int) []*scenario {
 	mid := sp.window() / 2
 	outage := [2]time.Duration{mid - 2*time.Second, mid + 2*time.Second}
 	slow := 8 * time.Second
+	outageDoc := fmt.Sprintf("a 4 s outage from %.1fs to %.1fs (the port closed, connects refused, open connections closed)",
+		outage[0].Seconds(), outage[1].Seconds())
 	mk := func(id, title string, f shippingFaults, out [2]time.Duration) *scenario {
 		spec := sp
 		spec.Faults = f
@@ -87,28 +89,30 @@ func shippingScenarios(count func(int) int) []*scenario {
 			Shipping: &spec,
 			Outage:   out,
 			Example:  [2]string{shippingExample, shippingExampleSite},
-			Doc: fmt.Sprintf("%d logical operations, %g a second (open loop), each by a Python process "+
-				"(/usr/bin/python3, Debian's httpx and Tenacity) running bench/s12/drive.py: two in three create a shipment "+
-				"(POST, one Idempotency-Key per operation, kept across its retries), one in three read one (GET). "+
-				"seed-direct: bench/s12/seed_client.py as the seed teaches (shared AsyncClient, Timeout(connect=2, read=5, "+
-				"write=5, pool=1), Tenacity 3 tries, exponential waits 0.5-5 s, 5xx and connection errors -> "+
-				"ExternalAPIUnavailableError, timeouts -> ExternalAPITimeoutError, other 4xx -> ExternalAPIBadResponseError, "+
-				"not retried) straight to the provider; seed-gateway: the same through the shipping site of %s as the file "+
-				"has it; thin-gateway: the same client without Tenacity (one try); library-gateway: clients/python (the row is "+
-				"skipped when the checkout has no clients/python). The provider ignores the key and executes every POST it "+
-				"accepts; one seeded draw per arrival (operation, and which arrival of it) picks its fault, the same in every "+
-				"setup. Success is what the application was told; an execution is a shipment the provider created; "+
-				"\"cut\" is an execution whose connection the provider ended without an answer (a drop, or the outage "+
-				"closing it while a slow answer was pending): nobody can know its result without asking the provider.",
-				ops, rate, shippingExample),
+			Doc:      "S12-mixed's operations, setups and provider, with this fault alone.",
 		}
 	}
-	mixed := shippingFaults{P503: 0.20, PSlow: 0.05, Slow: slow, PDrop: 0.10}
-	outageDoc := fmt.Sprintf("a 4 s outage from %.1fs to %.1fs (the port closed, connects refused, open connections closed)",
-		outage[0].Seconds(), outage[1].Seconds())
+	mixed := mk("S12-mixed", "the seed's client, mixed faults: 20% 503, 5% answered after 8 s, 10% of POSTs executed then "+
+		"the connection dropped, and "+outageDoc, shippingFaults{P503: 0.20, PSlow: 0.05, Slow: slow, PDrop: 0.10}, outage)
+	mixed.Doc = fmt.Sprintf("%d logical operations, %g a second (open loop), each by a Python process "+
+		"(/usr/bin/python3, Debian's httpx and Tenacity) running bench/s12/drive.py: two in three create a shipment "+
+		"(POST, one Idempotency-Key per operation, kept across its retries), one in three read one (GET). "+
+		"seed-direct: bench/s12/seed_client.py as the seed teaches (shared AsyncClient, Timeout(connect=2, read=5, "+
+		"write=5, pool=1), Tenacity 3 tries, exponential waits 0.5-5 s, 5xx and connection errors -> "+
+		"ExternalAPIUnavailableError, timeouts -> ExternalAPITimeoutError, other 4xx -> ExternalAPIBadResponseError, "+
+		"not retried) straight to the provider; seed-gateway: the same through the shipping site of %s as the file "+
+		"has it; thin-gateway: the same client without Tenacity (one try); library-gateway: bench/s12/library_client.py, "+
+		"the same operations on clients/python as its README teaches (gateway_client, which sends X-Request-Timeout; "+
+		"idempotent around Tenacity's 3 tries with retry_if_gateway_says and wait_gateway; its exceptions, "+
+		"ExternalAPIOutcomeUnknownError told as unknown), through the same site (skipped when the checkout has no "+
+		"clients/python). The provider ignores the key and executes every POST it accepts; its 503s carry no "+
+		"Retry-After; one seeded draw per arrival (operation, and which arrival of it) picks its fault, the same in every "+
+		"setup. Success is what the application was told; an execution is a shipment the provider created; "+
+		"\"cut\" is an execution whose connection the provider ended without an answer (a drop, or the outage "+
+		"closing it while a slow answer was pending): nobody can know its result without asking the provider.",
+		ops, rate, shippingExample)
 	return []*scenario{
-		mk("S12-mixed", "the seed's client, mixed faults: 20% 503, 5% answered after 8 s, 10% of POSTs executed then "+
-			"the connection dropped, and "+outageDoc, mixed, outage),
+		mixed,
 		mk("S12-503", "the seed's client, 20% 503 only", shippingFaults{P503: 0.20}, [2]time.Duration{}),
 		mk("S12-slow", "the seed's client, 5% answered after 8 s only", shippingFaults{PSlow: 0.05, Slow: slow}, [2]time.Duration{}),
 		mk("S12-outage", "the seed's client, "+outageDoc+" only", shippingFaults{}, outage),
@@ -237,15 +241,15 @@ func (e *env) drive(ctx context.Context, sc *scenario, setup, base string, start
 	}
 	defer f.Close()
 	var recs []opRecord
-	sc2 := bufio.NewScanner(f)
-	for sc2.Scan() {
+	lines := bufio.NewScanner(f)
+	for lines.Scan() {
 		var rec opRecord
-		if err := json.Unmarshal(sc2.Bytes(), &rec); err != nil {
+		if err := json.Unmarshal(lines.Bytes(), &rec); err != nil {
 			return nil, fmt.Errorf("%s: %v", outPath, err)
 		}
 		recs = append(recs, rec)
 	}
-	if err := sc2.Err(); err != nil {
+	if err := lines.Err(); err != nil {
 		return nil, err
 	}
 	if len(recs) != sp.Ops {
