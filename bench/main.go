@@ -44,12 +44,12 @@
 // Tenacity) calling a shipping provider that ignores Idempotency-Key,
 // directly, through the shipping site of examples/egress.Caddyfile as
 // the file has it, without retries, and with clients/python, against
-// mixed faults (S12-mixed), 20% 503 (S12-503), 5% answers after 8 s
-// (S12-slow) and a 4 s outage (S12-outage); `-scenarios S12` runs all
-// four; S13 reads of 300 targets by 4 callers while the
-// provider refuses, answers 503, then hangs, 10 s each (a fallback
-// against nginx's stale cache). `go run ./bench -scenarios X` with an
-// unknown X lists them.
+// 20% 503, 5% answers after 8 s and 10% of POSTs executed then dropped
+// (S12-mixed), each of the first two alone (S12-503, S12-slow), and a
+// 4 s outage (S12-outage), and `-scenarios S12` runs all four; S13
+// reads of 300 targets by 4 callers while the provider refuses,
+// answers 503, then hangs, 10 s each (a fallback against nginx's stale
+// cache). `go run ./bench -scenarios X` with an unknown X lists them.
 //
 // Before any run, each Caddy setup's Caddyfile is adapted once: a setup
 // whose options this Caddy does not have (a feature not built yet)

@@ -66,8 +66,9 @@ const (
 	shippingExampleSite = "http://shipping.internal:8080"
 )
 
-// shippingScenarios are S12's four runs: the faults together, and each
-// alone. count scales the operations (-quick).
+// shippingScenarios are S12's four runs: the faults of single requests
+// together, each alone, and the outage. count scales the operations
+// (-quick).
 func shippingScenarios(count func(int) int) []*scenario {
 	// 500 operations in 40 s: a 4 s outage meets 50 of them, and a run
 	// lasts about a minute (the last ones may take 17 s: three 5 s reads
@@ -92,8 +93,10 @@ func shippingScenarios(count func(int) int) []*scenario {
 			Doc:      "S12-mixed's operations, setups and provider, with this fault alone.",
 		}
 	}
+	// the faults that meet single requests; the outage, which meets
+	// every request for a while (and a gateway's breaker), has its own
 	mixed := mk("S12-mixed", "the seed's client, mixed faults: 20% 503, 5% answered after 8 s, 10% of POSTs executed then "+
-		"the connection dropped, and "+outageDoc, shippingFaults{P503: 0.20, PSlow: 0.05, Slow: slow, PDrop: 0.10}, outage)
+		"the connection dropped", shippingFaults{P503: 0.20, PSlow: 0.05, Slow: slow, PDrop: 0.10}, [2]time.Duration{})
 	mixed.Doc = fmt.Sprintf("%d logical operations, %g a second (open loop), each by a Python process "+
 		"(/usr/bin/python3, Debian's httpx and Tenacity) running bench/s12/drive.py: two in three create a shipment "+
 		"(POST, one Idempotency-Key per operation, kept across its retries), one in three read one (GET). "+
