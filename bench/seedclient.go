@@ -151,6 +151,7 @@ func (e *env) runShipping(ctx context.Context, sc *scenario, setup string, rep i
 	}
 	base := "http://" + prov.up.addr
 	stop := func() {}
+	var pgids []int
 	if setup != setupSeedDirect {
 		ps, st, err := e.startProxies(ctx, setup, sc, backends{upstream: prov.up.addr}, dir)
 		if err != nil {
@@ -158,6 +159,7 @@ func (e *env) runShipping(ctx context.Context, sc *scenario, setup string, rep i
 		}
 		defer st()
 		stop, base = st, "http://"+ps[0].addr
+		pgids = append(pgids, ps[0].cmd.Process.Pid)
 	}
 	prov.setFaults(sc.Shipping.Faults)
 
@@ -172,7 +174,9 @@ func (e *env) runShipping(ctx context.Context, sc *scenario, setup string, rep i
 			tl = e.timeline(sc, prov.up, start, stopAux, false)
 		}
 	}()
-	recs, err := e.drive(ctx, sc, setup, base, start, dir)
+	cpu0, t0 := readCPU(pgids...), time.Now()
+	recs, clientCPU, err := e.drive(ctx, sc, setup, base, start, dir)
+	cpu1, wall := readCPU(pgids...), time.Since(t0)
 	close(stopAux)
 	<-auxDone
 	time.Sleep(50 * time.Millisecond)
@@ -189,26 +193,34 @@ func (e *env) runShipping(ctx context.Context, sc *scenario, setup string, rep i
 	r := &runData{sc: sc, setup: setup, samples: samples, elapsed: sc.Shipping.window(), start: start,
 		tl: tl, measured: sc.Shipping.window(), ship: prov.arrivals(), ops: ops}
 	out := analyze(r)
+	proxyCPU := cpu1.proxy - cpu0.proxy
+	foreign := (cpu1.busy - cpu0.busy) - (cpu1.self - cpu0.self) - proxyCPU - clientCPU
 	for _, res := range out {
 		res.Rep = rep + 1
 		res.Seed = prov.seed
+		// a busy machine stretches the gateway's and the client's
+		// timeouts alike: say so next to the numbers
+		res.Extra["proxy_cpu_cores"] = proxyCPU.Seconds() / wall.Seconds()
+		res.Extra["client_cpu_cores"] = clientCPU.Seconds() / wall.Seconds()
+		res.Extra["foreign_cpu_cores"] = max(0, foreign.Seconds()/wall.Seconds())
+		res.Extra["steal_cpu_cores"] = (cpu1.steal - cpu0.steal).Seconds() / wall.Seconds()
 	}
 	return out, nil
 }
 
 // drive runs bench/s12/drive.py with setup's client against base and
-// returns its operations.
-func (e *env) drive(ctx context.Context, sc *scenario, setup, base string, start time.Time, dir string) ([]opRecord, error) {
+// returns its operations, and the CPU time the client used.
+func (e *env) drive(ctx context.Context, sc *scenario, setup, base string, start time.Time, dir string) ([]opRecord, time.Duration, error) {
 	sp := sc.Shipping
 	outPath, logPath := filepath.Join(dir, "ops.jsonl"), filepath.Join(dir, "client.log")
 	out, err := os.Create(outPath)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer out.Close()
 	logf, err := os.Create(logPath)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer logf.Close()
 	cmd := exec.Command(e.python, filepath.Join(e.root, "bench", "s12", "drive.py"),
@@ -220,7 +232,7 @@ func (e *env) drive(ctx context.Context, sc *scenario, setup, base string, start
 	cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1", "NO_PROXY=*", "no_proxy=*")
 	exited, err := e.children.start(cmd)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %v", e.python, err)
+		return nil, 0, fmt.Errorf("%s: %v", e.python, err)
 	}
 	// the last operation starts at the window's end; none lasts longer
 	// than three 5 s reads, their waits and three 2 s connects
@@ -229,18 +241,19 @@ func (e *env) drive(ctx context.Context, sc *scenario, setup, base string, start
 	case <-exited:
 	case <-ctx.Done():
 		e.children.kill(cmd)
-		return nil, ctx.Err()
+		return nil, 0, ctx.Err()
 	case <-time.After(limit):
 		e.children.kill(cmd)
-		return nil, fmt.Errorf("%s client still running after %s: %s", setup, limit.Round(time.Second), tail(logPath))
+		return nil, 0, fmt.Errorf("%s client still running after %s: %s", setup, limit.Round(time.Second), tail(logPath))
 	}
 	e.children.release(cmd)
+	cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	if code := cmd.ProcessState.ExitCode(); code != 0 {
-		return nil, fmt.Errorf("%s client exited with %d: %s", setup, code, tail(logPath))
+		return nil, 0, fmt.Errorf("%s client exited with %d: %s", setup, code, tail(logPath))
 	}
 	f, err := os.Open(outPath)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer f.Close()
 	var recs []opRecord
@@ -248,17 +261,17 @@ func (e *env) drive(ctx context.Context, sc *scenario, setup, base string, start
 	for lines.Scan() {
 		var rec opRecord
 		if err := json.Unmarshal(lines.Bytes(), &rec); err != nil {
-			return nil, fmt.Errorf("%s: %v", outPath, err)
+			return nil, 0, fmt.Errorf("%s: %v", outPath, err)
 		}
 		recs = append(recs, rec)
 	}
 	if err := lines.Err(); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if len(recs) != sp.Ops {
-		return nil, fmt.Errorf("%s client reported %d operations of %d: %s", setup, len(recs), sp.Ops, tail(logPath))
+		return nil, 0, fmt.Errorf("%s client reported %d operations of %d: %s", setup, len(recs), sp.Ops, tail(logPath))
 	}
-	return recs, nil
+	return recs, cpu, nil
 }
 
 // sample is the operation as a row's sample: its latency from its

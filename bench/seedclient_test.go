@@ -94,7 +94,7 @@ func TestSeedClientKeepsItsKeyAcrossTries(t *testing.T) {
 		}
 		prov.setFaults(shippingFaults{P503: 1})
 		sc := &scenario{ID: "S12-test", Shipping: &shippingSpec{Ops: 3, Rate: 50}}
-		recs, err := e.drive(context.Background(), sc, c.setup, "http://"+prov.up.addr, time.Now().Add(time.Second), t.TempDir())
+		recs, _, err := e.drive(context.Background(), sc, c.setup, "http://"+prov.up.addr, time.Now().Add(time.Second), t.TempDir())
 		prov.close()
 		if err != nil {
 			t.Fatal(err)
