@@ -87,6 +87,7 @@ func analyzeShipping(r *runData, samples []*sample, res *result) {
 			severalKeys++
 		}
 	}
+	x["max_in_flight"] = float64(maxInFlight(samples))
 	res.UpstreamRequests = upstream
 	res.Amplification = 0
 	if len(samples) > 0 {
@@ -116,14 +117,40 @@ func analyzeShipping(r *runData, samples []*sample, res *result) {
 	}
 }
 
+// maxInFlight is the most operations under way at once: an operation
+// runs from its intended start to what its application is told.
+func maxInFlight(samples []*sample) int {
+	type edge struct {
+		at    time.Duration
+		delta int
+	}
+	edges := make([]edge, 0, 2*len(samples))
+	for _, s := range samples {
+		edges = append(edges, edge{s.Intended, 1}, edge{s.Done, -1})
+	}
+	// ends before starts at the same instant
+	slices.SortFunc(edges, func(a, b edge) int {
+		if a.at != b.at {
+			return int(a.at - b.at)
+		}
+		return a.delta - b.delta
+	})
+	n, most := 0, 0
+	for _, e := range edges {
+		n += e.delta
+		most = max(most, n)
+	}
+	return most
+}
+
 // shippingNote is the notes column of an S12 row (medians over the
 // repetitions).
 func shippingNote(s *summary) string {
 	x := s.Extra
 	parts := []string{fmt.Sprintf("executions/POST %.3f; POSTs executed twice %.0f; executed but told failed %.0f; "+
-		"told unknown %.0f; cut by the provider %.0f; failed, not a cut POST %.0f; tries/op %.2f",
+		"told unknown %.0f; cut by the provider %.0f; failed, not a cut POST %.0f; tries/op %.2f; at most %.0f operations under way",
 		x["executions_per_post"], x["posts_executed_twice"], x["executed_told_failed"],
-		x["told_unknown"], x["cut"], x["failed_not_cut"], x["tries_per_op"])}
+		x["told_unknown"], x["cut"], x["failed_not_cut"], x["tries_per_op"], x["max_in_flight"])}
 	if _, ok := x["failed_outage"]; ok {
 		parts = append(parts, fmt.Sprintf("failures due from 2 s before the outage to its end %.0f, due after it %.0f",
 			x["failed_outage"], x["failed_after_outage"]))

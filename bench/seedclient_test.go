@@ -68,6 +68,9 @@ func TestShippingAnalysis(t *testing.T) {
 			t.Errorf("%s = %v, want %v", k, got, v)
 		}
 	}
+	if m := maxInFlight([]*sample{{Intended: 0, Done: 10}, {Intended: 5, Done: 6}, {Intended: 6, Done: 7}, {Intended: 10, Done: 11}}); m != 2 {
+		t.Errorf("at most %d operations under way, want 2 (one ending as another starts is not two)", m)
+	}
 	if res.Duplicates != 1 || res.UpstreamRequests != 14 {
 		t.Errorf("duplicates %d, provider requests %d; want 1, 14", res.Duplicates, res.UpstreamRequests)
 	}
