@@ -96,15 +96,14 @@
 // memory.go (S10m: the gateway's RSS and gauges), tail.go (S11: extra
 // attempts against the retry budget's bound), fallback.go (S13: the
 // readers that check whose answer they got, the breaker watch, the
-// analysis), shipping.go (S12's
-// provider), seedclient.go (S12: its scenarios and runs),
-// seedclient_analysis.go (S12: what the application was told against
-// what the provider did, and its targets), s12/ (S12's Python: the
-// seed's client, the library's, the application that drives them),
-// example.go (a site of an example Caddyfile, run as written),
-// chaos.go (S8's quota upstream), cost.go (-cost), host.go (child
-// processes, CPU accounting, SYN capture), report.go (table, targets,
-// JSON).
+// analysis), shipping.go (S12's provider), seedclient.go (S12: its
+// scenarios and runs), seedclient_analysis.go (S12: what the
+// application was told against what the provider did, and its
+// targets), s12/ (S12's Python: the seed's client, the library's, the
+// application that drives them), example.go (a site of an example
+// Caddyfile, run as written), chaos.go (S8's quota upstream), cost.go
+// (-cost), host.go (child processes, CPU accounting, SYN capture),
+// report.go (table, targets, JSON).
 package main
 
 import (
