@@ -756,3 +756,261 @@ func TestHedgedAttemptsAgreeOverH2C(t *testing.T) {
 		t.Errorf("the upstream saw %d requests; attempts_total %d, log attempts %d, {http.resilient.attempts} %d", n, counted, logged, placeholders.Load())
 	}
 }
+
+// Holds (SPEC §14: junk "is ignored, and the log entry carries
+// "deadline_invalid": true (at info ...)"; README adds `+1`, `0x1p3`,
+// `1_0`): every kind of junk, and the odd valid forms.
+func TestDeadlineJunkOfEveryKind(t *testing.T) {
+	up := startTail(t, func(n int, w http.ResponseWriter, r *http.Request) bool {
+		return hold(w, r, 2*time.Millisecond)
+	})
+	g := loadGateway(t, hedgeSite(up.addr, "timeouts {\n total 3s\n }\n deadline {\n send X-Left ms\n }"))
+	call := func(values ...string) (*http.Response, logEntry, int) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, "http://localhost:9080/api", nil)
+		for _, v := range values {
+			req.Header.Add("X-Request-Timeout", v)
+		}
+		before := up.count()
+		res, _ := g.do(req)
+		left := -1
+		if up.count() > before {
+			left, _ = strconv.Atoi(up.header(before, "X-Left"))
+		}
+		return res, g.lastEntry(), left
+	}
+	for _, v := range []string{"0x1p3", "0X10", "1_0", "1_000ms", "+1", "+1.5", "-0", " ", "1e", "1e+", ".", "e3", "1..5", "1.5.", "١", "1.5 s", "1.5ss", "Infinity", "nan", "0x1.8p1", "1e3ms", "\t-1\t"} {
+		res, e, left := call(v)
+		if res.StatusCode != http.StatusOK || !strings.Contains(e.raw, `"deadline_invalid":true`) || e.Level != "info" || left < 2500 {
+			t.Errorf("%q: %d, told %d ms, log %s; want ok, the whole total, deadline_invalid at info", v, res.StatusCode, left, e.raw)
+		}
+	}
+	// the header twice: which one? neither
+	if res, e, left := call("0.1", "5"); res.StatusCode != http.StatusOK || !strings.Contains(e.raw, `"deadline_invalid":true`) || left < 2500 {
+		t.Errorf("two values: %d, told %d ms, log %s", res.StatusCode, left, e.raw)
+	}
+	for _, tc := range []struct {
+		v        string
+		min, max int
+	}{
+		{"1.5", 1400, 1500}, {".5", 400, 500}, {"5.", 2500, 3000}, {"1E0", 900, 1000}, {"25e-1", 2400, 2500},
+		{"1500ms", 1400, 1500}, {"1m30s", 2500, 3000}, {" 1.5\t", 1400, 1500}, {"1e308", 2500, 3000}, {"9223372037", 2500, 3000},
+		{"0.7s", 600, 700},
+	} {
+		res, e, left := call(tc.v)
+		if res.StatusCode != http.StatusOK || strings.Contains(e.raw, "deadline_invalid") || left < tc.min || left > tc.max {
+			t.Errorf("%q: %d, told %d ms, log %s; want ok, %d to %d ms, valid", tc.v, res.StatusCode, left, e.raw, tc.min, tc.max)
+		}
+	}
+	// valid, and nothing left: 504 at once, nothing sent
+	for _, v := range []string{"0", "0.0009", "1e-400", "0s", "900us", "0.000"} {
+		res, e, left := call(v)
+		if res.StatusCode != http.StatusGatewayTimeout || left != -1 || strings.Contains(e.raw, "deadline_invalid") || e.Outcome != "total_timeout" {
+			t.Errorf("%q: %d, told %d, log %s; want 504 total_timeout, nothing sent", v, res.StatusCode, left, e.raw)
+		}
+	}
+}
+
+// Holds: a hedge is told what is left when it goes out, not what was
+// left when the first attempt did.
+func TestDeadlineHedgeToldWhatIsLeftAtItsStart(t *testing.T) {
+	up := startTail(t, func(n int, w http.ResponseWriter, r *http.Request) bool {
+		if n == 1 {
+			return hold(w, r, 2*time.Second)
+		}
+		return hold(w, r, time.Millisecond)
+	})
+	g := loadGateway(t, hedgeSite(up.addr, "hedge {\n after 100ms\n }\n deadline {\n send X-Request-Timeout\n }"))
+	req, _ := http.NewRequest(http.MethodGet, "http://localhost:9080/q", nil)
+	req.Header.Set("X-Request-Timeout", "1")
+	res, _ := g.do(req)
+	expect(t, res, http.StatusOK, "ok")
+	first, _ := strconv.ParseFloat(up.header(0, "X-Request-Timeout"), 64)
+	hedge, _ := strconv.ParseFloat(up.header(1, "X-Request-Timeout"), 64)
+	up.mu.Lock()
+	gap := up.at[1].Sub(up.at[0])
+	up.mu.Unlock()
+	if d := time.Duration((first - hedge) * float64(time.Second)); first > 1 || hedge > 0.91 || d < gap-5*time.Millisecond || d > gap+5*time.Millisecond {
+		t.Errorf("first told %.3f, hedge %.3f, %v apart", first, hedge, gap)
+	}
+}
+
+// Holds under -race: many hedged requests at once, with bodies, the
+// deadline sent on each attempt, a rate limit and a pool in the way, so
+// hedges are denied, win, lose and give tokens back concurrently.
+func TestHedgeEverythingAtOnce(t *testing.T) {
+	var n atomic.Int64
+	up := startTail(t, func(_ int, w http.ResponseWriter, r *http.Request) bool {
+		switch k := n.Add(1); {
+		case k%9 == 0:
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return true
+		case k%5 == 0:
+			return hold(w, r, 60*time.Millisecond)
+		default:
+			return hold(w, r, time.Duration(k%4)*time.Millisecond)
+		}
+	})
+	g := loadGateway(t, hedgeSite(up.addr, `hedge {
+				after 5ms
+				max 2
+			}
+			pool {
+				max_conns 24
+			}
+			rate_limit {
+				rate 4000/s
+				burst 40
+				max_wait 200ms
+			}
+			deadline {
+				send X-Request-Timeout
+			}`))
+	var wg sync.WaitGroup
+	var bad atomic.Int64
+	for w := range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 25 {
+				var body io.Reader
+				method := http.MethodGet
+				if i%2 == 1 {
+					method, body = http.MethodPut, strings.NewReader(strings.Repeat("x", 1000+i))
+				}
+				req, _ := http.NewRequest(method, fmt.Sprintf("http://localhost:9080/all/%d/%d", w, i), body)
+				req.Header.Set("X-Request-Timeout", "2")
+				res, err := g.Client.Do(req)
+				if err != nil {
+					bad.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				if res.StatusCode >= 500 && res.StatusCode != http.StatusServiceUnavailable {
+					bad.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if bad.Load() != 0 {
+		t.Fatalf("%d of 300 requests failed", bad.Load())
+	}
+	poll(t, 3*time.Second, "every slot given back", func() bool {
+		return metricsValue(metricsScrape(t), "caddy_resilient_pool_in_flight", map[string]string{"upstream": up.addr}) == 0
+	})
+}
+
+// Promise (README, Tail latency): "A caller's value is an unsigned
+// decimal number of seconds (`1.5`, `.5`, `1e3`) or a Go duration
+// (`1500ms`, `1m30s`); one too large for a duration means no cap. A
+// value that does not read ... is ignored, and the log entry says
+// "deadline_invalid": true". `1e10` (seconds) is taken as no cap; a Go
+// duration too large for a duration is just as valid, and must not be
+// logged as junk a caller sent.
+func TestDeadlineGoDurationTooLargeMeansNoCap(t *testing.T) {
+	up := startTail(t, func(n int, w http.ResponseWriter, r *http.Request) bool {
+		return hold(w, r, 2*time.Millisecond)
+	})
+	g := loadGateway(t, hedgeSite(up.addr, "timeouts {\n total 3s\n }\n deadline {\n send X-Left ms\n }"))
+	for i, v := range []string{"1e10", "2562048h", "9999999999h", "10000000000000000000ns"} {
+		req, _ := http.NewRequest(http.MethodGet, "http://localhost:9080/api", nil)
+		req.Header.Set("X-Request-Timeout", v)
+		res, _ := g.do(req)
+		e := g.lastEntry()
+		left, _ := strconv.Atoi(up.header(i, "X-Left"))
+		if res.StatusCode != http.StatusOK || left < 2500 || strings.Contains(e.raw, "deadline_invalid") {
+			t.Errorf("%q: %d, upstream told %d ms, log %s; want no cap, and no deadline_invalid", v, res.StatusCode, left, e.raw)
+		}
+	}
+}
+
+// Promise (SPEC §14): "The first answer that is not a failure in `on`
+// wins; a failing attempt while another is still in flight just ends".
+// A hedge that failed with a 503 whose body then stalls must not hold
+// back the first attempt's good answer: the winner goes to the client
+// when it comes, not after the loser's body was waited for.
+func TestHedgeFailedLoserDoesNotDelayTheWinner(t *testing.T) {
+	up := startTail(t, func(n int, w http.ResponseWriter, r *http.Request) bool {
+		if n == 2 { // the hedge: a 503 whose body stalls
+			w.Header().Set("Content-Length", "100")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, "busy")
+			w.(http.Flusher).Flush()
+			select {
+			case <-time.After(5 * time.Second):
+			case <-r.Context().Done():
+			}
+			return true
+		}
+		return hold(w, r, 150*time.Millisecond)
+	})
+	g := loadGateway(t, hedgeSite(up.addr, "hedge {\n after 30ms\n }"))
+	start := time.Now()
+	res, body := g.get("/a")
+	took := time.Since(start)
+	expect(t, res, http.StatusOK, "ok")
+	t.Logf("%q after %v; tries %s", body, took, tryOutcomes(g.lastEntry()))
+	if took > 600*time.Millisecond {
+		t.Errorf("the first attempt answered after 150ms, the client got it after %v: the failed hedge's stalled body was waited for", took)
+	}
+}
+
+// Holds (SPEC §6): {http.resilient.executed} of hedged requests: the
+// most any try tells.
+func TestHedgeExecuted(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		hedge  func(w http.ResponseWriter, r *http.Request) bool
+		first  func(w http.ResponseWriter, r *http.Request) bool
+		status int
+		want   string
+	}{
+		{"first wins, the hedge canceled", func(w http.ResponseWriter, r *http.Request) bool { return hold(w, r, 5*time.Second) },
+			func(w http.ResponseWriter, r *http.Request) bool { return hold(w, r, 100*time.Millisecond) }, 200, "yes"},
+		{"both 503", func(w http.ResponseWriter, r *http.Request) bool { w.WriteHeader(503); return true },
+			func(w http.ResponseWriter, r *http.Request) bool {
+				time.Sleep(100 * time.Millisecond)
+				w.WriteHeader(503)
+				return true
+			}, 503, "no"},
+		{"the hedge reset after it was read, the first 503", func(w http.ResponseWriter, r *http.Request) bool {
+			c, _, _ := w.(http.Hijacker).Hijack()
+			c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+			return true
+		},
+			func(w http.ResponseWriter, r *http.Request) bool {
+				time.Sleep(100 * time.Millisecond)
+				w.WriteHeader(503)
+				return true
+			}, 503, "maybe"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := startTail(t, func(n int, w http.ResponseWriter, r *http.Request) bool {
+				if n == 2 {
+					return tc.hedge(w, r)
+				}
+				return tc.first(w, r)
+			})
+			g := loadGateway(t, fmt.Sprintf(`
+http://localhost:9080 {
+	reverse_proxy %s {
+		transport resilient {
+			hedge {
+				after 30ms
+			}
+			retry off
+		}
+		header_down X-Executed {http.resilient.executed}
+	}
+}
+`, up.addr))
+			res, _ := g.get("/x")
+			if res.StatusCode != tc.status || res.Header.Get("X-Executed") != tc.want || up.count() != 2 {
+				t.Errorf("%d executed %q after %d arrivals, want %d %q; tries %s", res.StatusCode, res.Header.Get("X-Executed"), up.count(), tc.status, tc.want, tryOutcomes(g.lastEntry()))
+			}
+		})
+	}
+}
