@@ -529,8 +529,10 @@ func TestDeadlineTwoGatewaysCapAtOneInstant(t *testing.T) {
 	end := at.Sub(start) + time.Duration(left*float64(time.Second))
 	t.Logf("504 (outer %q, inner %q) after %v; upstream told %q at +%v: the caller's instant as the upstream sees it +%v",
 		res.Header.Get("X-Outer"), res.Header.Get("X-Inner"), took, told, at.Sub(start), end)
-	if err != nil || !secondsLeft.MatchString(told) || end > 400*time.Millisecond || end < 390*time.Millisecond {
-		t.Errorf("upstream told %q at +%v: an instant at +%v, want within 10ms before the caller's 400ms", told, at.Sub(start), end)
+	// the upstream's arrival comes a little after the second gateway
+	// wrote the value: allow that hop
+	if err != nil || !secondsLeft.MatchString(told) || end > 405*time.Millisecond || end < 390*time.Millisecond {
+		t.Errorf("upstream told %q at +%v: an instant at +%v, want within a few ms of the caller's 400ms", told, at.Sub(start), end)
 	}
 	if took > 550*time.Millisecond {
 		t.Errorf("took %v for a caller's 0.4 s through two gateways", took)
@@ -1012,5 +1014,60 @@ http://localhost:9080 {
 				t.Errorf("%d executed %q after %d arrivals, want %d %q; tries %s", res.StatusCode, res.Header.Get("X-Executed"), up.count(), tc.status, tc.want, tryOutcomes(g.lastEntry()))
 			}
 		})
+	}
+}
+
+// Promise (SPEC §14): "When less than 1 ms is left, the request ends
+// `total_timeout` (504) at once, nothing sent", and "Every attempt that
+// reached the upstream ... is counted exactly once ...: the metrics, the
+// log and the upstream's own count agree". A hedge due when less than
+// a millisecond of the caller's deadline is left goes out all the same:
+// it reaches nothing, yet is logged and counted as an attempt, and the
+// breaker counts its timeout as a failure of the upstream (two failures
+// for a request the upstream saw once). Ten requests whose hedge falls
+// due 0.1 to 0.9 ms before the caller's deadline.
+func TestHedgeNotSentWithNoTimeLeft(t *testing.T) {
+	up := startTail(t, func(n int, w http.ResponseWriter, r *http.Request) bool {
+		return hold(w, r, 2*time.Second)
+	})
+	g := loadGateway(t, hedgeSite(up.addr, "hedge {\n after 30ms\n }\n deadline {\n send X-Request-Timeout\n }\n breaker {\n consecutive_failures 0\n min_requests 1000\n }"))
+	const requests = 10
+	for i := range requests {
+		req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("http://localhost:9080/q/%d", i), nil)
+		req.Header.Set("X-Request-Timeout", "0.0309")
+		res, _ := g.do(req)
+		if res.StatusCode != http.StatusGatewayTimeout {
+			t.Fatalf("status %d", res.StatusCode)
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	es := g.entries(requests)
+	logged, hedges := 0, 0
+	for _, e := range es {
+		logged += e.Attempts
+		for _, tr := range e.Tries {
+			if tr.Hedge {
+				hedges++
+			}
+		}
+	}
+	counted := int(metricsSum(metricsScrape(t), "caddy_resilient_attempts_total", map[string]string{"upstream": up.addr}))
+	b := adminBreakerOf(t, up.addr)
+	t.Logf("%d requests: upstream %d arrivals; log attempts %d (%d hedges); attempts_total %d; breaker failures %d; e.g. %s",
+		requests, up.count(), logged, hedges, counted, b.Counts.Failures, es[0].raw)
+	if n := up.count(); logged != n || counted != n {
+		t.Errorf("the upstream got %d requests; the log says %d attempts, attempts_total %d: hedges sent with no time left counted as attempts", n, logged, counted)
+	}
+	if b.Counts.Failures > up.count() {
+		t.Errorf("breaker failures %d for %d requests the upstream got", b.Counts.Failures, up.count())
+	}
+	nothingLeft := 0
+	for i := range up.count() {
+		if up.header(i, "X-Request-Timeout") == "0.000" {
+			nothingLeft++
+		}
+	}
+	if nothingLeft > 0 {
+		t.Errorf("%d requests reached the upstream told 0.000 s were left: with less than 1 ms left nothing is to be sent", nothingLeft)
 	}
 }
