@@ -1071,3 +1071,43 @@ func TestHedgeNotSentWithNoTimeLeft(t *testing.T) {
 		t.Errorf("%d requests reached the upstream told 0.000 s were left: with less than 1 ms left nothing is to be sent", nothingLeft)
 	}
 }
+
+// Holds (SPEC §14: hedged "with the body absent or wholly received and
+// kept within `max_body`"): a PUT of exactly max_body is hedged and the
+// hedge carries the whole body; one byte more is not hedged.
+func TestHedgePUTBodyAtMaxBody(t *testing.T) {
+	var mu sync.Mutex
+	var bodies []string
+	up := startUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		bodies = append(bodies, string(b))
+		n := len(bodies)
+		mu.Unlock()
+		if n%2 == 1 { // each first attempt is slow
+			hold(w, r, 300*time.Millisecond)
+			return
+		}
+		io.WriteString(w, "hedge")
+	})
+	g := loadGateway(t, hedgeSite(up.addr, "hedge {\n after 30ms\n }\n retry {\n max_body 1KiB\n }"))
+	body := strings.Repeat("b", 1024)
+	req, _ := http.NewRequest(http.MethodPut, "http://localhost:9080/doc", strings.NewReader(body))
+	res, got := g.do(req)
+	expect(t, res, http.StatusOK, "ok")
+	mu.Lock()
+	n, whole := len(bodies), len(bodies) == 2 && bodies[0] == body && bodies[1] == body
+	mu.Unlock()
+	if got != "hedge" || !whole {
+		t.Errorf("PUT of max_body: answer %q, %d arrivals, each with the whole body: %v", got, n, whole)
+	}
+	req, _ = http.NewRequest(http.MethodPut, "http://localhost:9080/doc", strings.NewReader(body+"b"))
+	res, _ = g.do(req)
+	expect(t, res, http.StatusOK, "ok")
+	mu.Lock()
+	n = len(bodies)
+	mu.Unlock()
+	if n != 3 {
+		t.Errorf("a PUT of max_body+1 reached the upstream %d times, want once", n-2)
+	}
+}
