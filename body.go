@@ -24,8 +24,9 @@ import (
 // attempt reads on, and a byte read by an attempt that is given up is
 // still in the copy for the next one.
 type bodySource struct {
-	body  io.ReadCloser // the client's
-	limit int64         // bytes kept for replay at most; 0: none
+	body   io.ReadCloser // the client's
+	length int64         // its Content-Length; -1: unknown
+	limit  int64         // bytes kept for replay at most; 0: none
 	// paused accumulates the time attempts spent waiting for the client,
 	// which does not count toward the exchange's total bound
 	paused *atomic.Int64
@@ -68,7 +69,7 @@ func newBodySource(body io.ReadCloser, contentLength, limit int64, paused *atomi
 
 // init sets up s, which may sit inside another struct.
 func (s *bodySource) init(body io.ReadCloser, contentLength, limit int64, paused *atomic.Int64) {
-	s.body, s.limit, s.paused = body, limit, paused
+	s.body, s.length, s.limit, s.paused = body, contentLength, limit, paused
 	s.keeping = limit > 0 && contentLength <= limit
 	if s.keeping && contentLength > 0 {
 		s.kept = make([]byte, 0, contentLength)
@@ -139,11 +140,15 @@ func (s *bodySource) locked(f func()) {
 	f()
 }
 
-// complete reports whether the whole body was read from the client.
+// complete reports whether the whole body was read from the client: to
+// its end, or, of a known length, that many bytes (the client can send
+// no more), whether or not a read has seen the end yet. net/http makes
+// that read after sending the bytes, and the upstream, which has them
+// all, may answer first.
 func (s *bodySource) complete() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.done && s.err == io.EOF
+	return s.done && s.err == io.EOF || s.length >= 0 && s.n >= s.length && s.clientErr == nil
 }
 
 // drainHash reads what the client has not sent yet, at most limit bytes,

@@ -228,3 +228,36 @@ func TestBodySourceCopyNeverHoldsMoreThanMaxBody(t *testing.T) {
 		t.Fatalf("kept %d bytes, replayable %v", len(src.kept), src.replayable())
 	}
 }
+
+// net/http sends a body of known length as that many bytes, then reads
+// once more to see that nothing follows; an upstream that has every
+// byte may answer before that last read. Once its length was read the
+// body is whole: the idempotency fingerprint then needs no drain, which
+// would take the body from the attempt, fail net/http's last read and
+// make it drop the connection the answer streams on.
+func TestBodySourceKnownLengthIsWholeOnceRead(t *testing.T) {
+	src := newBodySource(&trackedBody{Reader: strings.NewReader("0123456789")}, 10, 1<<20, nil)
+	r := src.reader(nil)
+	if n, err := io.ReadFull(io.LimitReader(r, 10), make([]byte, 10)); n != 10 || err != nil {
+		t.Fatalf("read %d bytes, %v", n, err)
+	}
+	// what keyFingerprint does when the answer came
+	if !src.complete() {
+		src.drainHash(1 << 20)
+	}
+	if n, err := r.Read(make([]byte, 8)); n != 0 || err != io.EOF {
+		t.Fatalf("net/http's read past the known length got %d bytes, %v; want io.EOF", n, err)
+	}
+
+	// a body of unknown length is whole only at its end
+	pr, pw := io.Pipe()
+	src = newBodySource(pr, -1, 1<<20, nil)
+	go pw.Write([]byte("0123456789"))
+	if n, err := src.reader(nil).Read(make([]byte, 10)); n != 10 || err != nil {
+		t.Fatalf("read %d bytes, %v", n, err)
+	}
+	if src.complete() {
+		t.Fatal("a body of unknown length is whole before its end")
+	}
+	pw.Close()
+}

@@ -340,7 +340,10 @@ func (ex *exchange) keyRelease() {
 // (hashed only) now, as far as the fingerprint covers (HashedBody, and
 // one byte to tell whether there is more): a repeat of the same request
 // gets the same fingerprint however much of the first one's body the
-// upstream read.
+// upstream read. A body of known length whose bytes all went out is
+// whole (complete), even before net/http's last read saw its end: the
+// drain takes the body from the attempt, and net/http, its read failed,
+// would drop the connection the answer streams on.
 func (ex *exchange) keyFingerprint() idempotency.Fingerprint {
 	k := ex.keyed
 	if k.summed {
