@@ -143,13 +143,16 @@ type redisServer struct {
 	port     int
 	password string
 	dir      string
+	extra    []string // appended to its command line
 	starts   int
 	kill     func()
 }
 
-// startRedis starts a redis-server for t. The tests need the real
-// thing: without it they fail.
-func startRedis(t *testing.T) *redisServer {
+// startRedis starts a redis-server for t, with extra arguments after
+// the harness's own (a later option wins: "--appendonly", "yes" keeps
+// what it acknowledged across a kill). The tests need the real thing:
+// without it they fail.
+func startRedis(t *testing.T, extra ...string) *redisServer {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -157,7 +160,7 @@ func startRedis(t *testing.T) *redisServer {
 	}
 	var pw [12]byte
 	_, _ = rand.Read(pw[:])
-	s := &redisServer{t: t, bin: bin, port: freePorts(t, 1)[0], password: "pw-" + hex.EncodeToString(pw[:]), dir: t.TempDir()}
+	s := &redisServer{t: t, bin: bin, port: freePorts(t, 1)[0], password: "pw-" + hex.EncodeToString(pw[:]), dir: t.TempDir(), extra: extra}
 	s.start()
 	return s
 }
@@ -166,9 +169,10 @@ func startRedis(t *testing.T) *redisServer {
 func (s *redisServer) start() {
 	s.t.Helper()
 	s.starts++
-	cmd := exec.Command(s.bin, "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+	args := append([]string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
 		"--requirepass", s.password, "--save", "", "--appendonly", "no", "--dir", s.dir,
-		"--daemonize", "no", "--loglevel", "warning")
+		"--daemonize", "no", "--loglevel", "warning"}, s.extra...)
+	cmd := exec.Command(s.bin, args...)
 	logPath := filepath.Join(s.dir, fmt.Sprintf("redis-%d.log", s.starts))
 	s.kill = startProcess(s.t, cmd, logPath)
 	rdb := s.client()
@@ -277,7 +281,8 @@ type routes string
 // caddyfile is one instance's config: its admin and site ports, the
 // logs on stdout/stderr (the transport's at debug), a /ready route, the
 // routes and a handle_errors block that reports the outcome in
-// X-Outcome, as caddy_test's proxySite does.
+// X-Outcome, as caddy_test's proxySite does (and what the caller may
+// assume, and the key's verdict, in X-Executed and X-Idem).
 const caddyfile = `{
 	admin 127.0.0.1:%[1]d
 	persist_config off
@@ -304,6 +309,8 @@ http://127.0.0.1:%[2]d {
 %[3]s
 	handle_errors {
 		header X-Outcome {http.resilient.outcome}
+		header X-Executed {http.resilient.executed}
+		header X-Idem {http.resilient.idempotency}
 		respond "{http.resilient.outcome}" {http.error.status_code}
 	}
 }
