@@ -79,34 +79,47 @@ func (e *env) startGateways(ctx context.Context, setup string, sc *scenario, bk 
 // startRedis starts a redis-server on a free loopback port, without
 // persistence, and returns its fleet URL once it answers.
 func (e *env) startRedis(ctx context.Context, dir string) (*exec.Cmd, string, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, "", err
-	}
 	port, err := freePort()
 	if err != nil {
 		return nil, "", err
 	}
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	logf, err := os.Create(filepath.Join(dir, "redis.log"))
+	cmd, err := e.runRedis(ctx, dir, port, 1)
 	if err != nil {
 		return nil, "", err
 	}
+	return cmd, "redis://127.0.0.1:" + strconv.Itoa(port) + "/0", nil
+}
+
+// runRedis starts the n-th redis-server of dir on port, with extra
+// arguments after the harness's own (a later option wins), and waits
+// until it answers.
+func (e *env) runRedis(ctx context.Context, dir string, port, n int, extra ...string) (*exec.Cmd, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	logPath := filepath.Join(dir, fmt.Sprintf("redis-%d.log", n))
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
 	defer logf.Close()
-	cmd := exec.Command(e.redis, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", dir, "--daemonize", "no", "--loglevel", "warning")
+	args := append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", dir, "--daemonize", "no", "--loglevel", "warning"}, extra...)
+	cmd := exec.Command(e.redis, args...)
 	cmd.Dir, cmd.Stdout, cmd.Stderr = dir, logf, logf
 	if _, err := e.children.start(cmd); err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for !redisAnswers(addr) {
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			e.children.kill(cmd)
-			return nil, "", fmt.Errorf("redis-server on %s did not answer: %s", addr, tail(filepath.Join(dir, "redis.log")))
+			return nil, fmt.Errorf("redis-server on %s did not answer: %s", addr, tail(logPath))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return cmd, "redis://" + addr + "/0", nil
+	return cmd, nil
 }
 
 // redisAnswers reports whether a Redis at addr replies to PING.

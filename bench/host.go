@@ -68,6 +68,23 @@ func (c *children) release(cmd *exec.Cmd) {
 	delete(c.procs, cmd)
 }
 
+// crash kills cmd's process group at once (SIGKILL), as a crash would,
+// and waits for the leader.
+func (c *children) crash(cmd *exec.Cmd) {
+	c.mu.Lock()
+	done, ok := c.procs[cmd]
+	delete(c.procs, cmd)
+	c.mu.Unlock()
+	if !ok {
+		return
+	}
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+	}
+}
+
 // killGroup asks the leader to stop (SIGTERM: Caddy and HAProxy stop,
 // nginx's master stops and reaps its workers), then kills the whole
 // group with SIGKILL, whatever is left of it.

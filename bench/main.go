@@ -4,12 +4,14 @@
 //
 // Run it from the repository root:
 //
-//	go run ./bench                          # every scenario, 3 repetitions; about 95 minutes on 2 cores
+//	go run ./bench                          # every scenario, 3 repetitions; about 112 minutes on 2 cores (S10x: 17)
 //	go run ./bench -quick                   # smoke run: runs 3/8 as long, 1 repetition; about 5 minutes
 //	go run ./bench -scenarios S9 -quick     # the fleet scenario alone: about 20 s (70 s without -quick)
 //	go run ./bench -scenarios S5h -repeat 3 # S5 hard, its target per repetition: about 4 minutes (80 s a repetition)
 //	go run ./bench -scenarios S10 -repeat 1 # client retries against idempotency keys: about 2 minutes
 //	go run ./bench -scenarios S10m -repeat 1 # idempotency memory, 200 000 keys: 1 to 2 minutes a setup
+//	go run ./bench -scenarios S10x -repeat 1 # one execution per key end to end, a fleet of three: 5 minutes and a half
+//	go run ./bench -scenarios S10x -duration 20m # the same, longer
 //	go run ./bench -scenarios S11,S11x -repeat 1 # the tail, with and without hedges: about 3 minutes
 //	go run ./bench -scenarios S12 -repeat 3 # the seed's Python client, its four scenarios: about 40 minutes (under a minute a run)
 //	go run ./bench -scenarios S12-slow -setups seed-direct,seed-gateway -repeat 1 # one of them: about 2 minutes
@@ -38,7 +40,9 @@
 // Retry-After; S7 a dead upstream; S8 a provider quota; S9 three
 // gateways with and without a fleet; S10 clients that give up after
 // 300ms and send their keyed POST again (idempotency at the gateway),
-// and S10m the memory 200 000 distinct keys cost under max_memory;
+// S10m the memory 200 000 distinct keys cost under max_memory, and
+// S10x the end-to-end check of one execution per key (three gateways
+// in one fleet, faults, reloads, Redis kills: internal/oneexec);
 // S11 a tail of 1s answers on 2% of arrivals (hedged requests), and
 // S11x with 10%; S12 the seed's client: Python processes (httpx,
 // Tenacity) calling a shipping provider that ignores Idempotency-Key,
@@ -93,7 +97,8 @@
 // (each Caddy setup's config adapted before the runs), fleet.go (S9:
 // the gateways, their Redis, the analysis), clientretry.go (S10: the
 // client that sends again, executions per logical request),
-// memory.go (S10m: the gateway's RSS and gauges), tail.go (S11: extra
+// memory.go (S10m: the gateway's RSS and gauges), oneexec.go (S10x:
+// the fleet, its events, the check's report as a row), tail.go (S11: extra
 // attempts against the retry budget's bound), fallback.go (S13: the
 // readers that check whose answer they got, the breaker watch, the
 // analysis), shipping.go (S12's provider), seedclient.go (S12: its
@@ -136,6 +141,7 @@ type options struct {
 	seed      uint64
 	cost      bool
 	python    string
+	duration  time.Duration
 }
 
 func mainCode() int {
@@ -149,6 +155,7 @@ func mainCode() int {
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (configs and proxy logs)")
 	flag.BoolVar(&o.cost, "cost", false, "measure only what the transport costs, as ratios: micro-benchmarks, S0 against transport http, and open-breaker refusals against respond 503 (-repeat rounds, default 3)")
 	flag.StringVar(&o.python, "python", "/usr/bin/python3", "the Python that runs S12's clients; it needs httpx and Tenacity (Debian: python3-httpx python3-tenacity)")
+	flag.DurationVar(&o.duration, "duration", 0, "how long S10x's load runs (default 5m; -quick: 3/8 of it); the other scenarios keep their own schedules")
 	flag.Uint64Var(&o.seed, "seed", 1, "seed of the upstream's fault draws; repetition r uses seed+r-1, the same for every setup")
 	flag.Parse()
 	repeatSet := false
@@ -391,6 +398,11 @@ func run(ctx context.Context, o options, kids *children) error {
 
 func selectScenarios(o options) ([]*scenario, error) {
 	all := scenarios(o.quick)
+	for _, sc := range all {
+		if sc.OneExec && o.duration > 0 {
+			sc.Load.Duration = o.duration
+		}
+	}
 	if o.scenarios == "" {
 		return all, nil
 	}

@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/caddy-resilient/resilient/internal/oneexec"
 )
 
 // The setups under test, in table order.
@@ -277,6 +279,9 @@ http://%s {
 
 // caddyConfig is the whole Caddyfile of a Caddy setup in sc.
 func caddyConfig(setup string, sc *scenario, listen, admin string, bk backends) string {
+	if sc.OneExec {
+		return oneExecCaddyfile(listen, admin, bk, oneexec.StartLimits)
+	}
 	if sc.example != nil {
 		return sc.example.config(listen, admin, bk.upstream)
 	}

@@ -118,7 +118,8 @@ func median(rs []*result) *summary {
 			}
 		}
 		switch k {
-		case "upstream_max_concurrency", "upstream_over_limit", "max_executions", "max_arrivals":
+		case "upstream_max_concurrency", "upstream_over_limit", "max_executions", "max_arrivals",
+			"max_acting_per_instance", "mismatches", "violations":
 			s.Extra[k] = slices.Max(v) // the worst run
 		case "got_429", "retried_429", "retried_early", "retried_within_100ms",
 			"crossed_scopes", "wrong_target", "kept_misses", "age_header_off":
@@ -221,6 +222,16 @@ func notes(s *summary) string {
 			"sends/request %.2f; 409s %.0f; replays %.0f",
 			x["executions_per_request"], x["max_executions"], x["served_answered"], x["served"], x["served_answered_pct"],
 			x["sends_per_request"], x["conflicts"], x["replays"]))
+	case "S10x":
+		parts = append(parts, fmt.Sprintf("%.0f requests with a key (%.0f of them the final sweep's) for %.0f keys over %.0fs, %.0f reloads, %.0f Redis kills; "+
+			"executions that may have acted: at most %.0f per key fleet-wide, keys executed twice %d; answers byte-identical to their execution's: "+
+			"%.0f first, %.0f replays (%.0f from another instance, %.0f of answers carried past their client, %.0f in the sweep); mismatches %.0f; violations %.0f; "+
+			"keys under way while an instance acted alone %.0f (executed again on another instance %.0f, at most %.0f by one); "+
+			"409 in flight %.0f, 409 used %.0f, 422 %.0f, replayed no-answer %.0f; hedged GETs %.0f of %.0f",
+			x["sends"], x["sweep_sends"], x["keys"], x["load_s"], x["reloads"], x["redis_kills"],
+			x["max_executions"], s.Duplicates, x["firsts_identical"], x["replays_identical"], x["replays_cross_instance"], x["replays_of_carried"], x["sweep_replays"],
+			x["mismatches"], x["violations"], x["exempt_keys"], x["exempt_executed_again"], x["max_acting_per_instance"],
+			x["in_flight_409"], x["used_409"], x["mismatch_422"], x["no_answer_replays"], x["hedged_gets"], x["probes"]))
 	case "S10m":
 		if has("rss_before_mib") {
 			parts = append(parts, fmt.Sprintf("RSS before %.0f MiB, peak %.0f MiB (sampled %.0f MiB at %.0fs), after %.0f MiB: growth %.1f MiB",
@@ -579,6 +590,19 @@ func evaluate(sums []*summary, failures map[runKey]string) []target {
 			detail += fmt.Sprintf("; the same load without idempotency (resilient): %.1f MiB", b.Extra["rss_growth_mib"])
 		}
 		return ok, detail, true
+	})
+	add("S10x", "one execution per key through a fleet of three, with faults, reloads and Redis kills: no key executed twice (fleet-wide; by one instance while an instance acted alone), every answer byte-identical to its execution's, no other violation (every run)", func() (bool, string, bool) {
+		r := find("S10x", setupFleet)
+		if r == nil {
+			return absent("S10x", setupFleet)
+		}
+		ok, per := everyRun(r, func(run *result) (bool, string) {
+			x := run.Extra
+			return run.Duplicates == 0 && x["violations"] == 0 && x["mismatches"] == 0 && x["max_executions"] <= 1,
+				fmt.Sprintf("seed %d: %d logical requests, %.0f requests with a key, %d keys executed twice, %.0f replays checked, %.0f mismatches, %.0f violations",
+					run.Seed, run.Requests, x["sends"], run.Duplicates, x["replays_identical"], x["mismatches"], x["violations"])
+		})
+		return ok, per, true
 	})
 	add("S11", "resilient-hedge-p95 with 2% slow answers: p99 ≤ 30ms, p99.9 ≤ 100ms, extra upstream attempts ≤ 6% (median)", func() (bool, string, bool) {
 		r := find("S11", setupResilientHedgeP95)

@@ -13,6 +13,9 @@ import (
 // runOne runs one scenario against one setup: fresh upstream, fresh
 // proxy, warm-up, measured load.
 func (e *env) runOne(ctx context.Context, sc *scenario, setup string, rep int, profile string) ([]*result, error) {
+	if sc.OneExec {
+		return e.runOneExec(ctx, sc, setup, rep)
+	}
 	if sc.Shipping != nil {
 		return e.runShipping(ctx, sc, setup, rep)
 	}

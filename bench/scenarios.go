@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/caddy-resilient/resilient/internal/oneexec"
 )
 
 // scenario is one benchmark situation: an upstream behaviour, a load,
@@ -76,6 +78,9 @@ type scenario struct {
 	// example is that site, loaded before the runs.
 	Example [2]string
 	example *exampleSite
+	// OneExec runs the end-to-end check of internal/oneexec instead of
+	// the load generator, for Load.Duration (S10x).
+	OneExec bool
 
 	// Rows splits the samples into table rows; nil: one row, the ID.
 	Rows func(s *sample) string
@@ -335,6 +340,25 @@ func scenarios(quick bool) []*scenario {
 				"high-water mark (VmHWM), which also catches a peak between samples; growth is peak minus before. " +
 				"The gauge is caddy_resilient_idempotency_bytes from the admin /metrics after the load. resilient " +
 				"(defaults, no idempotency block) is the same load's growth without records.",
+		},
+		{
+			ID: "S10x", Title: "one execution per key, end to end: three gateways in one fleet, keyed POSTs resent through faults, reloads and Redis kills",
+			Setups: []string{setupFleet}, Gateways: 3, OneExec: true,
+			Load: loadSpec{Duration: d(5 * time.Minute)},
+			Doc: "The driver of fleet/gateway_oneexec_test.go (internal/oneexec), run longer (`-duration`, default 5m): 12 clients send " +
+				"keyed POSTs (bodies of 0 to 1.5 MiB, four callers, key names shared between callers) through three Caddy processes " +
+				"in one fleet and send them again as impatient clients do (after their own timeout of 0.2 to 4s, a 409, a 502/504 " +
+				"executed maybe, a refusal; to the same gateway or another; two or three at once; now and then with another body; keys " +
+				"seen long before). Each execution meets a fault drawn from the seed: slow past the client's patience and its " +
+				"X-Request-Timeout (0.25 to 1.2s) but within complete_within, past complete_within, a reset after reading the body, a cut " +
+				"mid-answer; 2xx, 4xx and 5xx answers unique to the execution, and 503, 429, 408, 425. One gateway is reloaded every 45s " +
+				"(ttl and max_memory changed, back and forth), redis-server (appendonly) is killed with SIGKILL every 70s from 35s on and " +
+				"started again 2s later; 6% of the clients' requests are GETs that the gateway hedges. After the load every logical " +
+				"request is sent once more (the final sweep). \"ok\": logical requests that ended with the upstream's answer (first or " +
+				"replay); latency from the first send to the last answer; amplification: upstream executions per logical request; " +
+				"duplicates: keys executed twice (fleet-wide, or by one instance for the keys under way while an instance acted alone). " +
+				"The gateways' transport block (oneexec.Route):\n\n  ```caddyfile\n" + indentBlock(oneexec.Route("127.0.0.1:<upstream port>",
+				"fleet {\n\tredis redis://127.0.0.1:<port>/0\n\tprefix s10x\n}", oneexec.DefaultTiming, oneexec.StartLimits)) + "  ```",
 		},
 		tailScenario("S11", "tail: GET answered in 5ms, but 2% of arrivals held 1s; 200 req/s", 0.02, d(20*time.Second), warm,
 			"Each arrival is slow or not by its own draw (per arrival, from the repetition's seed), so a second copy "+
@@ -741,3 +765,13 @@ func pct(ds []time.Duration, q float64) float64 {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// indentBlock indents every line of b by two spaces, for a code block in
+// a markdown list item.
+func indentBlock(b string) string {
+	var out strings.Builder
+	for line := range strings.Lines(b) {
+		out.WriteString("  " + line)
+	}
+	return out.String()
+}
