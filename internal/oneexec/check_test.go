@@ -205,6 +205,10 @@ func TestCheck(t *testing.T) {
 			execs: []Execution{released, retried},
 			sends: []*Send{answer("s1", "a", retried, false, 0)},
 		}, []string{vHedged}},
+		{"a keyed request sent again once the upstream's 503 went out, before its body ended", checkInput{
+			execs: []Execution{func() Execution { e := released; e.Told = at(4); return e }(), retried},
+			sends: []*Send{answer("s1", "a", retried, false, 0)},
+		}, nil},
 		{"a keyed request sent again after the upstream said it did nothing", checkInput{
 			execs: []Execution{released, after},
 			sends: []*Send{answer("s1", "a", after, false, 0)},

@@ -55,8 +55,11 @@ type Execution struct {
 	BodyErr string // the body could not be read whole
 
 	Start, End time.Time
-	Fault      Fault
-	Plan       string // what it was to do, for messages
+	// Told is when its status began to go out (zero: it never did): a
+	// retry of its request may start from then on, before End.
+	Told  time.Time
+	Fault Fault
+	Plan  string // what it was to do, for messages
 
 	Status    int
 	Header    http.Header // the headers it set on its answer
@@ -264,6 +267,7 @@ func (u *Upstream) keyed(w http.ResponseWriter, r *http.Request) {
 	// gateway that retries may close the connection without reading it)
 	w.WriteHeader(p.status)
 	rc := http.NewResponseController(w)
+	e.Told = time.Now() // from here the gateway may act on the status
 	if rc.Flush() == nil && releasing(p.status) {
 		e.Acting = false
 	}
