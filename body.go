@@ -43,6 +43,7 @@ type bodySource struct {
 	touched   bool  // some byte of it may have been read
 	cur       *bodyReader
 	ended     bool // the exchange is over: closing the last reader closes the client's body
+	open      bool // ...unless it is held open, for a fingerprint still to take
 	closed    bool // the client's body was closed
 	readers   int  // handed out so far
 	// every byte read from the client goes through it as it arrives
@@ -202,7 +203,27 @@ func (s *bodySource) end() {
 	if s.cur == nil || s.cur.off >= s.n {
 		s.kept = nil
 	}
-	closeNow := s.touched && (s.cur == nil || s.cur.closed)
+	closeNow := s.touched && (s.cur == nil || s.cur.closed) && !s.open
+	s.mu.Unlock()
+	if closeNow {
+		s.closeClient()
+	}
+}
+
+// holdOpen keeps the client's body open once the exchange ends, until
+// letClose: what the upstream did not read of it is still to be hashed.
+func (s *bodySource) holdOpen() {
+	s.mu.Lock()
+	s.open = true
+	s.mu.Unlock()
+}
+
+// letClose ends holdOpen: the client's body is closed if the exchange
+// is over and its last reader was closed.
+func (s *bodySource) letClose() {
+	s.mu.Lock()
+	s.open = false
+	closeNow := s.ended && s.touched && (s.cur == nil || s.cur.closed)
 	s.mu.Unlock()
 	if closeNow {
 		s.closeClient()
@@ -318,7 +339,7 @@ func (r *bodyReader) Close() error {
 	s := r.s
 	s.mu.Lock()
 	r.closed = true
-	last := s.ended && s.cur == r && s.touched
+	last := s.ended && s.cur == r && s.touched && !s.open
 	s.mu.Unlock()
 	if last {
 		s.closeClient()

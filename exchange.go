@@ -660,9 +660,12 @@ func (ex *exchange) finish(res *http.Response, at *attemptResult) (*http.Respons
 	}
 	if ex.body != nil {
 		if ex.keyed != nil {
-			// the fingerprint needs what the upstream did not read, and
-			// the client's body is closed once the exchange ends
-			ex.keyFingerprint()
+			// the fingerprint needs what the upstream did not read: the
+			// client's body stays open until it is taken, once the answer
+			// is over (keyDone); taken now, it would pull the body from
+			// under net/http, which may still be sending it on the
+			// connection the answer streams on
+			ex.body.holdOpen()
 		}
 		ex.body.end()
 	}

@@ -354,6 +354,7 @@ func (ex *exchange) keyFingerprint() idempotency.Fingerprint {
 		k.fp, k.summed = h.Sum(), true
 		return k.fp
 	}
+	defer b.letClose() // held open for this (see finish)
 	// the hash is fed by the body's readers, under its lock
 	full := false
 	b.locked(func() { full = h.Full() })

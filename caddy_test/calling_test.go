@@ -448,3 +448,26 @@ func sendAsync(g *gateway, path, body string, header ...string) <-chan error {
 	}()
 	return done
 }
+
+// An upstream that answers a keyed POST before reading its large body:
+// the first client gets the whole answer (the fingerprint's drain of the
+// rest of the body waits until the answer is over), and the repeat gets
+// it as a replay.
+func TestCallingAnswerBeforeTheBodyIsWholeAndKept(t *testing.T) {
+	answer := strings.Repeat("label-", 200<<10/6)
+	up := startUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		io.CopyN(io.Discard, r.Body, 100)
+		w.Header().Set("Connection", "close")
+		io.WriteString(w, answer)
+	})
+	g := loadGateway(t, callingSite(up.addr, "breaker off\nidempotency"))
+	body := strings.Repeat("x", 3<<20)
+	res, got := post(t, g, "/labels", body, "Idempotency-Key", "early-answer", "Connection", "close")
+	if v := verdictOf(res); v.status != 200 || got != answer {
+		t.Fatalf("the first: %+v, %d bytes of the %d answered", v, len(got), len(answer))
+	}
+	res, got = post(t, g, "/labels", body, "Idempotency-Key", "early-answer", "Connection", "close")
+	if v := verdictOf(res); v.status != 200 || v.outcome != "replayed" || got != answer {
+		t.Fatalf("the repeat: %+v, %d bytes, want the replay of the whole answer", v, len(got))
+	}
+}
