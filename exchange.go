@@ -33,6 +33,10 @@ type exchange struct {
 	idem    idemKind
 	start   time.Time
 	totalAt time.Time // zero when the total timeout is off
+	// the caller's deadline (deadline.header, grpc-timeout): an instant
+	// of the caller's, which waiting for its body does not move; zero:
+	// none
+	callerAt time.Time
 	// Caddy's lb_retries: how many times the request went through the
 	// transport before, and when it first did
 	lbTry    int
@@ -144,13 +148,28 @@ func newExchange(t *Transport, req *http.Request) *exchange {
 	return ex
 }
 
-// totalDeadline is when the total bound runs out, as of now: time spent
-// waiting for the client's body does not count.
+// totalDeadline is when the request's time runs out, as of now: the
+// earlier of the total bound, which time spent waiting for the client's
+// body does not count toward, and the caller's deadline, which it does.
 func (ex *exchange) totalDeadline() time.Time {
+	return earlier(ex.ownTotal(), ex.callerAt)
+}
+
+// ownTotal is when the gateway's own total bound runs out, as of now:
+// later by the time spent waiting for the client's body.
+func (ex *exchange) ownTotal() time.Time {
 	if ex.totalAt.IsZero() {
 		return ex.totalAt
 	}
 	return ex.totalAt.Add(time.Duration(ex.paused.Load()))
+}
+
+// earlier returns the earlier of two instants, zero meaning none.
+func earlier(a, b time.Time) time.Time {
+	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
+		return b
+	}
+	return a
 }
 
 func (ex *exchange) run() (*http.Response, error) {
@@ -442,18 +461,27 @@ func (ex *exchange) attempt(a *attempt, tk *ticket) (*http.Response, *attemptRes
 		at.took = time.Since(start)
 		return nil, at
 	}
-	res, at := ex.send(a, tk, start, totalAt)
+	res, at := ex.send(a, tk, start)
 	ex.sent = ex.sent || !at.neverSent
 	return res, at
 }
 
 // send makes attempt a, which holds a connection slot, with ticket tk:
-// the round trip under the phase timeouts, from start, the total bound
-// running out at totalAt. A hedge sends the request's kept body of its
-// own; every other attempt reads the request's body source.
-func (ex *exchange) send(a *attempt, tk *ticket, start, totalAt time.Time) (*http.Response, *attemptResult) {
+// the round trip under the phase timeouts, from start. A hedge sends the
+// request's kept body of its own; every other attempt reads the
+// request's body source. With less than a millisecond of the request's
+// time left, nothing is sent: the attempt ends total_timeout, and is no
+// attempt (see callerDeadline).
+func (ex *exchange) send(a *attempt, tk *ticket, start time.Time) (*http.Response, *attemptResult) {
 	at := &a.res
 	at.a, at.ticket = a, tk
+	now, totalAt := time.Now(), ex.totalDeadline()
+	if !totalAt.IsZero() && totalAt.Sub(now) < time.Millisecond {
+		tk.report(false, true)
+		ex.up.freeSlot()
+		at.outcome, at.neverSent, at.took = OutcomeTotalTimeout, true, now.Sub(start)
+		return nil, at
+	}
 	at.admitted = true
 	ctx, cancel := context.WithCancelCause(ex.ctx)
 	var attemptAt time.Time
@@ -466,7 +494,7 @@ func (ex *exchange) send(a *attempt, tk *ticket, start, totalAt time.Time) (*htt
 		// once sent, carried to the upstream's answer (see carry.go)
 		w.carry = newCarrier(ex, a, start)
 	}
-	w.init(cancel, attemptAt, totalAt)
+	w.init(cancel, attemptAt, ex.ownTotal(), ex.callerAt)
 	if h := ex.hedge; h != nil {
 		switch {
 		case h.first == a:
@@ -477,7 +505,7 @@ func (ex *exchange) send(a *attempt, tk *ticket, start, totalAt time.Time) (*htt
 		}
 	}
 	r := ex.req.WithContext(httptrace.WithClientTrace(ctx, a.trace()))
-	r.Header = ex.deadlineHeader(totalAt)
+	r.Header = ex.deadlineHeader(totalAt.Sub(now), !totalAt.IsZero())
 	switch {
 	case a.hedge && a.kept != nil:
 		r.Body, r.GetBody = io.NopCloser(bytes.NewReader(a.kept)), nil

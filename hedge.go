@@ -282,6 +282,12 @@ func (h *hedging) launch() {
 		h.mu.Unlock()
 		return
 	}
+	if totalAt := ex.totalDeadline(); !totalAt.IsZero() && time.Until(totalAt) < time.Millisecond {
+		// the request's time is all but over: nothing more is sent
+		h.launched = cfg.Max
+		h.mu.Unlock()
+		return
+	}
 	var kept []byte
 	if ex.body != nil {
 		var ok bool
@@ -313,7 +319,7 @@ func (h *hedging) launch() {
 	if more {
 		sched.set(h, time.Now().Add(h.every))
 	}
-	res, at := ex.send(r.a, tk, r.start, ex.totalDeadline())
+	res, at := ex.send(r.a, tk, r.start)
 	h.finish(r, res, at)
 }
 
