@@ -241,7 +241,6 @@ func (ex *exchange) run() (*http.Response, error) {
 			ex.up.m.attempt(at.outcome)
 		}
 		now := time.Now()
-		ex.obeyRetryAfter(res, now)
 		next, deny, again := ex.retryWait(res, at, now)
 		var tok token
 		if again {
@@ -365,7 +364,8 @@ func (ex *exchange) refused(a *attempt, retryAfter time.Duration, err error) (*h
 
 // obeyRetryAfter pauses the request's token bucket when the upstream
 // answered 429 or 503 with a Retry-After: every request to it (of that
-// key) waits until then, or ends rate_limited.
+// key) waits until then, or ends rate_limited. Every answer counts, the
+// final one or not: a hedge's, or an attempt's that lost to one.
 func (ex *exchange) obeyRetryAfter(res *http.Response, now time.Time) {
 	if ex.bkt == nil || res == nil || !ex.t.RateLimit.obey ||
 		(res.StatusCode != http.StatusTooManyRequests && res.StatusCode != http.StatusServiceUnavailable) {
@@ -581,6 +581,7 @@ func (ex *exchange) send(a *attempt, tk *ticket, start time.Time) (*http.Respons
 	}
 	at.failed, _ = ex.t.Breaker.isFailure(at.outcome, at.status, at.took)
 	tk.report(at.failed, false)
+	ex.obeyRetryAfter(res, time.Now())
 	return res, at
 }
 
