@@ -534,6 +534,9 @@ func (ex *exchange) send(a *attempt, tk *ticket, start time.Time) (*http.Respons
 	} else {
 		res, err = ex.t.HTTPTransport.RoundTrip(r)
 	}
+	// an answer came, or RoundTrip failed with the attempt's context
+	// still on (see attempt.neverSent)
+	answered, settled := err == nil, ctx.Err() == nil
 	at.took = time.Since(start)
 	if err == nil {
 		a.headers()
@@ -563,7 +566,7 @@ func (ex *exchange) send(a *attempt, tk *ticket, start time.Time) (*http.Respons
 		cancel(nil)
 		ex.up.freeSlot()
 		at.outcome, at.err = classify(err, a, cause), cleanError(err)
-		at.neverSent = !ex.t.untraced && a.neverSent(err)
+		at.neverSent = !ex.t.untraced && !answered && a.neverSent(err, settled)
 		at.noRetry = strings.Contains(err.Error(), errHeaderTooLarge)
 		var excluded bool
 		at.failed, excluded = ex.t.Breaker.isFailure(at.outcome, 0, at.took)

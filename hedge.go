@@ -189,7 +189,7 @@ func (ex *exchange) hedged(a *attempt, tk *ticket, delay time.Duration) (*http.R
 	}
 	h.mu.Unlock()
 	for _, l := range losers {
-		l.w.abort(errHedgeLost)
+		l.lose()
 	}
 	if old != nil {
 		ex.letGo(old)
@@ -232,7 +232,7 @@ func (h *hedging) sends(a *attempt) {
 	}
 	h.mu.Unlock()
 	if decided {
-		a.w.abort(errHedgeLost)
+		a.lose()
 	}
 }
 
@@ -386,10 +386,10 @@ func (h *hedging) finish(r *hedgeRun, res *http.Response, at *attemptResult) {
 	h.lose(old)
 	h.mu.Unlock()
 	if first != nil {
-		first.w.abort(errHedgeLost)
+		first.lose()
 	}
 	for _, a := range losers {
-		a.w.abort(errHedgeLost)
+		a.lose()
 	}
 	signal(h.wake)
 	if old != nil {

@@ -262,14 +262,15 @@ func (w *watchdog) clientDone(since time.Time) time.Duration {
 	return d
 }
 
-// abort cancels the attempt with cause, unless a bound already did.
+// abort cancels the attempt with cause, unless a bound already did
+// (then with the bound's). The context is canceled when it returns,
+// whoever came first.
 func (w *watchdog) abort(cause error) {
 	w.mu.Lock()
-	if w.fired != nil {
-		w.mu.Unlock()
-		return
+	if w.fired == nil {
+		w.fired = cause
 	}
-	w.fired = cause
+	cause = w.fired
 	w.mu.Unlock()
 	w.cancel(cause)
 }
