@@ -568,6 +568,10 @@ func (ex *exchange) send(a *attempt, tk *ticket, start time.Time) (*http.Respons
 		at.outcome, at.err = classify(err, a, cause), cleanError(err)
 		at.neverSent = !ex.t.untraced && !answered && a.neverSent(err, settled)
 		at.noRetry = strings.Contains(err.Error(), errHeaderTooLarge)
+		if l := ex.up.latency; l != nil && cause == errHedgeLost && !a.hedge && !at.neverSent {
+			// a first attempt that a hedge beat (see latency.go)
+			l.observeCut(time.Time{}, at.took)
+		}
 		var excluded bool
 		at.failed, excluded = ex.t.Breaker.isFailure(at.outcome, 0, at.took)
 		tk.report(at.failed, excluded)
