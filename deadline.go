@@ -116,16 +116,8 @@ func isDuration(s string) bool {
 		return false
 	}
 	for s != "" {
-		i, digits := 0, 0
-		for ; i < len(s) && s[i] >= '0' && s[i] <= '9'; i++ {
-			digits++
-		}
-		if i < len(s) && s[i] == '.' {
-			for i++; i < len(s) && s[i] >= '0' && s[i] <= '9'; i++ {
-				digits++
-			}
-		}
-		if digits == 0 {
+		i := unsignedNumber(s)
+		if i == 0 {
 			return false
 		}
 		s = s[i:]
@@ -143,11 +135,10 @@ func isDuration(s string) bool {
 	return true
 }
 
-// isDecimal reports whether s is an unsigned decimal number: digits
-// with an optional fraction (`1.5`, `.5`, `5.`), then an optional
-// exponent (`1e3`, `25E-1`). strconv.ParseFloat alone would take hex
-// (`0x1p3`), underscores (`1_0`), signs, `Inf` and `NaN` too.
-func isDecimal(s string) bool {
+// unsignedNumber returns the length of the number s begins with: digits
+// with an optional fraction (`1.5`, `.5`, `5.`); 0 when it begins with
+// none (`.` alone is none).
+func unsignedNumber(s string) int {
 	i, digits := 0, 0
 	for ; i < len(s) && s[i] >= '0' && s[i] <= '9'; i++ {
 		digits++
@@ -158,6 +149,18 @@ func isDecimal(s string) bool {
 		}
 	}
 	if digits == 0 {
+		return 0
+	}
+	return i
+}
+
+// isDecimal reports whether s is an unsigned decimal number: digits
+// with an optional fraction (`1.5`, `.5`, `5.`), then an optional
+// exponent (`1e3`, `25E-1`). strconv.ParseFloat alone would take hex
+// (`0x1p3`), underscores (`1_0`), signs, `Inf` and `NaN` too.
+func isDecimal(s string) bool {
+	i := unsignedNumber(s)
+	if i == 0 {
 		return false
 	}
 	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
