@@ -45,12 +45,12 @@ const (
 	flagWritten      // the whole request was written
 	flagH2           // the connection speaks HTTP/2: other streams share it
 	flagWroteHeaders // over HTTP/2, the request's headers were written
-	flagLost         // it lost a hedged race: to be canceled (see lose)
+	flagLost         // it lost a hedged race: to be canceled (see loseRace)
 	flagNoStream     // canceled before its connection came: no stream of it can start
 )
 
 // loseWait is how long the cancel of an HTTP/2 attempt that lost a
-// hedged race waits for its headers to be written (see lose). They
+// hedged race waits for its headers to be written (see loseRace). They
 // normally go out within a millisecond; a stream still waiting for its
 // turn to write past this is on a connection far behind.
 const loseWait = 100 * time.Millisecond
@@ -124,7 +124,7 @@ func (a *attempt) onGotConn(info httptrace.GotConnInfo) {
 	a.w.enterBeforeHeaders(causeWrite, a.write)
 }
 
-// lose cancels attempt a, which lost a hedged race.
+// loseRace cancels attempt a, which lost a hedged race.
 //
 // Over HTTP/2, whether a stream canceled early reached the upstream
 // cannot be told afterwards: net/http's client writes its headers on a
@@ -135,7 +135,7 @@ func (a *attempt) onGotConn(info httptrace.GotConnInfo) {
 // which sees it reset at once). In between, the cancel waits for the
 // headers, at most loseWait; past that it is canceled all the same, and
 // counted as sent: the count may then be one over, never under.
-func (a *attempt) lose() {
+func (a *attempt) loseRace() {
 	old := a.flags.Or(flagLost)
 	if old&flagH2 == 0 || old&flagWroteHeaders != 0 {
 		a.w.abort(errHedgeLost)
@@ -174,7 +174,7 @@ func (a *attempt) onWroteRequest(info httptrace.WroteRequestInfo) {
 
 func (a *attempt) onWroteHeaders() {
 	if old := a.flags.Or(flagWroteHeaders); old&flagLost != 0 {
-		a.w.abort(errHedgeLost) // it waited for this (see lose)
+		a.w.abort(errHedgeLost) // it waited for this (see loseRace)
 	}
 }
 

@@ -25,7 +25,7 @@ func tracedAttempt(t *testing.T, h2 bool) (*attempt, *httptrace.ClientTrace, con
 func TestAttemptLoserOverHTTP2WaitsForItsHeaders(t *testing.T) {
 	a, tr, ctx := tracedAttempt(t, true)
 	tr.GotConn(httptrace.GotConnInfo{})
-	a.lose()
+	a.loseRace()
 	if ctx.Err() != nil {
 		t.Fatal("canceled before its headers were written: whether it went out is then unknown")
 	}
@@ -42,7 +42,7 @@ func TestAttemptLoserOverHTTP2WaitsForItsHeaders(t *testing.T) {
 // stream that its connection would start is canceled before it begins.
 func TestAttemptLoserBeforeItsConnectionNeverLeaves(t *testing.T) {
 	a, tr, ctx := tracedAttempt(t, true)
-	a.lose()
+	a.loseRace()
 	if ctx.Err() == nil {
 		t.Fatal("a loser with no connection yet was not canceled at once")
 	}

@@ -189,7 +189,7 @@ func (ex *exchange) hedged(a *attempt, tk *ticket, delay time.Duration) (*http.R
 	}
 	h.mu.Unlock()
 	for _, l := range losers {
-		l.lose()
+		l.loseRace()
 	}
 	if old != nil {
 		ex.letGo(old)
@@ -232,7 +232,7 @@ func (h *hedging) sends(a *attempt) {
 	}
 	h.mu.Unlock()
 	if decided {
-		a.lose()
+		a.loseRace()
 	}
 }
 
@@ -386,10 +386,10 @@ func (h *hedging) finish(r *hedgeRun, res *http.Response, at *attemptResult) {
 	h.lose(old)
 	h.mu.Unlock()
 	if first != nil {
-		first.lose()
+		first.loseRace()
 	}
 	for _, a := range losers {
-		a.lose()
+		a.loseRace()
 	}
 	signal(h.wake)
 	if old != nil {

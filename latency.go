@@ -168,7 +168,8 @@ func (l *latency) compute(now time.Time, q float64, key uint64) uint64 {
 	// bucket is the product of the shares of those waiting into it that
 	// did not answer in it; a cut attempt waits into its bucket, then
 	// leaves the count. With no cuts this is the nearest rank. The
-	// epsilon keeps 0.95 x 1000 from being read as 951.
+	// epsilon keeps rounding from reading 950 answers of 1000 as short
+	// of p95.
 	q = min(max(q, 0), 1)
 	waiting, still := total, 1.0
 	lastCut := -1
