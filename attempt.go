@@ -42,8 +42,18 @@ const (
 	flagWroteRequest
 	flagReused
 	flagResent
-	flagWritten // the whole request was written
+	flagWritten      // the whole request was written
+	flagH2           // the connection speaks HTTP/2: other streams share it
+	flagWroteHeaders // over HTTP/2, the request's headers were written
+	flagLost         // it lost a hedged race: to be canceled (see loseRace)
+	flagNoStream     // canceled before its connection came: no stream of it can start
 )
+
+// loseWait is how long the cancel of an HTTP/2 attempt that lost a
+// hedged race waits for its headers to be written (see loseRace). They
+// normally go out within a millisecond; a stream still waiting for its
+// turn to write past this is on a connection far behind.
+const loseWait = 100 * time.Millisecond
 
 func (a *attempt) set(f uint32)      { a.flags.Or(f) }
 func (a *attempt) has(f uint32) bool { return a.flags.Load()&f != 0 }
@@ -78,18 +88,61 @@ func (a *attempt) onGotConn(info httptrace.GotConnInfo) {
 		return
 	}
 	a.gotConnAt.Store(a.since())
+	h2 := a.h2c
 	if cc != nil {
 		a.baseWritten.Store(cc.written.Load())
 		a.conn.Store(cc)
 		tc, _ := info.Conn.(*tls.Conn)
 		a.tlsConn.Store(tc)
+		if tc != nil {
+			h2 = tc.ConnectionState().NegotiatedProtocol == "h2"
+		}
 	}
 	f := flagGotConn
 	if info.Reused {
 		f |= flagReused
 	}
-	a.set(f)
+	if h2 && !a.has(flagH2) {
+		// the connection's bytes are every stream's: this one went out
+		// when its headers did. The hook is set here, before net/http's
+		// HTTP/2 client starts the stream's writer (so an HTTP/1 attempt
+		// does not pay for it), and once
+		f |= flagH2
+		if prev := a.ct.WroteHeaders; prev != nil {
+			a.ct.WroteHeaders = func() { prev(); a.onWroteHeaders() }
+		} else {
+			a.ct.WroteHeaders = a.onWroteHeaders
+		}
+	}
+	if old := a.flags.Or(f); old&flagLost != 0 {
+		// it lost before its connection came: canceled before any
+		// writer of its request starts, it never leaves
+		a.set(flagNoStream)
+		a.w.abort(errHedgeLost)
+		return
+	}
 	a.w.enterBeforeHeaders(causeWrite, a.write)
+}
+
+// loseRace cancels attempt a, which lost a hedged race.
+//
+// Over HTTP/2, whether a stream canceled early reached the upstream
+// cannot be told afterwards: net/http's client writes its headers on a
+// goroutine of its own, which may do so after RoundTrip returned, and
+// says nothing when it gives up instead. So a loser is canceled where
+// the answer is sure: before its connection came (no stream of it
+// starts), or once its headers were written (it reached the upstream,
+// which sees it reset at once). In between, the cancel waits for the
+// headers, at most loseWait; past that it is canceled all the same, and
+// counted as sent: the count may then be one over, never under.
+func (a *attempt) loseRace() {
+	old := a.flags.Or(flagLost)
+	if old&flagH2 == 0 || old&flagWroteHeaders != 0 {
+		a.w.abort(errHedgeLost)
+		return
+	}
+	// onWroteHeaders cancels it
+	time.AfterFunc(loseWait, func() { a.w.abort(errHedgeLost) })
 }
 
 // resending reports whether a second connection for this attempt would
@@ -119,6 +172,12 @@ func (a *attempt) onWroteRequest(info httptrace.WroteRequestInfo) {
 	}
 }
 
+func (a *attempt) onWroteHeaders() {
+	if old := a.flags.Or(flagWroteHeaders); old&flagLost != 0 {
+		a.w.abort(errHedgeLost) // it waited for this (see loseRace)
+	}
+}
+
 // headers notes that the final response headers arrived.
 func (a *attempt) headers() {
 	a.headersAt.Store(a.since())
@@ -128,8 +187,13 @@ func (a *attempt) headers() {
 // neverSent reports whether the attempt provably put no byte of the
 // request on the wire: it never got a connection, or the connection it
 // got saw no write from it. Errors that say so on their own (HTTP/2
-// REFUSED_STREAM) count too.
-func (a *attempt) neverSent(err error) bool {
+// REFUSED_STREAM) count too. Over HTTP/2 a connection's bytes are every
+// stream's: the request went out when its headers were written, which
+// is known for sure once net/http's writer of the stream is done. That
+// is so when RoundTrip failed with the attempt's context not canceled
+// (settled): HTTP/2 then waits for the writer. A stream canceled
+// otherwise may have its headers written yet, and counts as sent.
+func (a *attempt) neverSent(err error, settled bool) bool {
 	if a.has(flagResent) {
 		return false
 	}
@@ -138,6 +202,9 @@ func (a *attempt) neverSent(err error) bool {
 	}
 	if err != nil && strings.Contains(err.Error(), "REFUSED_STREAM") {
 		return true
+	}
+	if f := a.flags.Load(); f&flagH2 != 0 {
+		return f&flagNoStream != 0 || (settled && f&flagWroteHeaders == 0)
 	}
 	cc := a.conn.Load()
 	return cc != nil && cc.written.Load() == a.baseWritten.Load()

@@ -180,7 +180,7 @@ func TestBodySourceClientWaitDoesNotCountTowardTheBounds(t *testing.T) {
 	src := newBodySource(pr, -1, 0, &paused)
 	cancelled := make(chan error, 1)
 	w := new(watchdog)
-	w.init(func(cause error) { cancelled <- cause }, time.Now().Add(50*time.Millisecond), time.Time{})
+	w.init(func(cause error) { cancelled <- cause }, time.Now().Add(50*time.Millisecond), time.Time{}, time.Time{})
 	defer w.stop()
 	r := src.reader(w)
 	go func() {
@@ -205,6 +205,35 @@ func TestBodySourceClientWaitDoesNotCountTowardTheBounds(t *testing.T) {
 		}
 	case <-time.After(2 * time.Second):
 		t.Fatal("the attempt bound never ran out once the client had sent")
+	}
+}
+
+// The caller's deadline is an instant of the caller's: its own slow
+// body does not move it, and it runs out while the body is waited for.
+func TestBodySourceClientWaitDoesNotMoveTheCallersDeadline(t *testing.T) {
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	var paused atomic.Int64
+	src := newBodySource(pr, -1, 0, &paused)
+	cancelled := make(chan error, 1)
+	w := new(watchdog)
+	start := time.Now()
+	w.init(func(cause error) {
+		cancelled <- cause
+		pr.CloseWithError(cause) // as net/http gives up on the body
+	}, time.Time{}, start.Add(time.Hour), start.Add(50*time.Millisecond))
+	defer w.stop()
+	go src.reader(w).Read(make([]byte, 1)) // the client sends nothing
+	select {
+	case cause := <-cancelled:
+		if cause != causeTotal {
+			t.Fatalf("cause %v, want the total bound", cause)
+		}
+		if took := time.Since(start); took > time.Second {
+			t.Fatalf("the caller's 50ms ran out after %v", took)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the caller's deadline never ran out while its body was waited for")
 	}
 }
 

@@ -13,7 +13,10 @@ import (
 // Deadline takes the caller's deadline into account: a caller that says
 // how long it will wait caps timeouts.total for its request (never
 // raises it), so that no attempt and no retry wait goes on after it gave
-// up; and each attempt can tell the upstream what is left. Off unless
+// up; and each attempt can tell the upstream what is left. The caller's
+// time counts from when the request first came through the transport,
+// across Caddy's lb_retries, and its own slow upload counts against it
+// (total does not count the time its body is waited for). Off unless
 // configured.
 type Deadline struct {
 	// The request header carrying the caller's time left: a decimal
@@ -77,8 +80,9 @@ const noCap = maxDuration
 // parseTimeLeft reads a caller's time left: a decimal number of
 // seconds, or a Go duration, with no sign; surrounding blanks are
 // allowed. ok is false for anything else, a number past float64's range
-// and a duration past time.Duration's included. A value of noCap or
-// more reads as noCap.
+// included: that is junk, not a number. A value of noCap or more reads
+// as noCap, a Go duration too large for time.Duration too: it is
+// written right, and asks for more time than any cap.
 func parseTimeLeft(v string) (time.Duration, bool) {
 	v = strings.Trim(v, " \t")
 	if isDecimal(v) {
@@ -96,16 +100,45 @@ func parseTimeLeft(v string) (time.Duration, bool) {
 	}
 	d, err := time.ParseDuration(v)
 	if err != nil {
+		if isDuration(v) {
+			return noCap, true // only too large for time.Duration
+		}
 		return 0, false
 	}
 	return min(d, noCap), true
 }
 
-// isDecimal reports whether s is an unsigned decimal number: digits
-// with an optional fraction (`1.5`, `.5`, `5.`), then an optional
-// exponent (`1e3`, `25E-1`). strconv.ParseFloat alone would take hex
-// (`0x1p3`), underscores (`1_0`), signs, `Inf` and `NaN` too.
-func isDecimal(s string) bool {
+// isDuration reports whether s is written as an unsigned Go duration:
+// numbers (digits with an optional fraction), each with a unit, as
+// time.ParseDuration reads them but with no bound on their size.
+func isDuration(s string) bool {
+	if s == "" {
+		return false
+	}
+	for s != "" {
+		i := unsignedNumber(s)
+		if i == 0 {
+			return false
+		}
+		s = s[i:]
+		j := 0
+		for j < len(s) && s[j] != '.' && (s[j] < '0' || s[j] > '9') {
+			j++
+		}
+		switch s[:j] {
+		case "ns", "us", "\u00b5s", "\u03bcs", "ms", "s", "m", "h":
+		default:
+			return false
+		}
+		s = s[j:]
+	}
+	return true
+}
+
+// unsignedNumber returns the length of the number s begins with: digits
+// with an optional fraction (`1.5`, `.5`, `5.`); 0 when it begins with
+// none (`.` alone is none).
+func unsignedNumber(s string) int {
 	i, digits := 0, 0
 	for ; i < len(s) && s[i] >= '0' && s[i] <= '9'; i++ {
 		digits++
@@ -116,6 +149,18 @@ func isDecimal(s string) bool {
 		}
 	}
 	if digits == 0 {
+		return 0
+	}
+	return i
+}
+
+// isDecimal reports whether s is an unsigned decimal number: digits
+// with an optional fraction (`1.5`, `.5`, `5.`), then an optional
+// exponent (`1e3`, `25E-1`). strconv.ParseFloat alone would take hex
+// (`0x1p3`), underscores (`1_0`), signs, `Inf` and `NaN` too.
+func isDecimal(s string) bool {
+	i := unsignedNumber(s)
+	if i == 0 {
 		return false
 	}
 	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
@@ -179,17 +224,15 @@ func isGRPC(req *http.Request) bool {
 }
 
 // callerDeadline is the deadline step: the caller's time left caps the
-// total bound of this request. With less than a millisecond left the
+// total bound of this request. It counts from when the request first
+// came through the transport: a pass of Caddy's lb_retries goes on with
+// what the earlier ones left. With less than a millisecond left the
 // request ends total_timeout at once, nothing sent (done).
 func (ex *exchange) callerDeadline(dl *Deadline) (res *http.Response, err error, done bool) {
 	req := ex.req
 	capAt := func(d time.Duration) {
-		if d >= noCap {
-			return
-		}
-		at := ex.start.Add(d)
-		if ex.totalAt.IsZero() || at.Before(ex.totalAt) {
-			ex.totalAt = at
+		if d < noCap {
+			ex.callerAt = earlier(ex.callerAt, ex.reqStart.Add(d))
 		}
 	}
 	if dl.header != "" {
@@ -211,7 +254,7 @@ func (ex *exchange) callerDeadline(dl *Deadline) (res *http.Response, err error,
 			}
 		}
 	}
-	if !ex.totalAt.IsZero() && time.Until(ex.totalAt) < time.Millisecond {
+	if totalAt := ex.totalDeadline(); !totalAt.IsZero() && time.Until(totalAt) < time.Millisecond {
 		at := &ex.first.res
 		*at = attemptResult{outcome: OutcomeTotalTimeout, neverSent: true}
 		ex.tries = append(ex.tries, try{outcome: at.outcome})
@@ -222,15 +265,16 @@ func (ex *exchange) callerDeadline(dl *Deadline) (res *http.Response, err error,
 }
 
 // deadlineHeader returns the header an attempt sends, with what is left
-// of the total bound in the deadline headers; the request's own when
-// there is nothing to write. Each attempt gets a copy of its own, as
-// hedged attempts are in flight at once.
-func (ex *exchange) deadlineHeader(totalAt time.Time) http.Header {
+// of the request's time, left (bounded: false when there is no bound),
+// in the deadline headers; the request's own when there is nothing to
+// write. Each attempt gets a copy of its own, as hedged attempts are in
+// flight at once.
+func (ex *exchange) deadlineHeader(left time.Duration, bounded bool) http.Header {
 	dl := ex.t.Deadline
-	if dl == nil || totalAt.IsZero() || (dl.send == "" && !ex.grpcTimeout) {
+	if dl == nil || !bounded || (dl.send == "" && !ex.grpcTimeout) {
 		return ex.header
 	}
-	left := max(time.Until(totalAt), 0)
+	left = max(left, 0)
 	h := ex.header.Clone()
 	switch {
 	case dl.send == "":

@@ -33,6 +33,10 @@ type exchange struct {
 	idem    idemKind
 	start   time.Time
 	totalAt time.Time // zero when the total timeout is off
+	// the caller's deadline (deadline.header, grpc-timeout): an instant
+	// of the caller's, which waiting for its body does not move; zero:
+	// none
+	callerAt time.Time
 	// Caddy's lb_retries: how many times the request went through the
 	// transport before, and when it first did
 	lbTry    int
@@ -144,13 +148,28 @@ func newExchange(t *Transport, req *http.Request) *exchange {
 	return ex
 }
 
-// totalDeadline is when the total bound runs out, as of now: time spent
-// waiting for the client's body does not count.
+// totalDeadline is when the request's time runs out, as of now: the
+// earlier of the total bound, which time spent waiting for the client's
+// body does not count toward, and the caller's deadline, which it does.
 func (ex *exchange) totalDeadline() time.Time {
+	return earlier(ex.ownTotal(), ex.callerAt)
+}
+
+// ownTotal is when the gateway's own total bound runs out, as of now:
+// later by the time spent waiting for the client's body.
+func (ex *exchange) ownTotal() time.Time {
 	if ex.totalAt.IsZero() {
 		return ex.totalAt
 	}
 	return ex.totalAt.Add(time.Duration(ex.paused.Load()))
+}
+
+// earlier returns the earlier of two instants, zero meaning none.
+func earlier(a, b time.Time) time.Time {
+	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
+		return b
+	}
+	return a
 }
 
 func (ex *exchange) run() (*http.Response, error) {
@@ -222,7 +241,6 @@ func (ex *exchange) run() (*http.Response, error) {
 			ex.up.m.attempt(at.outcome)
 		}
 		now := time.Now()
-		ex.obeyRetryAfter(res, now)
 		next, deny, again := ex.retryWait(res, at, now)
 		var tok token
 		if again {
@@ -346,7 +364,8 @@ func (ex *exchange) refused(a *attempt, retryAfter time.Duration, err error) (*h
 
 // obeyRetryAfter pauses the request's token bucket when the upstream
 // answered 429 or 503 with a Retry-After: every request to it (of that
-// key) waits until then, or ends rate_limited.
+// key) waits until then, or ends rate_limited. Every answer counts, the
+// final one or not: a hedge's, or an attempt's that lost to one.
 func (ex *exchange) obeyRetryAfter(res *http.Response, now time.Time) {
 	if ex.bkt == nil || res == nil || !ex.t.RateLimit.obey ||
 		(res.StatusCode != http.StatusTooManyRequests && res.StatusCode != http.StatusServiceUnavailable) {
@@ -442,18 +461,27 @@ func (ex *exchange) attempt(a *attempt, tk *ticket) (*http.Response, *attemptRes
 		at.took = time.Since(start)
 		return nil, at
 	}
-	res, at := ex.send(a, tk, start, totalAt)
+	res, at := ex.send(a, tk, start)
 	ex.sent = ex.sent || !at.neverSent
 	return res, at
 }
 
 // send makes attempt a, which holds a connection slot, with ticket tk:
-// the round trip under the phase timeouts, from start, the total bound
-// running out at totalAt. A hedge sends the request's kept body of its
-// own; every other attempt reads the request's body source.
-func (ex *exchange) send(a *attempt, tk *ticket, start, totalAt time.Time) (*http.Response, *attemptResult) {
+// the round trip under the phase timeouts, from start. A hedge sends the
+// request's kept body of its own; every other attempt reads the
+// request's body source. With less than a millisecond of the request's
+// time left, nothing is sent: the attempt ends total_timeout, and is no
+// attempt (see callerDeadline).
+func (ex *exchange) send(a *attempt, tk *ticket, start time.Time) (*http.Response, *attemptResult) {
 	at := &a.res
 	at.a, at.ticket = a, tk
+	now, totalAt := time.Now(), ex.totalDeadline()
+	if !totalAt.IsZero() && totalAt.Sub(now) < time.Millisecond {
+		tk.report(false, true)
+		ex.up.freeSlot()
+		at.outcome, at.neverSent, at.took = OutcomeTotalTimeout, true, now.Sub(start)
+		return nil, at
+	}
 	at.admitted = true
 	ctx, cancel := context.WithCancelCause(ex.ctx)
 	var attemptAt time.Time
@@ -466,7 +494,7 @@ func (ex *exchange) send(a *attempt, tk *ticket, start, totalAt time.Time) (*htt
 		// once sent, carried to the upstream's answer (see carry.go)
 		w.carry = newCarrier(ex, a, start)
 	}
-	w.init(cancel, attemptAt, totalAt)
+	w.init(cancel, attemptAt, ex.ownTotal(), ex.callerAt)
 	if h := ex.hedge; h != nil {
 		switch {
 		case h.first == a:
@@ -477,7 +505,7 @@ func (ex *exchange) send(a *attempt, tk *ticket, start, totalAt time.Time) (*htt
 		}
 	}
 	r := ex.req.WithContext(httptrace.WithClientTrace(ctx, a.trace()))
-	r.Header = ex.deadlineHeader(totalAt)
+	r.Header = ex.deadlineHeader(totalAt.Sub(now), !totalAt.IsZero())
 	switch {
 	case a.hedge && a.kept != nil:
 		r.Body, r.GetBody = io.NopCloser(bytes.NewReader(a.kept)), nil
@@ -506,6 +534,9 @@ func (ex *exchange) send(a *attempt, tk *ticket, start, totalAt time.Time) (*htt
 	} else {
 		res, err = ex.t.HTTPTransport.RoundTrip(r)
 	}
+	// an answer came, or RoundTrip failed with the attempt's context
+	// still on (see attempt.neverSent)
+	answered, settled := err == nil, ctx.Err() == nil
 	at.took = time.Since(start)
 	if err == nil {
 		a.headers()
@@ -535,8 +566,12 @@ func (ex *exchange) send(a *attempt, tk *ticket, start, totalAt time.Time) (*htt
 		cancel(nil)
 		ex.up.freeSlot()
 		at.outcome, at.err = classify(err, a, cause), cleanError(err)
-		at.neverSent = !ex.t.untraced && a.neverSent(err)
+		at.neverSent = !ex.t.untraced && !answered && a.neverSent(err, settled)
 		at.noRetry = strings.Contains(err.Error(), errHeaderTooLarge)
+		if l := ex.up.latency; l != nil && cause == errHedgeLost && !a.hedge && !at.neverSent {
+			// a first attempt that a hedge beat (see latency.go)
+			l.observeCut(time.Time{}, at.took)
+		}
 		var excluded bool
 		at.failed, excluded = ex.t.Breaker.isFailure(at.outcome, 0, at.took)
 		tk.report(at.failed, excluded)
@@ -553,6 +588,7 @@ func (ex *exchange) send(a *attempt, tk *ticket, start, totalAt time.Time) (*htt
 	}
 	at.failed, _ = ex.t.Breaker.isFailure(at.outcome, at.status, at.took)
 	tk.report(at.failed, false)
+	ex.obeyRetryAfter(res, time.Now())
 	return res, at
 }
 

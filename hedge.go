@@ -189,7 +189,7 @@ func (ex *exchange) hedged(a *attempt, tk *ticket, delay time.Duration) (*http.R
 	}
 	h.mu.Unlock()
 	for _, l := range losers {
-		l.w.abort(errHedgeLost)
+		l.loseRace()
 	}
 	if old != nil {
 		ex.letGo(old)
@@ -232,15 +232,16 @@ func (h *hedging) sends(a *attempt) {
 	}
 	h.mu.Unlock()
 	if decided {
-		a.w.abort(errHedgeLost)
+		a.loseRace()
 	}
 }
 
 // reached reports whether attempt result at may have reached the
-// upstream, for an attempt of a hedged race: one canceled before any
-// byte of it went out did not, and is no attempt.
+// upstream, for an attempt of a hedged race: one that put no byte of its
+// request on the wire (canceled before it went out, its connection
+// refused, no time left) did not, and is no attempt.
 func reached(at *attemptResult) bool {
-	return at.admitted && !(at.outcome == OutcomeCanceled && at.neverSent)
+	return at.admitted && !at.neverSent
 }
 
 // lose keeps the try of hedge r, which lost, when it reached the
@@ -253,11 +254,14 @@ func (h *hedging) lose(r *hedgeRun) {
 	h.lost = append(h.lost, try{outcome: at.outcome, status: at.status, took: at.took, admitted: true, hedge: true, exec: executedBy(at)})
 }
 
-// tookHedge ends the race with hedge w's result: the first attempt's
-// (res, at) is let go, and logged as a try of its own.
+// tookHedge ends the race with hedge w's result, an answer that won or
+// the last failure: the first attempt's (res, at) is let go, and logged
+// as a try of its own. The hedge won when its answer is the one used;
+// a failure with no answer (a timeout, the client gone) lost like the
+// others, and one that never reached the upstream is no attempt.
 func (ex *exchange) tookHedge(res *http.Response, at *attemptResult, w *hedgeRun) (*http.Response, *attemptResult) {
 	if res != nil {
-		ex.discard(res, at)
+		ex.dropLoser(res, at)
 	}
 	counted := reached(at)
 	ex.tries = append(ex.tries, try{outcome: at.outcome, status: at.status, took: at.took, admitted: counted, exec: executedBy(at)})
@@ -265,10 +269,13 @@ func (ex *exchange) tookHedge(res *http.Response, at *attemptResult, w *hedgeRun
 		ex.up.m.attempt(at.outcome)
 	}
 	ex.hedges++
-	ex.up.m.hedged(hedgeWon)
-	if w.res != nil && !ex.retryable(w.at) {
-		ex.up.budget.giveBack(w.share)
+	if w.res != nil {
+		ex.up.m.hedged(hedgeWon)
+	} else {
+		ex.up.m.hedged(hedgeLost)
 	}
+	w.at.admitted = reached(w.at)
+	ex.settleHedge(w)
 	return w.res, w.at
 }
 
@@ -279,6 +286,12 @@ func (h *hedging) launch() {
 	cfg := ex.t.Hedge
 	h.mu.Lock()
 	if !h.racing || h.decided || h.launched >= cfg.Max {
+		h.mu.Unlock()
+		return
+	}
+	if totalAt := ex.totalDeadline(); !totalAt.IsZero() && time.Until(totalAt) < time.Millisecond {
+		// the request's time is all but over: nothing more is sent
+		h.launched = cfg.Max
 		h.mu.Unlock()
 		return
 	}
@@ -313,7 +326,7 @@ func (h *hedging) launch() {
 	if more {
 		sched.set(h, time.Now().Add(h.every))
 	}
-	res, at := ex.send(r.a, tk, r.start, ex.totalDeadline())
+	res, at := ex.send(r.a, tk, r.start)
 	h.finish(r, res, at)
 }
 
@@ -373,10 +386,10 @@ func (h *hedging) finish(r *hedgeRun, res *http.Response, at *attemptResult) {
 	h.lose(old)
 	h.mu.Unlock()
 	if first != nil {
-		first.w.abort(errHedgeLost)
+		first.loseRace()
 	}
 	for _, a := range losers {
-		a.w.abort(errHedgeLost)
+		a.loseRace()
 	}
 	signal(h.wake)
 	if old != nil {
@@ -384,22 +397,36 @@ func (h *hedging) finish(r *hedgeRun, res *http.Response, at *attemptResult) {
 	}
 }
 
-// letGo lets go of a hedge whose result is not used: its answer is
-// drained and closed, and the budget gets its share back unless it
-// failed on its own (a canceled loser counts for neither the breaker,
-// which was told so, nor the budget). One that never reached the
-// upstream gives its rate-limit token back.
+// letGo lets go of a hedge whose result is not used: its answer, if
+// any, is dropped unread.
 func (ex *exchange) letGo(r *hedgeRun) {
 	ex.up.m.hedged(hedgeLost)
 	if r.res != nil {
-		ex.discard(r.res, r.at)
+		ex.dropLoser(r.res, r.at)
 	}
-	if r.at.outcome == OutcomeCanceled || (r.res != nil && !ex.retryable(r.at)) {
+	ex.settleHedge(r)
+}
+
+// settleHedge gives back what hedge r took and did not use up: the
+// budget's share unless it failed on its own (a canceled loser counts
+// for neither the breaker, which was told so, nor the budget), and the
+// rate-limit token of one that never reached the upstream.
+func (ex *exchange) settleHedge(r *hedgeRun) {
+	sent := reached(r.at)
+	if !sent || r.at.outcome == OutcomeCanceled || (r.res != nil && !ex.retryable(r.at)) {
 		ex.up.budget.giveBack(r.share)
 	}
-	if !reached(r.at) {
+	if !sent {
 		r.tok.cancel()
 	}
+}
+
+// dropLoser lets go of the answer of an attempt that lost the race:
+// the attempt is canceled first, so a body the upstream stalls is
+// never waited for (its connection is not reused).
+func (ex *exchange) dropLoser(res *http.Response, at *attemptResult) {
+	at.a.w.abort(errHedgeLost)
+	ex.letGoNow(res, at)
 }
 
 // retryable reports whether at ended in a failure that retry.on names:

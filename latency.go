@@ -10,20 +10,35 @@ import (
 // latency tracks one upstream's times to response headers over the last
 // 10 s, for the percentile a hedge waits (hedge.after p95).
 //
-// Every answer feeds it, so observe takes no lock and allocates nothing:
-// the window is 10 one-second slots, each a log-linear histogram of
-// atomic counters. A slot is reset by the first sample of a new second
-// that maps to it (a CAS on the slot's second, then the counters are
-// zeroed). A sample racing that reset may be lost, or counted in the
-// second that is going away: a few samples out of a second's worth do
-// not move a percentile.
+// Every answer feeds it, and so does every first attempt a hedge beat
+// (observeCut): its time to headers is unknown, only longer than what
+// it waited when it was canceled. Left out, the slow answers hedges cut
+// short would never be counted: the percentile would fall, hedges would
+// go out sooner and cut more of them, until it sat at `min` whatever the
+// upstream does. Counted as if they had answered when they were cut,
+// they would hold it below the slow answers, creeping up by a hedge's
+// own time per recomputation. So the window keeps them apart, and the
+// quantile is the Kaplan-Meier one: a cut attempt counts among those
+// still waiting up to its cut, and says nothing past it. When the
+// percentile lies past every cut (the hedge delay is below the slow
+// answers), it is not known: quantile then says twice the longest cut,
+// so that the next first attempts wait longer, until answers past the
+// cut are seen again. (A hedge that lost is not counted: it only says it
+// was slower than what was left of the first attempt's wait.)
+//
+// observe takes no lock and allocates nothing: the window is 10
+// one-second slots, each a log-linear histogram of atomic counters. A
+// slot is reset by the first sample of a new second that maps to it (a
+// CAS on the slot's second, then the counters are zeroed). A sample
+// racing that reset may be lost, or counted in the second that is going
+// away: a few samples out of a second's worth do not move a percentile.
 //
 // The histogram has 8 linear buckets per power of two from 2^15 ns
 // (~33µs) to 2^36 ns (~69 s), 168 in all; a bucket stands for its
 // midpoint, so a quantile is within ~6% of the true one. Shorter and
-// longer times count in the end buckets. A tracker takes a fixed ~6.8 KB
-// (10 slots of 168 4-byte counters and their second), however busy the
-// upstream.
+// longer times count in the end buckets. A tracker takes a fixed ~13.5 KB
+// (10 slots of 168 8-byte counters, answers and cuts, and their second),
+// however busy the upstream.
 //
 // quantile is asked once per request that may be hedged: it returns a
 // value computed at most latencyRefresh ago, and one caller at a time
@@ -38,9 +53,14 @@ type latency struct {
 }
 
 type latencySlot struct {
-	sec    atomic.Int64 // the unix second the counts are for
-	counts [latencyBuckets]atomic.Uint32
+	sec atomic.Int64 // the unix second the counts are for
+	// per bucket: answers in the low 32 bits, cut attempts in the high
+	// 32 (one counter, so that a reset clears both at once)
+	counts [latencyBuckets]atomic.Uint64
 }
+
+// latencyCut is one cut attempt in a bucket's counter.
+const latencyCut = 1 << 32
 
 const (
 	latencySlots    = 10 // seconds in the window
@@ -67,6 +87,17 @@ func newLatency(clock func() time.Time) *latency {
 
 // observe counts one time to response headers, d, that came at now.
 func (l *latency) observe(now time.Time, d time.Duration) {
+	l.count(now, d, 1)
+}
+
+// observeCut counts a first attempt canceled at now after waiting
+// waited, because a hedge answered first.
+func (l *latency) observeCut(now time.Time, waited time.Duration) {
+	l.count(now, waited, latencyCut)
+}
+
+// count adds n to d's bucket in the slot of now.
+func (l *latency) count(now time.Time, d time.Duration, n uint64) {
 	if now.IsZero() {
 		now = l.clock()
 	}
@@ -82,7 +113,7 @@ func (l *latency) observe(now time.Time, d time.Duration) {
 			}
 		}
 	}
-	s.counts[latencyBucket(d)].Add(1)
+	s.counts[latencyBucket(d)].Add(n)
 }
 
 // quantile returns the q-quantile (0.5 … 0.999) of the samples of the
@@ -115,7 +146,7 @@ func (l *latency) quantile(now time.Time, q float64) (d time.Duration, ok bool) 
 
 // compute reads the window as of now and returns its q-quantile packed.
 func (l *latency) compute(now time.Time, q float64, key uint64) uint64 {
-	var sum [latencyBuckets]uint64
+	var answers, cuts [latencyBuckets]uint64
 	var total uint64
 	oldest := now.Unix() - latencySlots
 	for i := range l.slots {
@@ -124,24 +155,43 @@ func (l *latency) compute(now time.Time, q float64, key uint64) uint64 {
 			continue
 		}
 		for j := range s.counts {
-			c := uint64(s.counts[j].Load())
-			sum[j] += c
-			total += c
+			c := s.counts[j].Load()
+			answers[j] += c & (latencyCut - 1)
+			cuts[j] += c >> 32
+			total += c&(latencyCut-1) + c>>32
 		}
 	}
 	if total < latencyMinCount {
 		return key << quantileKeyShift
 	}
-	// nearest rank; the epsilon keeps 0.95 x 1000 from being read as 951
-	rank := uint64(math.Ceil(min(max(q, 0), 1)*float64(total) - 1e-9))
-	rank = max(rank, 1)
-	var cum uint64
-	for i, c := range sum {
-		if cum += c; cum >= rank {
-			return packQuantile(key, latencyValue(i))
+	// Kaplan-Meier: the share of attempts still waiting after each
+	// bucket is the product of the shares of those waiting into it that
+	// did not answer in it; a cut attempt waits into its bucket, then
+	// leaves the count. With no cuts this is the nearest rank. The
+	// epsilon keeps rounding from reading 950 answers of 1000 as short
+	// of p95.
+	q = min(max(q, 0), 1)
+	waiting, still := total, 1.0
+	lastCut := -1
+	for i := range answers {
+		if a := answers[i]; a > 0 {
+			still *= 1 - float64(a)/float64(waiting)
+			if 1-still >= q-1e-9 {
+				return packQuantile(key, latencyValue(i))
+			}
+		}
+		if cuts[i] > 0 {
+			lastCut = i
+		}
+		if waiting -= answers[i] + cuts[i]; waiting == 0 {
+			break
 		}
 	}
-	return packQuantile(key, latencyValue(latencyBuckets-1))
+	if lastCut < 0 {
+		return packQuantile(key, latencyValue(latencyBuckets-1))
+	}
+	// past every cut: not known, and longer than the longest
+	return packQuantile(key, min(2*latencyValue(lastCut), latencyValue(latencyBuckets-1)))
 }
 
 // The cached quantile is one word, so a reader never sees the value of

@@ -30,7 +30,8 @@ func latencySamples(l *latency) uint64 {
 	var n uint64
 	for i := range l.slots {
 		for j := range l.slots[i].counts {
-			n += uint64(l.slots[i].counts[j].Load())
+			c := l.slots[i].counts[j].Load()
+			n += c&(latencyCut-1) + c>>32
 		}
 	}
 	return n
@@ -161,6 +162,79 @@ func TestLatencyFollowsAnUpstreamThatSlowsDown(t *testing.T) {
 	run(200*time.Millisecond, 9)
 	if d, _ := quantileAfterRefresh(l, clock, 0.5); !within(d, 200*time.Millisecond, 0.0625) {
 		t.Fatalf("p50 = %v after 10 s of 200ms answers, want 200ms", d)
+	}
+}
+
+// Attempts a hedge cut short, all past the percentile, leave it where
+// the answers put it.
+func TestLatencyCutsPastThePercentileDoNotMoveIt(t *testing.T) {
+	l, clock := latencyOnClock()
+	for i := 0; i < 950; i++ {
+		l.observe(clock.Now(), 5*time.Millisecond)
+	}
+	for i := 0; i < 50; i++ {
+		l.observeCut(clock.Now(), 20*time.Millisecond)
+	}
+	if d, ok := quantileAfterRefresh(l, clock, 0.95); !ok || !within(d, 5*time.Millisecond, 0.0625) {
+		t.Fatalf("p95 = %v, %v; want the answers' 5ms", d, ok)
+	}
+	// p99 lies among the cut attempts: longer than any cut, not known
+	l.refreshed.Store(0)
+	if d, ok := l.quantile(clock.Now(), 0.99); !ok || d <= 20*time.Millisecond {
+		t.Fatalf("p99 = %v, %v; want longer than the 20ms cuts", d, ok)
+	}
+}
+
+// Past the cuts, answers that came count as they would without them: a
+// cut attempt is among those waiting up to its cut only.
+func TestLatencyAnswersPastTheCutsSetThePercentile(t *testing.T) {
+	l, clock := latencyOnClock()
+	for i := 0; i < 900; i++ {
+		l.observe(clock.Now(), 2*time.Millisecond)
+	}
+	for i := 0; i < 80; i++ {
+		l.observeCut(clock.Now(), 100*time.Millisecond)
+	}
+	for i := 0; i < 20; i++ {
+		l.observe(clock.Now(), 250*time.Millisecond)
+	}
+	if d, ok := quantileAfterRefresh(l, clock, 0.95); !ok || !within(d, 250*time.Millisecond, 0.0625) {
+		t.Fatalf("p95 = %v, %v; want 250ms, the answers past the cuts", d, ok)
+	}
+}
+
+// An upstream whose answers take 2ms, one in ten 250ms, hedged at its
+// own p95: the hedges cut the slow answers short, yet the percentile
+// finds them, where counting only answers sinks it to `min`.
+func TestLatencyHedgingDoesNotHideTheTail(t *testing.T) {
+	simulate := func(cut bool) time.Duration {
+		l, clock := latencyOnClock()
+		const minDelay, hedgeTook = 10 * time.Millisecond, 2 * time.Millisecond
+		for i := 0; i < 1000; i++ { // 5 s at 200 requests a second
+			took := 2 * time.Millisecond
+			if i%10 == 9 {
+				took = 250 * time.Millisecond
+			}
+			delay, ok := l.quantile(clock.Now(), 0.95)
+			switch {
+			case !ok || took <= max(delay, minDelay):
+				l.observe(clock.Now(), took)
+			default: // hedged, and the hedge answered first
+				l.observe(clock.Now(), hedgeTook)
+				if cut {
+					l.observeCut(clock.Now(), max(delay, minDelay)+hedgeTook)
+				}
+			}
+			clock.Advance(5 * time.Millisecond)
+		}
+		d, _ := quantileAfterRefresh(l, clock, 0.95)
+		return d
+	}
+	if d := simulate(true); d < 200*time.Millisecond {
+		t.Errorf("p95 = %v with the cut attempts counted; the upstream's is 250ms", d)
+	}
+	if d := simulate(false); d >= 200*time.Millisecond {
+		t.Errorf("p95 = %v without the cut attempts: the simulation no longer shows what they are for", d)
 	}
 }
 

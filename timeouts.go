@@ -98,7 +98,10 @@ func on(d caddy.Duration) time.Duration {
 // Time the attempt spends waiting for the client to send more of its
 // body is the client's, not the upstream's: no bound runs out while a
 // read from the client is in progress, and the wait is added to the
-// write, attempt and total deadlines afterwards.
+// write, attempt and total deadlines afterwards. The caller's own
+// deadline is the exception: it is an instant the caller chose, which
+// its slow body does not move, and it runs out even while its body is
+// waited for.
 type watchdog struct {
 	mu      sync.Mutex
 	cancel  context.CancelCauseFunc
@@ -106,6 +109,7 @@ type watchdog struct {
 	phaseAt time.Time
 	attempt time.Time // zero once response headers arrived
 	total   time.Time // zero once response headers arrived
+	caller  time.Time // the caller's deadline; zero once response headers arrived
 	fired   error
 	waiting atomic.Bool // a read from the client is in progress
 	headers bool        // the final response headers arrived
@@ -129,10 +133,11 @@ type watchdog struct {
 
 func (w *watchdog) slot() *schedSlot { return &w.sched }
 
-// init arms w for an attempt bounded by attemptAt and totalAt (zero:
-// none).
-func (w *watchdog) init(cancel context.CancelCauseFunc, attemptAt, totalAt time.Time) {
-	w.cancel, w.attempt, w.total = cancel, attemptAt, totalAt
+// init arms w for an attempt bounded by attemptAt, totalAt (the
+// gateway's total bound) and callerAt (the caller's deadline); zero:
+// none.
+func (w *watchdog) init(cancel context.CancelCauseFunc, attemptAt, totalAt, callerAt time.Time) {
+	w.cancel, w.attempt, w.total, w.caller = cancel, attemptAt, totalAt, callerAt
 	if at, _ := w.next(); !at.IsZero() {
 		w.armed = at
 		sched.set(w, at)
@@ -183,7 +188,7 @@ func (w *watchdog) setPhase(phase *timeoutCause, d time.Duration) {
 func (w *watchdog) headersDone() {
 	w.mu.Lock()
 	w.headers = true
-	w.attempt, w.total = time.Time{}, time.Time{}
+	w.attempt, w.total, w.caller = time.Time{}, time.Time{}, time.Time{}
 	w.phase, w.phaseAt = nil, time.Time{}
 	// the deadline is left as it is: if it comes it finds nothing to
 	// do, and watching the body sets a new one; most answers end sooner
@@ -257,14 +262,15 @@ func (w *watchdog) clientDone(since time.Time) time.Duration {
 	return d
 }
 
-// abort cancels the attempt with cause, unless a bound already did.
+// abort cancels the attempt with cause, unless a bound already did
+// (then with the bound's). The context is canceled when it returns,
+// whoever came first.
 func (w *watchdog) abort(cause error) {
 	w.mu.Lock()
-	if w.fired != nil {
-		w.mu.Unlock()
-		return
+	if w.fired == nil {
+		w.fired = cause
 	}
-	w.fired = cause
+	cause = w.fired
 	w.mu.Unlock()
 	w.cancel(cause)
 }
@@ -275,7 +281,7 @@ func (w *watchdog) stop() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.arm(time.Time{})
-	w.attempt, w.total, w.phase, w.idle = time.Time{}, time.Time{}, nil, 0
+	w.attempt, w.total, w.caller, w.phase, w.idle = time.Time{}, time.Time{}, time.Time{}, nil, 0
 	return w.fired
 }
 
@@ -294,8 +300,8 @@ func (w *watchdog) next() (time.Time, *timeoutCause) {
 	}
 	// the total bound wins ties: when both run out together, the request
 	// as a whole is over
-	if !w.total.IsZero() && (at.IsZero() || !at.Before(w.total)) {
-		at, cause = w.total, causeTotal
+	if total := earlier(w.total, w.caller); !total.IsZero() && (at.IsZero() || !at.Before(total)) {
+		at, cause = total, causeTotal
 	}
 	return at, cause
 }
@@ -329,9 +335,9 @@ func (w *watchdog) fire() {
 		w.mu.Unlock()
 		return
 	}
-	if w.waiting.Load() {
+	if w.waiting.Load() && !(cause == causeTotal && at.Equal(w.caller)) {
 		// the client is being waited for: its time does not count, and
-		// the deadlines move once it sent
+		// the deadlines move once it sent (all but its own)
 		w.arm(time.Now().Add(waitRecheck))
 		w.mu.Unlock()
 		return
@@ -347,7 +353,7 @@ func (w *watchdog) fire() {
 		case carried:
 			// the client is answered at its deadline; the round trip
 			// goes on, bounded by complete_within from its sending
-			w.attempt, w.total = time.Time{}, time.Time{}
+			w.attempt, w.total, w.caller = time.Time{}, time.Time{}, time.Time{}
 			w.phase, w.phaseAt = causeCarried, w.carry.until
 			w.arm(w.carry.until)
 			w.mu.Unlock()
