@@ -167,6 +167,9 @@ func (ex *exchange) carryOn(c *carrier, res *http.Response, err error) {
 		return
 	}
 	a.headers()
+	// a 429 or 503 with Retry-After pauses the upstream's bucket, late
+	// as it is
+	ex.obeyRetryAfter(res, time.Now())
 	if releasingStatus(res.StatusCode) {
 		// the upstream says it did nothing: a repeat is sent anew
 		res.Body.Close()
