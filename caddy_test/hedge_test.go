@@ -239,7 +239,8 @@ func TestHedgeThatNeverLeftIsNoAttempt(t *testing.T) {
 		arrivals.Add(1)
 		hold(w, r, 150*time.Millisecond)
 	}))
-	srv.Listener = &laterConnsWait{Listener: srv.Listener, wait: time.Second}
+	srv.Listener.Close()
+	srv.Listener = &laterConnsWait{Listener: freshLoopback(t), wait: time.Second}
 	srv.StartTLS() // HTTP/1.1 only: a hedge needs a connection of its own
 	t.Cleanup(srv.Close)
 	addr := strings.TrimPrefix(srv.URL, "https://")

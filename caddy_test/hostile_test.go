@@ -33,10 +33,7 @@ type rawUpstream struct {
 // from 1.
 func startRaw(t *testing.T, answer func(n int64, c net.Conn, req *http.Request)) *rawUpstream {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := freshLoopback(t)
 	u := &rawUpstream{addr: ln.Addr().String()}
 	var mu sync.Mutex
 	open := map[net.Conn]bool{}

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -267,10 +268,7 @@ type upstream struct {
 // startUpstream serves h on a fresh loopback port until the test ends.
 func startUpstream(t *testing.T, h http.HandlerFunc) *upstream {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := freshLoopback(t)
 	u := &upstream{addr: ln.Addr().String()}
 	u.Server = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u.count.Add(1)
@@ -285,10 +283,7 @@ func startUpstream(t *testing.T, h http.HandlerFunc) *upstream {
 // connecting to it is refused.
 func closedPort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := freshLoopback(t)
 	addr := ln.Addr().String()
 	ln.Close()
 	return addr
@@ -306,10 +301,7 @@ type silentListener struct {
 // never reads, so a writer fills the socket buffers and blocks.
 func startSilent(t *testing.T, read bool) *silentListener {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := freshLoopback(t)
 	s := &silentListener{Listener: ln}
 	done := make(chan struct{})
 	go func() {
@@ -350,4 +342,42 @@ func startSilent(t *testing.T, read bool) *silentListener {
 	}()
 	t.Cleanup(func() { close(done); ln.Close() })
 	return s
+}
+
+// usedPorts are the loopback ports this test process has listened on.
+// Caddy's metrics live as long as the process, labelled by upstream
+// address: a test that reused an earlier test's port would read the
+// earlier test's counts as its own.
+var usedPorts = struct {
+	sync.Mutex
+	m map[string]bool
+}{m: map[string]bool{}}
+
+// freshLoopback listens on a loopback port no earlier test of this
+// process listened on.
+func freshLoopback(t *testing.T) net.Listener {
+	t.Helper()
+	var stale []net.Listener
+	defer func() {
+		for _, l := range stale {
+			l.Close()
+		}
+	}()
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		usedPorts.Lock()
+		seen := usedPorts.m[addr]
+		usedPorts.m[addr] = true
+		usedPorts.Unlock()
+		if !seen {
+			return ln
+		}
+		stale = append(stale, ln) // held open so that the next try gets another port
+	}
+	t.Fatal("no loopback port this process has not used before")
+	return nil
 }

@@ -29,10 +29,7 @@ type secondRequestCloser struct {
 
 func startSecondRequestCloser(t *testing.T) *secondRequestCloser {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := freshLoopback(t)
 	s := &secondRequestCloser{addr: ln.Addr().String(), got: map[string]int{}}
 	go func() {
 		for {

@@ -85,10 +85,7 @@ func streamExchange(t *testing.T, client *http.Client, method, url string, heade
 func TestStreamH2ToH2CWaitsForHeadersBeforeTheBody(t *testing.T) {
 	// TestH2ToH2CStream: a PUT whose client sends its body only once it
 	// has the response headers, to an h2c upstream
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := freshLoopback(t)
 	srv := &http.Server{Handler: h2c.NewHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ProtoMajor != 2 {
 			t.Errorf("upstream got HTTP/%d, want h2c", r.ProtoMajor)

@@ -122,10 +122,7 @@ func TestDeadlineIsTheCallersEvenWhileItsBodyIsSlow(t *testing.T) {
 // was refused did not reach the upstream either: the upstream counts
 // one request, and so must the gateway.
 func TestHedgeRefusedConnectionIsNoAttempt(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := freshLoopback(t)
 	addr := ln.Addr().String()
 	var requests atomic.Int64
 	go func() {
@@ -548,10 +545,7 @@ func TestDeadlineTwoGatewaysCapAtOneInstant(t *testing.T) {
 func TestDeadlineGRPCEveryUnitOverHTTP2(t *testing.T) {
 	var mu sync.Mutex
 	var got []string
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := freshLoopback(t)
 	srv := &http.Server{Handler: h2c.NewHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		got = append(got, fmt.Sprintf("HTTP/%d %s", r.ProtoMajor, r.Header.Get("Grpc-Timeout")))
@@ -677,10 +671,7 @@ func TestHedgedAttemptsAgreeOverH2C(t *testing.T) {
 	var mu sync.Mutex
 	rng := rand.New(rand.NewPCG(7, 4))
 	var arrivals atomic.Int64
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := freshLoopback(t)
 	srv := &http.Server{Handler: h2c.NewHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		arrivals.Add(1)
 		mu.Lock()
