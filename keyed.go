@@ -164,6 +164,11 @@ func (ex *exchange) keyBegin(ix *Idempotency) (res *http.Response, err error, do
 		return ex.keyProblem(OutcomeKeyConflict, keyConflict, executedNo, "A request with this "+ix.header+" is in flight",
 			"The first request with this key has not ended yet, and this one was not sent. Repeat it with the same key after Retry-After to get the first one's answer.", 1), nil, true
 	case idempotency.Used:
+		if a := r.Answer; a != nil && a.Outcome != "" {
+			// the first got no answer: what the upstream did is not known
+			return ex.keyProblem(OutcomeKeyConflict, keyConflict, executedMaybe, "This "+ix.header+" was used",
+				"The first request with this key was sent, in part or whole, and the upstream gave no answer ("+a.Outcome+"): it may have acted. Do not send it again with a new key: check with the upstream.", 0), nil, true
+		}
 		return ex.keyProblem(OutcomeKeyConflict, keyConflict, executedYes, "This "+ix.header+" was used",
 			"The first request with this key was executed, but its answer was not kept (larger than the gateway keeps, or not one a replay could give back whole). Do not send it again with a new key: check with the upstream.", 0), nil, true
 	default: // Mismatch
@@ -247,9 +252,11 @@ func (ex *exchange) answerHere(status int, h http.Header, body []byte) *http.Res
 }
 
 // note records how an attempt ended: whether it may have made the
-// upstream act.
+// upstream act. One canceled once bytes of it were written (its client
+// gave up in the middle of its upload) may have: the upstream got a
+// request, cut, as after a reset.
 func (k *keyed) note(at *attemptResult) {
-	if at.neverSent || at.outcome == OutcomeCanceled || (at.status != 0 && releasingStatus(at.status)) {
+	if at.neverSent || (at.status != 0 && releasingStatus(at.status)) {
 		return
 	}
 	k.acted = true
@@ -293,7 +300,13 @@ func (ex *exchange) keyFailed(o Outcome) {
 		return
 	}
 	k.ended = true
-	k.claim.Keep(ex.keyFingerprint(), idempotency.Answer{Status: o.StatusCode(), Outcome: o.String(), Whole: true})
+	status := o.StatusCode()
+	if o == OutcomeCanceled {
+		// its own client is gone; a repeat is told what a cut request
+		// gets, not Caddy's 499 for a client that left
+		status = http.StatusBadGateway
+	}
+	k.claim.Keep(ex.keyFingerprint(), idempotency.Answer{Status: status, Outcome: o.String(), Whole: true})
 }
 
 // keyDone ends the claim of a request whose answer's body ended as end

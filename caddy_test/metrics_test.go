@@ -192,7 +192,7 @@ func TestMetricsBreakerStateAgreesWithTheAdminAPI(t *testing.T) {
 	}
 	g := loadGateway(t, "http://localhost:9080 {\n"+
 		route("/forced", forced.addr, "")+
-		route("/trip", tripping.addr, "retry off\n breaker {\n consecutive_failures 1\n open_for 200ms\n }")+
+		route("/trip", tripping.addr, "retry off\n breaker {\n consecutive_failures 1\n open_for 1s\n }")+
 		"\thandle_errors {\n\t\theader X-Outcome {http.resilient.outcome}\n\t\trespond 503\n\t}\n"+
 		"}\n")
 	t.Cleanup(func() {
@@ -225,7 +225,9 @@ func TestMetricsBreakerStateAgreesWithTheAdminAPI(t *testing.T) {
 	// a breaker that tripped and then saw no traffic
 	g.get("/trip")
 	agree(tripping.addr, 2, "tripped")
-	time.Sleep(400 * time.Millisecond) // open_for is 200ms; nothing is sent meanwhile
+	// open_for is 1s, so that the two reads above fall in it on a busy
+	// machine; nothing is sent meanwhile
+	time.Sleep(1500 * time.Millisecond)
 	agree(tripping.addr, 1, "after open_for, with no traffic")
 	var entries int
 	data, _ := os.ReadFile(g.logPath)

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -498,5 +499,55 @@ func TestPromiseKeyedPostOfferingAnUpgradeExecutesOnce(t *testing.T) {
 	}
 	if got := up.of("upgrade-offered"); got != 1 {
 		t.Fatalf("the keyed POST was executed %d times, want once", got)
+	}
+}
+
+// SPEC §13: only "a `reset`, `write_timeout` or `canceled` before any
+// byte of the request was written" releases the key; "when bytes were
+// written but no answer came ... the upstream may have acted". A keyed
+// POST whose client gives up in the middle of its upload has had its
+// headers and part of its body sent: the upstream got a request, cut.
+// Its repeat must not be sent as a new request.
+func TestPromiseUploadCutByItsClientKeepsTheKey(t *testing.T) {
+	var cut atomic.Int64
+	up := startUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if _, err := io.Copy(io.Discard, r.Body); err != nil {
+			cut.Add(1)
+			return
+		}
+		w.WriteHeader(http.StatusCreated)
+		io.WriteString(w, "label")
+	})
+	g := loadGateway(t, verdictSite(up.addr, "", "breaker off\nidempotency"))
+	body := strings.Repeat("parcel. ", 64<<10) // 512 KiB
+
+	// the first: the whole body announced, part of it sent, then gone
+	c, err := net.Dial("tcp", "127.0.0.1:9080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "POST /labels HTTP/1.1\r\nHost: localhost:9080\r\nIdempotency-Key: cut-by-client\r\nContent-Length: %d\r\n\r\n", len(body))
+	c.Write([]byte(body[:100<<10]))
+	poll(t, 3*time.Second, "the first at the upstream", func() bool { return up.count.Load() == 1 })
+	c.Close()
+	var first logEntry
+	poll(t, 3*time.Second, "the first's log entry", func() bool {
+		es := g.entries(0)
+		if len(es) == 0 {
+			return false
+		}
+		first = es[len(es)-1]
+		return true
+	})
+	t.Logf("the first: %s (the upstream saw %d cut)", first.raw, cut.Load())
+
+	res, got := post(t, g, "/labels", body, "Idempotency-Key", "cut-by-client")
+	v := verdictOf(res)
+	t.Logf("the repeat: %+v %s", v, got)
+	if n := up.count.Load(); n != 1 {
+		t.Fatalf("the upstream got the keyed POST %d times: a request of which bytes went out released its key", n)
+	}
+	if v.executed != "maybe" {
+		t.Errorf("the repeat of a request the upstream got in part: %+v, want executed maybe", v)
 	}
 }
