@@ -80,6 +80,7 @@ func (c *carrier) roundTrip(rt http.RoundTripper, r *http.Request) (*http.Respon
 			}()
 			res, err = rt.RoundTrip(r)
 		}()
+		c.a.w.roundTripEnded()
 		if c.state.CompareAndSwap(carryRacing, carryDelivered) {
 			c.res, c.err = res, err
 			c.wake <- struct{}{}

@@ -387,10 +387,17 @@ func (ex *exchange) upgrade() (*http.Response, error) {
 			return res, err
 		}
 		ex.ctx = ex.req.Context() // sent as it is: its client's to end
-		if k := ex.keyed; k != nil && ex.req.Body != nil && ex.req.Body != http.NoBody {
-			r := *ex.req
-			r.Body = &hashedBody{ReadCloser: ex.req.Body, hash: k.hash}
-			ex.req = &r
+		if k := ex.keyed; k != nil {
+			// a keyed one is traced as far as its connection: one that
+			// never got a connection (its client left during the dial)
+			// sent nothing, and releases its key
+			r := ex.req.WithContext(httptrace.WithClientTrace(ex.ctx, &httptrace.ClientTrace{
+				GotConn: func(httptrace.GotConnInfo) { ex.first.set(flagGotConn) },
+			}))
+			if r.Body != nil && r.Body != http.NoBody {
+				r.Body = &hashedBody{ReadCloser: r.Body, hash: k.hash}
+			}
+			ex.req = r
 		}
 	}
 	res, err := ex.t.HTTPTransport.RoundTrip(ex.req)
@@ -398,12 +405,13 @@ func (ex *exchange) upgrade() (*http.Response, error) {
 	*at = attemptResult{took: time.Since(ex.start), admitted: true}
 	switch {
 	case err != nil:
-		tr := &ex.first // not traced: tell connect errors by their type
+		tr := &ex.first // not traced, unless keyed: tell connect errors by their type
 		var de reverseproxy.DialError
-		if !errors.As(err, &de) {
-			tr.set(flagGotConn)
-		} else {
+		switch {
+		case errors.As(err, &de), ex.keyed != nil && !tr.gotConn():
 			at.neverSent = true
+		default:
+			tr.set(flagGotConn)
 		}
 		var cause error
 		if ex.req.Context().Err() != nil {
@@ -447,7 +455,7 @@ func (ex *exchange) attempt(a *attempt, tk *ticket) (*http.Response, *attemptRes
 			poolWait, byTotal = max(left, time.Nanosecond), true
 		}
 	}
-	if err := ex.up.takeSlot(ex.ctx, poolWait); err != nil {
+	if err := ex.up.takeSlot(ex.req.Context(), poolWait); err != nil {
 		tk.report(false, true)
 		at.neverSent = true
 		switch {
@@ -527,7 +535,12 @@ func (ex *exchange) send(a *attempt, tk *ticket, start time.Time) (*http.Respons
 	var res *http.Response
 	var err error
 	if c := w.carry; c != nil {
-		if res, err = c.roundTrip(&ex.t.HTTPTransport, r); c.detached() {
+		// a client that leaves before its request was wholly written
+		// ends the attempt: what was not sent is not carried
+		stop := context.AfterFunc(ex.req.Context(), func() { w.clientLeft(a) })
+		res, err = c.roundTrip(&ex.t.HTTPTransport, r)
+		stop()
+		if c.detached() {
 			reported = true
 			return ex.detachedAttempt(a, tk, c, start)
 		}
@@ -631,17 +644,22 @@ func (ex *exchange) letGoNow(res *http.Response, at *attemptResult) {
 }
 
 // sleep waits d before the next attempt, unless the client goes away.
+// A keyed request's own context no longer ends with its client's (see
+// keyBegin), but a wait comes before anything of the request is sent
+// (or after an attempt that released the key): a client gone then ends
+// the request, and its key is released.
 func (ex *exchange) sleep(d time.Duration) error {
 	if d <= 0 {
 		return nil
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
+	client := ex.req.Context()
 	select {
 	case <-t.C:
 		return nil
-	case <-ex.ctx.Done():
-		return context.Cause(ex.ctx)
+	case <-client.Done():
+		return context.Cause(client)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/caddy-resilient/resilient/idempotency"
@@ -460,7 +461,7 @@ type heldReader struct {
 // that answer is kept as it streams to the client, as any other.
 func (ex *exchange) keyUpgraded(res *http.Response, at *attemptResult) {
 	k := ex.keyed
-	if hb, ok := ex.req.Body.(*hashedBody); ok && !hb.eof && !k.hash.Full() {
+	if hb, ok := ex.req.Body.(*hashedBody); ok && !hb.settle() {
 		// its body was not all sent: what the fingerprint does not cover
 		// cannot be compared with a repeat's
 		k.fp, k.summed = idempotency.Unverifiable, true
@@ -509,16 +510,36 @@ func (b *upgradeRefused) Close() error {
 }
 
 // hashedBody is the body of a keyed request sent as it is (an upgrade
-// offer), fed to its fingerprint as it goes.
+// offer), fed to its fingerprint as it goes. net/http's writer of the
+// request may still read it after the answer came (an upstream that
+// answered before it read the whole body): what was hashed is settled
+// once, under mu, and not written to after.
 type hashedBody struct {
 	io.ReadCloser
 	hash *idempotency.Hasher
-	eof  bool
+
+	mu      sync.Mutex
+	eof     bool
+	settled bool
 }
 
 func (b *hashedBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	b.hash.Write(p[:n])
-	b.eof = b.eof || err == io.EOF
+	b.mu.Lock()
+	if !b.settled {
+		b.hash.Write(p[:n])
+		b.eof = b.eof || err == io.EOF
+	}
+	b.mu.Unlock()
 	return n, err
+}
+
+// settle ends the hashing, and reports whether the fingerprint covers
+// what a repeat's can be compared with: the whole body, or the most
+// the fingerprint ever covers of it.
+func (b *hashedBody) settle() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.settled = true
+	return b.eof || b.hash.Full()
 }

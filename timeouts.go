@@ -2,6 +2,7 @@ package resilient
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -113,6 +114,7 @@ type watchdog struct {
 	fired   error
 	waiting atomic.Bool // a read from the client is in progress
 	headers bool        // the final response headers arrived
+	ended   bool        // the round trip returned
 	armed   time.Time   // what the scheduler was asked to fire it at; zero: nothing
 
 	sched schedSlot // guarded by the scheduler's lock
@@ -273,6 +275,32 @@ func (w *watchdog) abort(cause error) {
 	cause = w.fired
 	w.mu.Unlock()
 	w.cancel(cause)
+}
+
+// errClientLeft ends a keyed attempt whose client left before the
+// request was wholly written.
+var errClientLeft = errors.New("the client went away before its request was sent")
+
+// clientLeft ends attempt a, whose client went away, unless its request
+// was wholly written (it is carried to the upstream's answer, see
+// carry.go), its round trip already returned, or a bound ended it.
+func (w *watchdog) clientLeft(a *attempt) {
+	w.mu.Lock()
+	if w.fired != nil || w.ended || a.has(flagWritten) {
+		w.mu.Unlock()
+		return
+	}
+	w.fired = errClientLeft
+	w.mu.Unlock()
+	w.cancel(errClientLeft)
+}
+
+// roundTripEnded notes that the round trip returned: from now on, a
+// client that leaves does not end the attempt (its answer is kept).
+func (w *watchdog) roundTripEnded() {
+	w.mu.Lock()
+	w.ended = true
+	w.mu.Unlock()
 }
 
 // stop gives up w's deadline. It reports the cause if the watchdog had

@@ -118,26 +118,42 @@ func TestGetRecoversFromRefusedConnection(t *testing.T) {
 	addr := closedPort(t)
 	g := loadGateway(t, proxySite(addr, `transport resilient {
 			retry {
-				attempts 6
+				attempts 10
 				backoff 100ms 100ms
 			}
 			breaker off
 		}`))
-	// the upstream comes up shortly after the first refused attempt
+	// the request starts against a closed port; the upstream comes up
+	// 200 ms later, while the gateway retries every 100 ms or so
+	type answer struct {
+		res  *http.Response
+		body []byte
+		err  error
+	}
+	got := make(chan answer, 1)
 	go func() {
-		time.Sleep(20 * time.Millisecond)
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return
+		var a answer
+		if a.res, a.err = g.Client.Get("http://localhost:9080/"); a.err == nil {
+			a.body, a.err = io.ReadAll(a.res.Body)
+			a.res.Body.Close()
 		}
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "up") })}
-		t.Cleanup(func() { srv.Close() })
-		srv.Serve(ln)
+		got <- a
 	}()
-	res, body := g.get("/")
-	expect(t, res, http.StatusOK, "ok")
-	if body != "up" {
-		t.Errorf("body %q", body)
+	time.Sleep(200 * time.Millisecond)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "up") })}
+	t.Cleanup(func() { srv.Close() })
+	go srv.Serve(ln)
+	a := <-got
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	expect(t, a.res, http.StatusOK, "ok")
+	if string(a.body) != "up" {
+		t.Errorf("body %q", a.body)
 	}
 	if e := g.lastEntry(); e.Tries[0].Outcome != "connect_error" {
 		t.Errorf("first try should have been refused: %s", e.raw)
