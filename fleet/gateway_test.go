@@ -17,7 +17,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -37,6 +36,7 @@ import (
 	// what the Caddy binary is built from, sees changes to it.
 	_ "github.com/caddy-resilient/resilient"
 	_ "github.com/caddy-resilient/resilient/chaos"
+	"github.com/caddy-resilient/resilient/internal/redistest"
 )
 
 func TestMain(m *testing.M) {
@@ -90,19 +90,11 @@ func caddyBinary(t *testing.T) string {
 	return b.path
 }
 
-// freePorts returns n distinct free loopback ports.
+// freePorts returns n distinct free loopback ports (see
+// redistest.FreePorts).
 func freePorts(t *testing.T, n int) []int {
 	t.Helper()
-	ports := make([]int, n)
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close() // held until all are picked, so none repeats
-		ports[i] = l.Addr().(*net.TCPAddr).Port
-	}
-	return ports
+	return redistest.FreePorts(t, n)
 }
 
 // startProcess starts cmd in a process group of its own, with its output

@@ -7,6 +7,7 @@ package redistest
 import (
 	"bufio"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -56,15 +57,55 @@ func Start(t testing.TB, extra ...string) *Server {
 }
 
 // FreePort returns a loopback port that nothing listens on at the time
-// of the call.
+// of the call (see FreePorts).
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return FreePorts(t, 1)[0]
+}
+
+// FreePorts returns n distinct loopback ports that nothing listens on at
+// the time of the call. They are drawn below the kernel's range of
+// ephemeral ports: a port from that range, once let go, may be taken
+// by any outgoing connection or listener on port 0 before the process
+// meant to bind it does (a Caddy starting, a redis-server restarted on
+// its port after a kill), and the test fails on "address already in
+// use".
+func FreePorts(t testing.TB, n int) []int {
+	t.Helper()
+	lo := ephemeralLow()
+	span := min(lo-1024, 16384)
+	var held []net.Listener
+	defer func() {
+		for _, l := range held {
+			l.Close()
+		}
+	}()
+	ports := make([]int, 0, n)
+	for try := 0; len(ports) < n; try++ {
+		if try == 10000 {
+			t.Fatalf("no %d free loopback ports below %d", n, lo)
+		}
+		p := lo - 1 - rand.IntN(span)
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err != nil {
+			continue // in use
+		}
+		held = append(held, l) // held until all are picked, so none repeats
+		ports = append(ports, p)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range.
+func ephemeralLow() int {
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if lo, err := strconv.Atoi(f[0]); err == nil && lo > 2048 {
+				return lo
+			}
+		}
+	}
+	return 32768
 }
 
 // Start runs the server again, on the same port, after Kill, and waits
