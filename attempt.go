@@ -30,7 +30,6 @@ type attempt struct {
 	kept        []byte // a hedge's body: the whole body, kept
 	flags       atomic.Uint32
 	conn        atomic.Pointer[countingConn]
-	tlsConn     atomic.Pointer[tls.Conn] // conn's TLS layer, if any
 	baseWritten atomic.Int64
 	gotConnAt   atomic.Int64 // since start
 	wroteAt     atomic.Int64 // since start
@@ -92,10 +91,13 @@ func (a *attempt) onGotConn(info httptrace.GotConnInfo) {
 	if cc != nil {
 		a.baseWritten.Store(cc.written.Load())
 		a.conn.Store(cc)
-		tc, _ := info.Conn.(*tls.Conn)
-		a.tlsConn.Store(tc)
-		if tc != nil {
-			h2 = tc.ConnectionState().NegotiatedProtocol == "h2"
+		if tc, ok := info.Conn.(*tls.Conn); ok {
+			if !info.Reused {
+				// read once per connection: ConnectionState locks
+				// the handshake and copies the whole state
+				cc.h2.Store(tc.ConnectionState().NegotiatedProtocol == "h2")
+			}
+			h2 = cc.h2.Load()
 		}
 	}
 	f := flagGotConn
@@ -155,10 +157,7 @@ func (a *attempt) resending() bool {
 	if cc == nil || cc.written.Load() == a.baseWritten.Load() {
 		return false
 	}
-	if tc := a.tlsConn.Load(); tc != nil {
-		return tc.ConnectionState().NegotiatedProtocol != "h2"
-	}
-	return !a.h2c
+	return !a.has(flagH2)
 }
 
 func (a *attempt) onWroteRequest(info httptrace.WroteRequestInfo) {
@@ -237,6 +236,7 @@ type countingConn struct {
 	net.Conn
 	written atomic.Int64
 	refused atomic.Bool
+	h2      atomic.Bool // its TLS handshake chose HTTP/2
 }
 
 func newCountingConn(c net.Conn) *countingConn { return &countingConn{Conn: c} }

@@ -170,7 +170,7 @@ func (ex *exchange) carryOn(c *carrier, res *http.Response, err error) {
 	a.headers()
 	// a 429 or 503 with Retry-After pauses the upstream's bucket, late
 	// as it is
-	ex.obeyRetryAfter(res, time.Now())
+	ex.obeyRetryAfter(res)
 	if releasingStatus(res.StatusCode) {
 		// the upstream says it did nothing: a repeat is sent anew
 		res.Body.Close()

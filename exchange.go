@@ -366,11 +366,12 @@ func (ex *exchange) refused(a *attempt, retryAfter time.Duration, err error) (*h
 // answered 429 or 503 with a Retry-After: every request to it (of that
 // key) waits until then, or ends rate_limited. Every answer counts, the
 // final one or not: a hedge's, or an attempt's that lost to one.
-func (ex *exchange) obeyRetryAfter(res *http.Response, now time.Time) {
+func (ex *exchange) obeyRetryAfter(res *http.Response) {
 	if ex.bkt == nil || res == nil || !ex.t.RateLimit.obey ||
 		(res.StatusCode != http.StatusTooManyRequests && res.StatusCode != http.StatusServiceUnavailable) {
 		return
 	}
+	now := time.Now()
 	if ra, ok := parseRetryAfter(res.Header.Get("Retry-After"), now); ok && ra > 0 {
 		ex.bkt.pause(now.Add(min(ra, maxPause)))
 	}
@@ -433,7 +434,6 @@ func (ex *exchange) upgrade() (*http.Response, error) {
 		ex.done(e)
 		return nil, err // Caddy's own handling of upgrade failures stays as it is
 	}
-	ex.report(nil)
 	ex.done(nil)
 	return res, nil
 }
@@ -601,7 +601,7 @@ func (ex *exchange) send(a *attempt, tk *ticket, start time.Time) (*http.Respons
 	}
 	at.failed, _ = ex.t.Breaker.isFailure(at.outcome, at.status, at.took)
 	tk.report(at.failed, false)
-	ex.obeyRetryAfter(res, time.Now())
+	ex.obeyRetryAfter(res)
 	return res, at
 }
 
@@ -735,7 +735,6 @@ func (ex *exchange) finish(res *http.Response, at *attemptResult) (*http.Respons
 	if ex.fb.cfg != nil {
 		ex.fallbackAnswered(res)
 	}
-	ex.report(nil)
 	ex.resp = responseBody{rc: res.Body, ex: ex, a: at.a, client: ex.req.Context()}
 	if idle := on(ex.t.Timeouts.Read); idle > 0 {
 		ex.resp.watch = true
@@ -758,7 +757,6 @@ func (ex *exchange) bodyClosed(a *attempt, end Outcome) {
 			at.ticket.lateFailure()
 		}
 		ex.outcome, ex.bodyCut = end, true
-		ex.report(nil)
 	case !at.failed:
 		at.ticket.settle()
 	}
@@ -774,7 +772,7 @@ func (ex *exchange) bodyClosed(a *attempt, end Outcome) {
 // done ends the request: placeholders, the log entry, the metrics.
 func (ex *exchange) done(e *Error) {
 	if e != nil {
-		ex.report(e)
+		ex.err = e
 	}
 	ex.log(e)
 	ex.up.m.request(ex.outcome, ex.took)

@@ -53,12 +53,14 @@ type Fallback struct {
 	// Default: `["{http.request.host}","{http.request.header.Authorization}"]`.
 	Scope []string `json:"scope,omitempty"`
 
-	// Answers whose body is larger than this many bytes are not kept.
-	// Default: `1048576` (1MiB).
+	// Answers larger than this many bytes, head and body together, are
+	// not kept. Default: `1048576` (1MiB), or max_memory when that is
+	// less.
 	MaxResponse int64 `json:"max_response,omitempty"`
 
-	// The bytes of all answers this transport keeps, and streams in to
-	// keep; past it the oldest answers go first. Answers survive a
+	// The bytes of all answers kept for these upstreams with this
+	// bound, and streamed in to keep; past it the oldest answers go
+	// first. Answers survive a
 	// config reload that keeps max_memory and the upstreams.
 	// Default: `67108864` (64MiB).
 	MaxMemory int64 `json:"max_memory,omitempty"`
@@ -67,7 +69,6 @@ type Fallback struct {
 	onStatus []statusMatch
 	store    *fallbackStore
 	ns       string // the store's name in fallbackStores
-	release  func() // this transport's hold on the store's bound
 }
 
 // Defaults of the fallback block.
@@ -134,14 +135,11 @@ func (fb *Fallback) provision(ns string) error {
 	if fb.Scope == nil {
 		fb.Scope = defaultKeyScope
 	}
-	if fb.MaxResponse == 0 {
-		fb.MaxResponse = min(defaultMaxResponse, max(fb.MaxMemory, 0))
-		if fb.MaxMemory == 0 {
-			fb.MaxResponse = defaultMaxResponse
-		}
-	}
 	if fb.MaxMemory == 0 {
 		fb.MaxMemory = answers.DefaultMaxBytes
+	}
+	if fb.MaxResponse == 0 {
+		fb.MaxResponse = min(defaultMaxResponse, max(fb.MaxMemory, 0))
 	}
 	fb.on, fb.onStatus = [numOutcomes]bool{}, nil
 	for _, c := range fb.On {
@@ -170,7 +168,6 @@ func (fb *Fallback) provision(ns string) error {
 		return err
 	}
 	fb.store = v.(*fallbackStore)
-	fb.release = fb.store.Limit(fb.MaxMemory)
 	return nil
 }
 
@@ -196,13 +193,9 @@ func (fb *Fallback) validate() error {
 	return nil
 }
 
-// cleanup lets go of the transport's hold on the store's bound and of
-// the store; the answers stay for the next config with these upstreams.
+// cleanup lets go of the store; the answers stay for the next config
+// with these upstreams and max_memory.
 func (fb *Fallback) cleanup() {
-	if fb.release != nil {
-		fb.release()
-		fb.release = nil
-	}
 	if fb.store != nil {
 		_, _ = fallbackStores.Delete(fb.ns)
 		fb.store = nil
@@ -516,7 +509,7 @@ func (ex *exchange) serveKept(a keptAnswer) *http.Response {
 		a.body = nil
 	}
 	ex.outcome = OutcomeStale
-	res := ex.answerHere(a.status, a.header, a.body)
+	res := ex.answerHere(a.status, a.header, a.body, 0)
 	if ex.req.Method == http.MethodHead && length != "" {
 		// a HEAD tells the length of the body a GET would get
 		res.Header.Set("Content-Length", length)

@@ -190,7 +190,7 @@ func (ex *exchange) keyProblem(o Outcome, verdict any, exec executed, title, det
 		h.Set("Retry-After", strconv.FormatInt(retryAfter, 10))
 	}
 	body := problemJSON(ex.problem(status, problemTypeDraft, title, detail, retryAfter))
-	return ex.answerHere(status, h, body)
+	return ex.answerHere(status, h, body, time.Duration(retryAfter)*time.Second)
 }
 
 // replay answers the request with a record's answer, nothing sent: the
@@ -212,14 +212,9 @@ func (ex *exchange) replay(a *idempotency.Answer) *http.Response {
 		ex.answered(OutcomeReplayed, keyReplayed, executedYes)
 	}
 	h.Set("Idempotent-Replayed", "true")
-	res := ex.answerHere(a.Status, h, body)
-	if v := h.Get("Retry-After"); v != "" {
-		// {http.resilient.retry_after} says what the first one was told
-		if ra, ok := parseRetryAfter(v, time.Now()); ok && ra > 0 {
-			ex.final.retryAfter = ra
-		}
-	}
-	return res
+	// {http.resilient.retry_after} says what the first one was told
+	ra, _ := parseRetryAfter(h.Get("Retry-After"), time.Now())
+	return ex.answerHere(a.Status, h, body, ra)
 }
 
 // answered notes how the transport answers the request itself: its
@@ -232,12 +227,11 @@ func (ex *exchange) answered(o Outcome, verdict any, exec executed) {
 // answerHere ends the exchange with an answer the transport gives
 // itself (see answered): placeholders, the log entry and the metrics,
 // as for any other.
-func (ex *exchange) answerHere(status int, h http.Header, body []byte) *http.Response {
+func (ex *exchange) answerHere(status int, h http.Header, body []byte, retryAfter time.Duration) *http.Response {
 	at := &ex.first.res
-	*at = attemptResult{outcome: ex.outcome, status: status, neverSent: true}
+	*at = attemptResult{outcome: ex.outcome, status: status, neverSent: true, retryAfter: max(retryAfter, 0)}
 	ex.final, ex.took = at, time.Since(ex.start)
 	h.Set("Content-Length", strconv.Itoa(len(body)))
-	ex.report(nil)
 	ex.done(nil)
 	return &http.Response{
 		Status:        strconv.Itoa(status) + " " + http.StatusText(status),

@@ -10,14 +10,6 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// report notes e, the error the request ended with (nil: none), for
-// the placeholders.
-func (ex *exchange) report(e *Error) {
-	if e != nil {
-		ex.err = e
-	}
-}
-
 // exchangeKey holds, in a request's replacer, the latest exchange of
 // the request: Caddy's lb_retries may send one request through the
 // transport several times, and the placeholders tell of the last.
@@ -116,8 +108,6 @@ func (ex *exchange) retryAfter(e *Error) int64 {
 		return retryAfterSecs(e.RetryAfter)
 	case e != nil || ex.final == nil:
 		return 0
-	case ex.outcome == OutcomeKeyConflict && ex.exec == executedNo:
-		return 1
 	}
 	if ex.final.retryAfter > 0 {
 		return retryAfterSecs(ex.final.retryAfter)

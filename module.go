@@ -317,7 +317,21 @@ func (ex *exchange) lbMovesOn(movable bool) bool {
 	case lb.TryDuration > 0 && time.Since(ex.reqStart) >= time.Duration(lb.TryDuration):
 		return false
 	}
-	return movable || ex.req.Method == http.MethodGet
+	// as Caddy's LoadBalancing.tryAgain (v2.11) decides for an error
+	// that is no dial error: a GET's by default, else lb_retry_match's
+	switch {
+	case movable:
+		return true
+	case lb.RetryMatch == nil:
+		return ex.req.Method == http.MethodGet
+	}
+	if ex.repl != nil {
+		// what Caddy sets for the matchers it runs then
+		ex.repl.Set("http.reverse_proxy.is_transport_error", true)
+		defer ex.repl.Delete("http.reverse_proxy.is_transport_error")
+	}
+	match, err := lb.RetryMatch.AnyMatchWithError(ex.req)
+	return err == nil && match
 }
 
 // fleetLink returns the transport's fleet membership, nil without one.

@@ -577,3 +577,27 @@ func TestFallbackMaxResponseCountsTheHeaders(t *testing.T) {
 		}
 	}
 }
+
+// SPEC §15: the kept answer is served when the request would end in a
+// failure of `on`; it waits only for Caddy's lb_retries to move the
+// request to another upstream. Caddy moves a failure that is no dial
+// error only for a GET by default, or for what `lb_retry_match`
+// matches when it is written: a GET it does not match stays where it
+// failed, and must get the kept answer, not the 502.
+func TestFallbackServesWhatLbRetryMatchDoesNotMove(t *testing.T) {
+	a, b := startFlip(t, nil), startFlip(t, nil)
+	g := loadGateway(t, edgeSite(a.addr+" "+b.addr, "lb_policy round_robin\nlb_retries 1\nlb_retry_match {\nmethod POST\n}",
+		"retry off\nbreaker off\nfallback"))
+	for range 2 {
+		if res, _ := getHost(t, g, "", "/e-match"); res.StatusCode != http.StatusOK {
+			t.Fatalf("fresh: %d", res.StatusCode)
+		}
+	}
+	a.mode.Store("reset")
+	b.mode.Store("reset")
+	res, body := getHost(t, g, "", "/e-match")
+	if res.StatusCode != http.StatusOK || res.Header.Get("X-Outcome") != "stale" {
+		t.Fatalf("a GET that lb_retry_match does not move, its upstream reset: %d %s %q, want the kept answer (stale)",
+			res.StatusCode, res.Header.Get("X-Outcome"), body)
+	}
+}
