@@ -301,7 +301,7 @@ func (b *responseBody) Read(p []byte) (int, error) {
 		k.capture(p[:n])
 		k.eof = k.eof || err == io.EOF
 	}
-	if fb := &b.ex.fb; fb.capture {
+	if fb := b.ex.fb; fb != nil && fb.capture {
 		fb.fallbackCapture(p[:n], err == io.EOF)
 	}
 	if err != nil && err != io.EOF {

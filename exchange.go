@@ -59,8 +59,8 @@ type exchange struct {
 	keyValue   any       // the same, boxed for the placeholder; nil when not managed
 	held       *heldBody // the request body, read ahead while it waited (holdBody); nil: not
 
-	fb  fallbackState // with fallback, for a request of its methods; inline
-	err *Error        // the error the request ended with, for the placeholders
+	fb  *fallbackState // with fallback, in the same allocation (fallbackExchange); nil: none
+	err *Error         // the error the request ended with, for the placeholders
 
 	// what the caller may assume of the upstream, when the transport
 	// answered itself (a replay, a conflict); else the tries tell
@@ -123,13 +123,30 @@ type bodiedExchange struct {
 	src bodySource
 }
 
+// fallbackExchange is an exchange of a transport with fallback, with
+// room for the fallback's state and a body's source, in the same
+// allocation: a transport without fallback does not pay for it.
+type fallbackExchange struct {
+	exchange
+	fb  fallbackState
+	src bodySource
+}
+
 func newExchange(t *Transport, req *http.Request) *exchange {
 	var ex *exchange
-	if b := req.Body; b != nil && b != http.NoBody {
+	bodied := req.Body != nil && req.Body != http.NoBody
+	switch {
+	case t.Fallback != nil:
+		fe := new(fallbackExchange)
+		ex, fe.exchange.fb = &fe.exchange, &fe.fb
+		if bodied {
+			ex.body = &fe.src
+		}
+	case bodied:
 		be := new(bodiedExchange)
 		ex = &be.exchange
 		ex.body = &be.src
-	} else {
+	default:
 		ex = new(exchange)
 	}
 	ex.t, ex.req, ex.ctx, ex.up, ex.start = t, req, req.Context(), t.upstreamFor(req), time.Now()
@@ -666,7 +683,7 @@ func (ex *exchange) sleep(d time.Duration) error {
 // finish returns the final response, its body wrapped to finish the
 // request when it is closed, or the typed error.
 func (ex *exchange) finish(res *http.Response, at *attemptResult) (*http.Response, error) {
-	if ex.fb.cfg != nil && (res != nil || !ex.lbMovesOn(!ex.sent && ex.body.untouched() && ex.held == nil)) {
+	if ex.fb != nil && ex.fb.cfg != nil && (res != nil || !ex.lbMovesOn(!ex.sent && ex.body.untouched() && ex.held == nil)) {
 		// a failure that falls back gets the read's kept answer, unless
 		// Caddy is to try another upstream
 		status := 0
@@ -698,11 +715,6 @@ func (ex *exchange) finish(res *http.Response, at *attemptResult) (*http.Respons
 		if at.outcome == OutcomeCanceled && !errors.Is(e, context.Canceled) {
 			e.Err = context.Canceled
 		}
-		if !e.movable {
-			// Caddy's lb_retries moves any request whose error unwraps
-			// to a dial error: one whose body was read must not go
-			e.Err = hideDialError(e.Err)
-		}
 		if ex.keyed != nil {
 			ex.keyFailed(at.outcome)
 		}
@@ -732,7 +744,7 @@ func (ex *exchange) finish(res *http.Response, at *attemptResult) (*http.Respons
 	if ex.keyed != nil {
 		ex.keyAnswered(res)
 	}
-	if ex.fb.cfg != nil {
+	if ex.fb != nil && ex.fb.cfg != nil {
 		ex.fallbackAnswered(res)
 	}
 	ex.resp = responseBody{rc: res.Body, ex: ex, a: at.a, client: ex.req.Context()}
@@ -763,7 +775,7 @@ func (ex *exchange) bodyClosed(a *attempt, end Outcome) {
 	if ex.keyed != nil {
 		ex.keyDone(end)
 	}
-	if ex.fb.capture {
+	if ex.fb != nil && ex.fb.capture {
 		ex.fallbackKeep(end)
 	}
 	ex.done(nil)
@@ -791,11 +803,14 @@ func (ex *exchange) attempts() int {
 }
 
 // cleanError drops the URL that net/http sometimes puts in its errors,
-// so no query string reaches a log.
+// so no query string reaches a log, and hides a dial error from
+// errors.As: Caddy's lb_retries moves any request whose error unwraps to
+// one, and only the Error's own As may say so (one whose body was read
+// must not go).
 func cleanError(err error) error {
 	var ue *url.Error
 	if errors.As(err, &ue) {
-		return ue.Err
+		err = ue.Err
 	}
-	return err
+	return hideDialError(err)
 }

@@ -1,7 +1,6 @@
 package resilient
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
@@ -279,7 +278,7 @@ func (ex *exchange) fallbackBegin(fb *Fallback) {
 	if !slices.Contains(fb.Methods, req.Method) {
 		return
 	}
-	s := &ex.fb
+	s := ex.fb
 	s.cfg, s.serve, s.keep, s.maxAge = fb, true, true, time.Duration(fb.Stale)
 	for _, v := range req.Header["Cache-Control"] {
 		for d := range directives(v) {
@@ -370,7 +369,7 @@ func keptStatus(status int) bool {
 // the client: when it may be kept, its head is noted now (before Caddy's
 // header_down changes it) and its body will be captured as it streams.
 func (ex *exchange) fallbackAnswered(res *http.Response) {
-	s := &ex.fb
+	s := ex.fb
 	if !s.keep || !keptStatus(res.StatusCode) || res.ContentLength > s.cfg.MaxResponse {
 		return
 	}
@@ -463,7 +462,7 @@ func (s *fallbackState) drop() {
 // fallbackKeep keeps the answer whose body ended as end says: only one
 // read to its end, never one cut short.
 func (ex *exchange) fallbackKeep(end Outcome) {
-	s := &ex.fb
+	s := ex.fb
 	if !s.capture {
 		return
 	}
@@ -485,7 +484,7 @@ func (ex *exchange) fallbackKeep(end Outcome) {
 // older than allowed; ok is false when none is, or when the failure
 // does not fall back.
 func (ex *exchange) fallbackLookup(o Outcome, status int) (keptAnswer, bool) {
-	s := &ex.fb
+	s := ex.fb
 	if s.cfg == nil || !s.serve || ex.keyed != nil || !s.cfg.falls(o, status) {
 		return keptAnswer{}, false
 	}
@@ -556,11 +555,8 @@ const (
 	maxKeptLines   = 256
 )
 
-// hopHeaders are not kept: they describe the connection the answer came
-// on, not the answer.
-var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Te", "Trailer", "Upgrade", "Age"}
-
-// encodeKeptHead encodes status and h, without hop-by-hop headers; ok is
+// encodeKeptHead encodes status and h (the hop-by-hop headers too:
+// Caddy strips them from every answer it serves, a kept one too); ok is
 // false for a header too hostile to keep (too many lines, or a name or
 // value no answer may carry).
 func encodeKeptHead(status int, h http.Header) ([]byte, bool) {
@@ -569,9 +565,6 @@ func encodeKeptHead(status int, h http.Header) ([]byte, bool) {
 	b = binary.BigEndian.AppendUint16(b, uint16(status))
 	lines := 0
 	for name, vs := range h {
-		if slices.Contains(hopHeaders, name) || connectionNames(h, name) {
-			continue
-		}
 		if !httpguts.ValidHeaderFieldName(name) {
 			return nil, false
 		}
@@ -585,19 +578,6 @@ func encodeKeptHead(status int, h http.Header) ([]byte, bool) {
 	}
 	// the end of the head: an empty name
 	return binary.AppendUvarint(b, 0), true
-}
-
-// connectionNames reports whether h's Connection header names name: a
-// field for the connection the answer came on (RFC 9110 §7.6.1).
-func connectionNames(h http.Header, name string) bool {
-	for _, v := range h["Connection"] {
-		for d := range directives(v) {
-			if strings.EqualFold(d, name) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 func appendField(b []byte, s string) []byte {
@@ -684,17 +664,17 @@ func decodeVary(v []byte) ([]string, bool) {
 // varyKey is the key of the answer under key for the values h has of
 // the headers names.
 func varyKey(key answers.Key, names []string, h http.Header) answers.Key {
-	var buf bytes.Buffer
-	buf.Write(key[:])
+	var scratch [512]byte // most requests' values fit: no allocation
+	b := append(scratch[:0], key[:]...)
 	for _, n := range names {
-		buf.Write(appendField(nil, n))
+		b = appendField(b, n)
 		vs := h.Values(n)
-		buf.Write(binary.AppendUvarint(nil, uint64(len(vs))))
+		b = binary.AppendUvarint(b, uint64(len(vs)))
 		for _, v := range vs {
-			buf.Write(appendField(nil, v))
+			b = appendField(b, v)
 		}
 	}
-	return sha256.Sum256(buf.Bytes())
+	return sha256.Sum256(b)
 }
 
 // fallbackResult is how a fallback look-up ended, as fallback_total

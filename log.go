@@ -80,8 +80,8 @@ func (ex *exchange) placeholder(key string) (any, bool) {
 			return e.cause(), true
 		}
 	case "fallback":
-		if r := ex.fb.result; r != nil {
-			return r, true
+		if ex.fb != nil && ex.fb.result != nil {
+			return ex.fb.result, true
 		}
 		return noValue, true
 	case "problem":
@@ -187,8 +187,8 @@ func (ex *exchange) log(e *Error) {
 	if ex.keyVerdict != "" {
 		fields = append(fields, zap.String("idempotency", ex.keyVerdict))
 	}
-	if r := ex.fb.result; r != nil {
-		fields = append(fields, zap.String("fallback", r.(string)))
+	if ex.fb != nil && ex.fb.result != nil {
+		fields = append(fields, zap.String("fallback", ex.fb.result.(string)))
 	}
 	if ex.denied != denyNone {
 		fields = append(fields, zap.String("retry_denied", ex.denied.String()))
