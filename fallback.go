@@ -180,9 +180,9 @@ func (fb *Fallback) validate() error {
 		return fmt.Errorf("max_response must be a positive size, got %d", fb.MaxResponse)
 	case fb.MaxMemory < 0:
 		return fmt.Errorf("max_memory must be a positive size, got %d", fb.MaxMemory)
-	case fb.MaxResponse > fb.MaxMemory:
-		return fmt.Errorf("max_response %s is larger than max_memory %s: no answer that large could be kept",
-			humanize.IBytes(uint64(fb.MaxResponse)), humanize.IBytes(uint64(fb.MaxMemory)))
+	}
+	if err := sizesAgree(fb.MaxResponse, fb.MaxMemory); err != nil {
+		return err
 	}
 	for _, m := range fb.Methods {
 		if !isToken(m) {
@@ -748,13 +748,11 @@ func parseFallback(d *caddyfile.Dispenser) (*Fallback, error) {
 		}
 		return err
 	})
-	if err == nil && fb.MaxResponse > 0 && fb.MaxResponse > max(fb.MaxMemory, 0) && fb.MaxMemory > 0 {
-		return nil, d.Errf("fallback: max_response %s is larger than max_memory %s: no answer that large could be kept",
-			humanize.IBytes(uint64(fb.MaxResponse)), humanize.IBytes(uint64(fb.MaxMemory)))
+	if err != nil {
+		return fb, err
 	}
-	if err == nil && fb.MaxResponse > answers.DefaultMaxBytes && fb.MaxMemory == 0 {
-		return nil, d.Errf("fallback: max_response %s is larger than the default max_memory (%s): write max_memory too",
-			humanize.IBytes(uint64(fb.MaxResponse)), humanize.IBytes(answers.DefaultMaxBytes))
+	if err := sizesAgree(fb.MaxResponse, fb.MaxMemory); err != nil {
+		return nil, d.Errf("fallback: %v", err)
 	}
-	return fb, err
+	return fb, nil
 }
