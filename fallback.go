@@ -509,10 +509,15 @@ func (ex *exchange) serveKept(a keptAnswer) *http.Response {
 	}
 	ex.outcome = OutcomeStale
 	res := ex.answerHere(a.status, a.header, a.body, 0)
-	if ex.req.Method == http.MethodHead && length != "" {
-		// a HEAD tells the length of the body a GET would get
-		res.Header.Set("Content-Length", length)
-		res.ContentLength, _ = strconv.ParseInt(length, 10, 64)
+	if ex.req.Method == http.MethodHead {
+		// a HEAD tells the length of the body a GET would get, or
+		// nothing when the upstream did not say
+		res.Header.Del("Content-Length")
+		res.ContentLength = -1
+		if length != "" {
+			res.Header.Set("Content-Length", length)
+			res.ContentLength, _ = strconv.ParseInt(length, 10, 64)
+		}
 	}
 	return res
 }

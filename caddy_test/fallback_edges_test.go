@@ -601,3 +601,34 @@ func TestFallbackServesWhatLbRetryMatchDoesNotMove(t *testing.T) {
 			res.StatusCode, res.Header.Get("X-Outcome"), body)
 	}
 }
+
+// The same for a HEAD whose upstream said no length (a GET of it is
+// chunked): the stale HEAD must not say the resource is empty.
+func TestFallbackHeadWithoutALengthSaysNone(t *testing.T) {
+	up := startFlip(t, func(w http.ResponseWriter, r *http.Request) bool {
+		w.Header().Set("Content-Type", "text/plain")
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush() // no Content-Length: a GET's body is chunked
+		if r.Method != http.MethodHead {
+			io.WriteString(w, strings.Repeat("z", 1234))
+		}
+		return true
+	})
+	g := loadGateway(t, edgeSite(up.addr, "", "breaker off\nfallback"))
+	head := func() *http.Response {
+		req, _ := http.NewRequest(http.MethodHead, "http://localhost:9080/e-chunked", nil)
+		res, _ := g.do(req)
+		return res
+	}
+	if fresh := head(); fresh.StatusCode != http.StatusOK {
+		t.Fatalf("fresh HEAD: %d", fresh.StatusCode)
+	}
+	up.mode.Store("503")
+	stale := head()
+	if stale.Header.Get("X-Outcome") != "stale" {
+		t.Fatalf("HEAD: %d %s, want the kept answer", stale.StatusCode, stale.Header.Get("X-Outcome"))
+	}
+	if got := stale.Header.Get("Content-Length"); got == "0" {
+		t.Fatalf("stale HEAD of a resource of unknown length: Content-Length %q, as if it were empty", got)
+	}
+}
