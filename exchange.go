@@ -683,14 +683,22 @@ func (ex *exchange) sleep(d time.Duration) error {
 // finish returns the final response, its body wrapped to finish the
 // request when it is closed, or the typed error.
 func (ex *exchange) finish(res *http.Response, at *attemptResult) (*http.Response, error) {
-	if ex.fb != nil && ex.fb.cfg != nil && (res != nil || !ex.lbMovesOn(!ex.sent && ex.body.untouched() && ex.held == nil)) {
+	if ex.fb != nil && ex.fb.cfg != nil {
 		// a failure that falls back gets the read's kept answer, unless
 		// Caddy is to try another upstream
 		status := 0
 		if res != nil {
 			status = res.StatusCode
 		}
-		if a, ok := ex.fallbackLookup(at.outcome, status); ok {
+		a, ok := ex.fallbackLookup(at.outcome, status)
+		switch {
+		case !ok:
+		case res == nil:
+			ok = !ex.lbMovesOn(!ex.sent && ex.body.untouched() && ex.held == nil)
+		default:
+			ok = !ex.lbMovesAnswer(res)
+		}
+		if ok {
 			if res != nil {
 				// not drained: the kept answer does not wait for it
 				ex.letGoNow(res, at)

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -304,17 +305,8 @@ func parentProxy(ctx caddy.Context) *reverseproxy.Handler {
 // for it), and a request refused by an open breaker must end up at a
 // healthy upstream (SPEC §4).
 func (ex *exchange) lbMovesOn(movable bool) bool {
-	h := ex.t.proxy
-	if h == nil || h.LoadBalancing == nil || (len(h.Upstreams) < 2 && h.DynamicUpstreamsRaw == nil) {
-		return false
-	}
-	lb := h.LoadBalancing
-	switch {
-	case lb.Retries == 0 && lb.TryDuration == 0:
-		return false
-	case lb.Retries > 0 && ex.lbTry >= lb.Retries:
-		return false
-	case lb.TryDuration > 0 && time.Since(ex.reqStart) >= time.Duration(lb.TryDuration):
+	lb := ex.lbRoom()
+	if lb == nil {
 		return false
 	}
 	// as Caddy's LoadBalancing.tryAgain (v2.11) decides for an error
@@ -332,6 +324,83 @@ func (ex *exchange) lbMovesOn(movable bool) bool {
 	}
 	match, err := lb.RetryMatch.AnyMatchWithError(ex.req)
 	return err == nil && match
+}
+
+// lbRoom returns the load balancing of the request's reverse_proxy when
+// its lb_retries or lb_try_duration leave room to try another of more
+// than one upstream; nil otherwise.
+func (ex *exchange) lbRoom() *reverseproxy.LoadBalancing {
+	h := ex.t.proxy
+	if h == nil || h.LoadBalancing == nil || (len(h.Upstreams) < 2 && h.DynamicUpstreamsRaw == nil) {
+		return nil
+	}
+	lb := h.LoadBalancing
+	switch {
+	case lb.Retries == 0 && lb.TryDuration == 0:
+		return nil
+	case lb.Retries > 0 && ex.lbTry >= lb.Retries:
+		return nil
+	case lb.TryDuration > 0 && time.Since(ex.reqStart) >= time.Duration(lb.TryDuration):
+		return nil
+	}
+	return lb
+}
+
+// lbMovesAnswer reports whether Caddy's lb_retries sends the request to
+// another upstream after the answer res, as its reverse proxy (v2.11)
+// does when a matcher set of lb_retry_match that reads the response
+// ({rp.status_code}, {rp.header.*}) matches it: with the response's
+// placeholders set as Caddy sets them.
+func (ex *exchange) lbMovesAnswer(res *http.Response) bool {
+	lb := ex.lbRoom()
+	if lb == nil || len(lb.RetryMatch) == 0 || ex.repl == nil {
+		return false
+	}
+	repl := ex.repl
+	repl.DeleteByPrefix(rpHeaderPrefix)
+	for field, value := range res.Header {
+		repl.Set(rpHeaderPrefix+field, strings.Join(value, ","))
+	}
+	repl.Set("http.reverse_proxy.status_code", res.StatusCode)
+	repl.Set("http.reverse_proxy.status_text", res.Status)
+	for _, set := range lb.RetryMatch {
+		if !readsResponse(set) {
+			continue
+		}
+		match, err := set.MatchWithError(ex.req)
+		if err != nil {
+			return false
+		}
+		if match {
+			return true
+		}
+	}
+	return false
+}
+
+// rpHeaderPrefix names the upstream answer's headers among Caddy's
+// placeholders.
+const rpHeaderPrefix = "http.reverse_proxy.header."
+
+// readsResponse reports whether a matcher set of lb_retry_match reads
+// the upstream's answer, as Caddy tells (an expression naming one of
+// its response placeholders, or one known only when it runs).
+func readsResponse(set caddyhttp.MatcherSet) bool {
+	for _, m := range set {
+		expr, ok := m.(*caddyhttp.MatchExpression)
+		if !ok {
+			continue
+		}
+		for _, name := range expr.Placeholders() {
+			switch {
+			case name == "", strings.HasPrefix(name, rpHeaderPrefix),
+				name == "http.reverse_proxy.status_code", name == "http.reverse_proxy.status_text",
+				name == "http.reverse_proxy.upstream.latency", name == "http.reverse_proxy.upstream.latency_ms":
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // fleetLink returns the transport's fleet membership, nil without one.
