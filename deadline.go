@@ -254,7 +254,7 @@ func (ex *exchange) callerDeadline(dl *Deadline) (res *http.Response, err error,
 			}
 		}
 	}
-	if totalAt := ex.totalDeadline(); !totalAt.IsZero() && time.Until(totalAt) < time.Millisecond {
+	if timeUp(ex.totalDeadline(), time.Now()) {
 		at := &ex.first.res
 		*at = attemptResult{outcome: OutcomeTotalTimeout, neverSent: true}
 		ex.tries = append(ex.tries, try{outcome: at.outcome})

@@ -85,6 +85,18 @@ type exchange struct {
 	resp  responseBody
 }
 
+// timeUp reports whether the request's time, which runs out at totalAt
+// (zero: never), is all but over at now: with less than a millisecond
+// left, nothing more is sent (see callerDeadline).
+func timeUp(totalAt, now time.Time) bool {
+	return !totalAt.IsZero() && totalAt.Sub(now) < time.Millisecond
+}
+
+// tryOf is the try attempt result at makes, as the log shows it.
+func tryOf(at *attemptResult, admitted bool) try {
+	return try{outcome: at.outcome, status: at.status, took: at.took, admitted: admitted, exec: executedBy(at)}
+}
+
 // try is one attempt as the log shows it.
 type try struct {
 	outcome  Outcome
@@ -252,8 +264,9 @@ func (ex *exchange) run() (*http.Response, error) {
 		if ex.keyed != nil {
 			ex.keyed.note(at)
 		}
-		ex.tries = append(ex.tries, try{outcome: at.outcome, status: at.status, took: at.took, wait: wait,
-			admitted: at.admitted, hedge: at.a != nil && at.a.hedge, exec: executedBy(at)})
+		t := tryOf(at, at.admitted)
+		t.wait, t.hedge = wait, at.a != nil && at.a.hedge
+		ex.tries = append(ex.tries, t)
 		if at.admitted {
 			ex.up.m.attempt(at.outcome)
 		}
@@ -441,7 +454,7 @@ func (ex *exchange) upgrade() (*http.Response, error) {
 	default:
 		at.outcome, at.status = OutcomeOK, res.StatusCode
 	}
-	ex.tries = append(ex.tries, try{outcome: at.outcome, status: at.status, took: at.took, admitted: true, exec: executedBy(at)})
+	ex.tries = append(ex.tries, tryOf(at, true))
 	ex.final, ex.outcome, ex.took = at, at.outcome, at.took
 	if ex.keyed != nil {
 		ex.keyUpgraded(res, at)
@@ -501,7 +514,7 @@ func (ex *exchange) send(a *attempt, tk *ticket, start time.Time) (*http.Respons
 	at := &a.res
 	at.a, at.ticket = a, tk
 	now, totalAt := time.Now(), ex.totalDeadline()
-	if !totalAt.IsZero() && totalAt.Sub(now) < time.Millisecond {
+	if timeUp(totalAt, now) {
 		tk.report(false, true)
 		ex.up.freeSlot()
 		at.outcome, at.neverSent, at.took = OutcomeTotalTimeout, true, now.Sub(start)

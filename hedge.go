@@ -251,7 +251,9 @@ func (h *hedging) lose(r *hedgeRun) {
 		return
 	}
 	at := r.at
-	h.lost = append(h.lost, try{outcome: at.outcome, status: at.status, took: at.took, admitted: true, hedge: true, exec: executedBy(at)})
+	t := tryOf(at, true)
+	t.hedge = true
+	h.lost = append(h.lost, t)
 }
 
 // tookHedge ends the race with hedge w's result, an answer that won or
@@ -264,7 +266,7 @@ func (ex *exchange) tookHedge(res *http.Response, at *attemptResult, w *hedgeRun
 		ex.dropLoser(res, at)
 	}
 	counted := reached(at)
-	ex.tries = append(ex.tries, try{outcome: at.outcome, status: at.status, took: at.took, admitted: counted, exec: executedBy(at)})
+	ex.tries = append(ex.tries, tryOf(at, counted))
 	if counted {
 		ex.up.m.attempt(at.outcome)
 	}
@@ -289,7 +291,7 @@ func (h *hedging) launch() {
 		h.mu.Unlock()
 		return
 	}
-	if totalAt := ex.totalDeadline(); !totalAt.IsZero() && time.Until(totalAt) < time.Millisecond {
+	if timeUp(ex.totalDeadline(), time.Now()) {
 		// the request's time is all but over: nothing more is sent
 		h.launched = cfg.Max
 		h.mu.Unlock()
