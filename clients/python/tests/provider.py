@@ -57,7 +57,7 @@ class Provider:
         class Handler(_Handler):
             books = provider
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = _Server(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         server.block_on_close = False
         self._server = server
@@ -79,6 +79,12 @@ class Provider:
             self.executions[key] += 1
             self.labels[key].append(label)
             return label
+
+
+class _Server(ThreadingHTTPServer):
+    # a test sends a score of requests at once: socketserver's listen
+    # backlog of 5 would drop connections of a burst
+    request_queue_size = 128
 
 
 class _Handler(BaseHTTPRequestHandler):
